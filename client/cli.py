@@ -1,0 +1,482 @@
+"""The `corral` command line, generated from the proto service descriptors.
+
+Every public RPC is `corral <service> <verb>`: the service name without "Service", the
+method name without the resource noun, in kebab-case (TaskService.SubmitTask → `corral task
+submit`, NodeService.CordonNode → `corral node cordon`). Flags come from the request
+fields: scalars and enums as `--field-name`, durations as `30s`, times as RFC 3339, a
+message field as `-f FILE` (YAML or JSON), and a first `*_id` field as a positional
+argument. A few commands add everyday flags on top (`task submit --command ... --wait`,
+`task logs -f`), and `submit`, `stop` and `logs` are shortcuts for the task commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import re
+import sys
+
+from collections.abc import Callable
+from typing import Any
+
+from google.protobuf import descriptor as _d
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from corral import units
+from corral.errors import CorralError, DeadlineExceeded, InvalidArgument
+from corral.v1 import types_pb2 as pb
+
+from . import output, specfile
+from .sdk import TERMINAL, Client, RpcMethod, rpc_methods
+
+Handler = Callable[[Client, argparse.Namespace], int]
+
+
+def kebab(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower()
+
+
+def group_of(m: RpcMethod) -> str:
+    return kebab(m.service.removesuffix("Service"))
+
+
+def verb_of(m: RpcMethod) -> str:
+    noun = m.service.removesuffix("Service")
+    verb = m.name
+    for n in (noun + "s", noun):
+        if n in verb and verb != n:
+            verb = verb.replace(n, "", 1)
+            break
+    return kebab(verb)
+
+
+def command_of(m: RpcMethod) -> tuple[str, str]:
+    return group_of(m), verb_of(m)
+
+
+# ---- generic request building ---------------------------------------------------------------
+
+
+def _positional(m: RpcMethod) -> _d.FieldDescriptor | None:
+    fields = m.input.DESCRIPTOR.fields
+    if fields and fields[0].name.endswith("_id") and fields[0].type == _d.FieldDescriptor.TYPE_STRING:
+        return fields[0]
+    return None
+
+
+def _is_message(f: _d.FieldDescriptor, name: str) -> bool:
+    return f.message_type is not None and f.message_type.full_name == name
+
+
+def add_request_flags(p: argparse.ArgumentParser, m: RpcMethod, skip: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    pos = _positional(m)
+    for f in m.input.DESCRIPTOR.fields:
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if pos is not None and f is pos:
+            p.add_argument(f.name, nargs="?", metavar=f.name.upper(), help=f"the {f.name.replace('_', ' ')}")
+            continue
+        if _is_message(f, "google.protobuf.Duration"):
+            p.add_argument(flag, dest=f.name, metavar="DURATION", help=f"{f.name} (e.g. 30s, 5m)")
+        elif _is_message(f, "google.protobuf.Timestamp"):
+            p.add_argument(flag, dest=f.name, metavar="TIME", help=f"{f.name} (RFC 3339, e.g. 2026-01-02T15:04:05Z)")
+        elif f.message_type is not None:
+            if not any(a.dest == "file" for a in p._actions):
+                p.add_argument("-f", "--file", dest="file", metavar="FILE", help=f"{f.name} as a YAML or JSON file in the proto's field names ('-' for stdin)")
+        elif f.is_repeated:
+            continue
+        elif f.type == _d.FieldDescriptor.TYPE_BOOL:
+            p.add_argument(flag, dest=f.name, action="store_true", default=None, help=f.name.replace("_", " "))
+        elif f.enum_type is not None:
+            names = [v.name for v in f.enum_type.values if v.number != 0]
+            p.add_argument(flag, dest=f.name, choices=names, help=f"{f.name} ({', '.join(names)})")
+        elif f.type in (_d.FieldDescriptor.TYPE_STRING,):
+            p.add_argument(flag, dest=f.name, help=f.name.replace("_", " "))
+        else:
+            p.add_argument(flag, dest=f.name, type=float if f.type in (_d.FieldDescriptor.TYPE_DOUBLE, _d.FieldDescriptor.TYPE_FLOAT) else int, help=f.name.replace("_", " "))
+
+
+def build_request(m: RpcMethod, args: argparse.Namespace) -> Message:
+    req = m.input()
+    for f in m.input.DESCRIPTOR.fields:
+        value = getattr(args, f.name, None)
+        if f.message_type is not None and not _is_message(f, "google.protobuf.Duration") and not _is_message(f, "google.protobuf.Timestamp"):
+            path = getattr(args, "file", None)
+            if path and f.message_type.full_name == "corral.v1.TaskTemplate":
+                getattr(req, f.name).CopyFrom(specfile.load_template(path))
+            continue
+        if value is None:
+            continue
+        if _is_message(f, "google.protobuf.Duration"):
+            getattr(req, f.name).CopyFrom(_duration(value, f.name))
+        elif _is_message(f, "google.protobuf.Timestamp"):
+            getattr(req, f.name).CopyFrom(_timestamp(value, f.name))
+        elif f.enum_type is not None:
+            setattr(req, f.name, f.enum_type.values_by_name[value].number)
+        else:
+            setattr(req, f.name, value)
+    return req
+
+
+def _duration(text: str, field: str) -> Duration:
+    try:
+        secs = units.parse_duration(text)
+    except ValueError as e:
+        raise InvalidArgument(f"{field}: {e}") from None
+    d = Duration()
+    d.FromNanoseconds(int(secs * 1e9))
+    return d
+
+
+def _timestamp(text: str, field: str) -> Timestamp:
+    try:
+        when = units.parse_time(text)
+    except ValueError as e:
+        raise InvalidArgument(f"{field}: {e}") from None
+    t = Timestamp()
+    t.FromDatetime(when)
+    return t
+
+
+def _print(msg: Message, args: argparse.Namespace) -> None:
+    print(output.render(msg, args.output))
+
+
+def generic(m: RpcMethod) -> Handler:
+    def run(client: Client, args: argparse.Namespace) -> int:
+        pos = _positional(m)
+        if pos is not None and not getattr(args, pos.name, None):
+            raise InvalidArgument(f"{pos.name}: required (give it as the first argument)")
+        req = build_request(m, args)
+        result = client.call(m, req)
+        if m.server_streaming:
+            for item in result:
+                _print(item, args)
+                sys.stdout.flush()
+            return 0
+        _print(result, args)
+        return 0
+
+    return run
+
+
+# ---- everyday commands on top of the generated ones ------------------------------------------
+
+
+def _submit_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--command", help="shell command or script to run (stored as run_script)")
+    p.add_argument("--template", dest="template_id", metavar="ID", help="run this template (id or name); other flags override its fields")
+    p.add_argument("--name", help="a name for the task")
+    p.add_argument("--cpu", help="cpu request, e.g. 0.5 or 500m (the limit defaults to it)")
+    p.add_argument("--cpu-limit", help="cpu limit if above the request")
+    p.add_argument("--memory", help="memory request and limit, e.g. 64Mi")
+    p.add_argument("--memory-limit", help="memory limit if above the request")
+    p.add_argument("--pids", type=int, help="max processes (default 512)")
+    p.add_argument("--timeout", help="kill the task after this long, e.g. 30s (TIMED_OUT)")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--at", "--run-at", dest="run_at", metavar="TIME", help="do not start before this RFC 3339 time")
+    when.add_argument("--in", dest="run_in", metavar="DURATION", help="start after this delay, e.g. 30s")
+    p.add_argument("--driver", choices=["process", "docker"], help="how to run it (default process)")
+    p.add_argument("--image", help="container image (docker driver)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable (repeatable)")
+    p.add_argument("--user", help="run as: nobody (default), root or a numeric uid")
+    p.add_argument("--priority", type=int, help="0-100")
+    p.add_argument("--retries", type=int, help="attempts in all when its node is lost (default 3)")
+    p.add_argument("--idempotency-key", help="a repeated submit with the same key returns the first task")
+    p.add_argument("-f", "--file", help="spec as a YAML or JSON file (TaskTemplate fields)")
+    p.add_argument("--wait", action="store_true", help="follow the task to its end; exit non-zero unless it SUCCEEDED")
+
+
+def _spec_from_args(args: argparse.Namespace) -> pb.TaskTemplate:
+    spec = specfile.load_template(args.file) if getattr(args, "file", None) else pb.TaskTemplate()
+    try:
+        if args.command is not None:
+            spec.run_script = args.command
+        if args.cpu is not None:
+            spec.cpu_request = units.parse_cpu(args.cpu)
+            if spec.cpu_request <= 0:
+                raise InvalidArgument("--cpu: must be positive")
+        if getattr(args, "cpu_limit", None) is not None:
+            spec.cpu_limit = units.parse_cpu(args.cpu_limit)
+        if args.memory is not None:
+            spec.mem_request = units.parse_memory(args.memory)
+            if spec.mem_request <= 0:
+                raise InvalidArgument("--memory: must be positive")
+        if getattr(args, "memory_limit", None) is not None:
+            spec.mem_limit = units.parse_memory(args.memory_limit)
+        if args.timeout is not None:
+            spec.timeout.FromNanoseconds(int(units.parse_duration(args.timeout) * 1e9))
+    except ValueError as e:
+        raise InvalidArgument(str(e)) from None
+    if getattr(args, "pids", None) is not None:
+        spec.pids_limit = args.pids
+    if args.driver:
+        spec.driver = pb.DOCKER if args.driver == "docker" else pb.PROCESS
+    if args.image:
+        spec.image = args.image
+    for kv in args.env:
+        if "=" not in kv:
+            raise InvalidArgument(f"--env: {kv!r} is not KEY=VALUE")
+        k, v = kv.split("=", 1)
+        spec.env[k] = v
+    if args.user:
+        spec.user = args.user
+    if getattr(args, "priority", None) is not None:
+        spec.priority = args.priority
+    if getattr(args, "retries", None) is not None:
+        spec.retry.max_attempts = args.retries
+    return spec
+
+
+def cmd_submit(client: Client, args: argparse.Namespace) -> int:
+    from corral.v1 import api_pb2
+
+    spec = _spec_from_args(args)
+    req = api_pb2.SubmitTaskRequest(template_id=args.template_id or "", spec=spec, name=args.name or "", idempotency_key=args.idempotency_key or "")
+    if args.run_at:
+        req.run_at.CopyFrom(_timestamp(args.run_at, "--at"))
+    elif args.run_in:
+        try:
+            delay = units.parse_duration(args.run_in)
+        except ValueError as e:
+            raise InvalidArgument(f"--in: {e}") from None
+        req.run_at.FromDatetime(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay))
+    if not req.template_id and not spec.run_script.strip():
+        raise InvalidArgument("--command: the command must not be empty (or give --template)")
+    task = client.submit_task(req)  # type: ignore[attr-defined]
+    if args.output == "table":
+        print(task.task_id)
+    else:
+        _print(task, args)
+    sys.stdout.flush()
+    if args.wait:
+        return follow(client, task.task_id, args)
+    return 0
+
+
+def follow(client: Client, task_id: str, args: argparse.Namespace) -> int:
+    """Follow a task with a live status line on stderr; 0 only if it SUCCEEDED."""
+    tty = sys.stderr.isatty()
+    last = ""
+    final: pb.TaskExecution | None = None
+    for ev in client.watch_tasks(task_id=task_id):  # type: ignore[attr-defined]
+        t = ev.task
+        line = f"{t.task_id}: {pb.TaskState.Name(t.state)}"
+        if t.node_id:
+            line += f" on {t.node_id}"
+        if t.attempt > 1:
+            line += f" (attempt {t.attempt})"
+        if t.reason:
+            line += f" — {t.reason}"
+        if line != last:
+            sys.stderr.write(("\r\033[K" if tty else "") + line + ("" if tty else "\n"))
+            sys.stderr.flush()
+            last = line
+        if t.state in TERMINAL:
+            final = t
+            break
+    if tty:
+        sys.stderr.write("\n")
+    if final is None:
+        return 1
+    if final.state == pb.SUCCEEDED:
+        return 0
+    sys.stderr.write(f"task {task_id} ended {pb.TaskState.Name(final.state)}" + (f" (exit code {final.exit_code})" if final.state == pb.FAILED else "") + "\n")
+    return 1
+
+
+def cmd_logs(client: Client, args: argparse.Namespace) -> int:
+    if not args.task_id:
+        raise InvalidArgument("task_id: required (give it as the first argument)")
+    out = sys.stdout.buffer
+    for chunk in client.task_logs(task_id=args.task_id, follow=bool(args.follow), offset=args.offset or 0):  # type: ignore[attr-defined]
+        out.write(chunk.data)
+        out.flush()
+    return 0
+
+
+def cmd_stop(client: Client, args: argparse.Namespace) -> int:
+    if not args.task_id:
+        raise InvalidArgument("task_id: required (give it as the first argument)")
+    req = build_request(_METHODS[("task", "stop")], args)
+    task = client.stop_task(req)  # type: ignore[attr-defined]
+    if task.state not in TERMINAL and not args.no_wait:
+        grace = units.parse_duration(args.grace_period) if args.grace_period else 10.0
+        try:
+            task = client.wait_task(task.task_id, timeout=grace + 15)
+        except DeadlineExceeded:
+            sys.stderr.write(f"task {task.task_id}: stop requested; it has not ended yet\n")
+    if args.output == "table":
+        print(f"{task.task_id} {pb.TaskState.Name(task.state)}")
+    else:
+        _print(task, args)
+    return 0
+
+
+def cmd_template_write(m: RpcMethod) -> Handler:
+    def run(client: Client, args: argparse.Namespace) -> int:
+        t = specfile.load_template(args.file) if args.file else pb.TaskTemplate()
+        if args.name:
+            t.name = args.name
+        if getattr(args, "template_id", None):
+            t.template_id = args.template_id
+        if args.command is not None:
+            t.run_script = args.command
+        try:
+            if args.cpu:
+                t.cpu_request = units.parse_cpu(args.cpu)
+            if args.memory:
+                t.mem_request = units.parse_memory(args.memory)
+            if args.timeout:
+                t.timeout.FromNanoseconds(int(units.parse_duration(args.timeout) * 1e9))
+        except ValueError as e:
+            raise InvalidArgument(str(e)) from None
+        if args.schedule:
+            t.cron_schedule = args.schedule
+        if args.time_zone:
+            t.time_zone = args.time_zone
+        if m.name == "CreateTemplate" and not t.name:
+            raise InvalidArgument("name: a template needs a name (in the file or --name)")
+        result = client.call(m, template=t)
+        _print(result, args)
+        return 0
+
+    return run
+
+
+def _template_flags(p: argparse.ArgumentParser, update: bool) -> None:
+    p.add_argument("-f", "--file", help="the template as YAML or JSON (TaskTemplate field names; 64Mi, 0.5, 30s accepted)")
+    if update:
+        p.add_argument("template_id", nargs="?", metavar="TEMPLATE_ID", help="template id or name")
+    p.add_argument("--name", help="template name (unique)")
+    p.add_argument("-c", "--command", help="shell command or script (run_script)")
+    p.add_argument("--cpu", help="cpu request, e.g. 0.5")
+    p.add_argument("--memory", help="memory request, e.g. 64Mi")
+    p.add_argument("--timeout", help="e.g. 30s")
+    p.add_argument("--schedule", help="cron schedule, e.g. '*/5 * * * *'")
+    p.add_argument("--time-zone", help="IANA time zone for the schedule (default UTC)")
+
+
+_METHODS: dict[tuple[str, str], RpcMethod] = {}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table", help="output format (default table)")
+    p.add_argument("--addr", default=None, help="comma-separated master addresses (env CORRAL_ADDR, default 127.0.0.1:7070)")
+    p.add_argument("--token", default=None, help="bearer token (env CORRAL_TOKEN)")
+
+
+def build_parser(extra: dict[str, tuple[str, Callable[[list[str]], int]]] | None = None) -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="corral",
+        description="corral: run tasks once or on a schedule on a fleet of nodes.",
+        epilog="Start a local cluster with `corral dev`; then `corral submit --command 'echo hi' --wait`.",
+    )
+    sub = top.add_subparsers(dest="group", metavar="COMMAND")
+    for name, (help_text, _) in (extra or {}).items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    groups: dict[str, argparse._SubParsersAction] = {}  # type: ignore[type-arg]
+    for m in rpc_methods():
+        group, verb = command_of(m)
+        _METHODS[(group, verb)] = m
+        if group not in groups:
+            gp = sub.add_parser(group, help=f"{m.service} commands")
+            groups[group] = gp.add_subparsers(dest="verb", metavar="VERB", required=True)
+        doc = (m.descriptor.GetOptions() and "") or ""
+        p = groups[group].add_parser(verb, help=_help_for(m) or doc, description=_help_for(m))
+        handler: Handler
+        if (group, verb) == ("task", "submit"):
+            _submit_flags(p)
+            handler = cmd_submit
+        elif (group, verb) in (("template", "create"), ("template", "update")):
+            _template_flags(p, update=verb == "update")
+            handler = cmd_template_write(m)
+        elif (group, verb) == ("task", "logs"):
+            p.add_argument("task_id", nargs="?", metavar="TASK_ID")
+            p.add_argument("-f", "--follow", action="store_true", help="keep streaming until the task ends")
+            p.add_argument("--offset", type=int, default=0, help="start at this byte offset")
+            handler = cmd_logs
+        elif (group, verb) == ("task", "stop"):
+            add_request_flags(p, m)
+            p.add_argument("--no-wait", action="store_true", help="return once the stop is recorded")
+            handler = cmd_stop
+        else:
+            add_request_flags(p, m)
+            handler = generic(m)
+        _common(p)
+        p.set_defaults(_handler=handler)
+    # shortcuts
+    for short, (group, verb) in {"submit": ("task", "submit"), "stop": ("task", "stop"), "logs": ("task", "logs")}.items():
+        p = sub.add_parser(short, help=f"same as `corral {group} {verb}`")
+        if short == "submit":
+            _submit_flags(p)
+            p.set_defaults(_handler=cmd_submit)
+        elif short == "logs":
+            p.add_argument("task_id", nargs="?", metavar="TASK_ID")
+            p.add_argument("-f", "--follow", action="store_true", help="keep streaming until the task ends")
+            p.add_argument("--offset", type=int, default=0)
+            p.set_defaults(_handler=cmd_logs)
+        else:
+            add_request_flags(p, _METHODS[("task", "stop")])
+            p.add_argument("--no-wait", action="store_true")
+            p.set_defaults(_handler=cmd_stop)
+        _common(p)
+    return top
+
+
+_HELP = {
+    "CreateTemplate": "create a task template from a file or flags",
+    "GetTemplate": "show a template (by id or name)",
+    "UpdateTemplate": "replace a template's fields",
+    "DeleteTemplate": "delete a template",
+    "ListTemplates": "list templates",
+    "SubmitTask": "submit a one-off task; prints its id",
+    "StopTask": "stop a task (SIGTERM, then SIGKILL after the grace period)",
+    "GetTask": "show a task, with why it is pending",
+    "ListTasks": "list tasks, newest first",
+    "WatchTasks": "stream task changes",
+    "TaskLogs": "print a task's output",
+    "RetryTask": "run a finished task again as a new attempt",
+    "ListNodes": "list nodes with their allocation",
+    "GetNode": "show one node",
+    "CordonNode": "stop placing tasks on a node",
+    "UncordonNode": "allow placing tasks on a node again",
+    "DrainNode": "cordon a node and let its tasks finish",
+    "ClusterStatus": "leader, members, node and task counts",
+}
+
+
+def _help_for(m: RpcMethod) -> str:
+    return _HELP.get(m.name, m.name)
+
+
+def run(argv: list[str], extra: dict[str, tuple[str, Callable[[list[str]], int]]] | None = None) -> int:
+    parser = build_parser(extra)
+    if argv and extra and argv[0] in extra:
+        return extra[argv[0]][1](argv[1:])
+    args = parser.parse_args(argv)
+    if not getattr(args, "_handler", None):
+        parser.print_help()
+        return 2
+    client = Client(args.addr, args.token)
+    try:
+        return args._handler(client, args)
+    except CorralError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        os._exit(0)
+    finally:
+        client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(sys.argv[1:] if argv is None else argv)
+
+

@@ -1,0 +1,161 @@
+"""How the CLI prints records: readable tables by default, JSON or YAML with `-o`.
+
+JSON and YAML use the proto field names and enum names (`"state": "SUCCEEDED"`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from corral import units
+from corral.v1 import api_pb2
+from corral.v1 import types_pb2 as pb
+
+
+def to_dict(msg: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+def render(msg: Message, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(to_dict(msg), indent=2)
+    if fmt == "yaml":
+        return yaml.safe_dump(to_dict(msg), sort_keys=False).rstrip()
+    return table(msg)
+
+
+def _secs(ts: Any) -> float:
+    return ts.seconds + ts.nanos / 1e9
+
+
+def _ago(ts: Any) -> str:
+    if not ts.seconds and not ts.nanos:
+        return "-"
+    return units.format_duration(max(0.0, time.time() - _secs(ts))) + " ago"
+
+
+def _grid(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [len(h) for h in headers]
+    for r in rows:
+        for i, c in enumerate(r):
+            widths[i] = max(widths[i], len(c))
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def _kv(pairs: Sequence[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in pairs)
+    return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in pairs if v != "")
+
+
+def _duration(t: pb.TaskExecution) -> str:
+    if not t.start_time.seconds:
+        return "-"
+    end = _secs(t.finish_time) if t.finish_time.seconds else time.time()
+    return units.format_duration(max(0.0, end - _secs(t.start_time)))
+
+
+def task_rows(tasks: Sequence[pb.TaskExecution]) -> str:
+    rows = [
+        [
+            t.task_id, t.name or "-", pb.TaskState.Name(t.state), t.node_id or "-", str(t.attempt),
+            str(t.exit_code) if t.state in (pb.SUCCEEDED, pb.FAILED, pb.OOM_KILLED) else "-",
+            _ago(t.submit_time), _duration(t), (t.reason or "")[:60],
+        ]
+        for t in tasks
+    ]
+    return _grid(["TASK ID", "NAME", "STATE", "NODE", "ATTEMPT", "EXIT", "SUBMITTED", "RAN", "REASON"], rows)
+
+
+def task_detail(t: pb.TaskExecution) -> str:
+    s = t.spec
+    pairs = [
+        ("Task", t.task_id), ("Name", t.name), ("State", pb.TaskState.Name(t.state)), ("Reason", t.reason),
+        ("Template", t.template_id), ("User", t.user_id), ("Node", t.node_id), ("Attempt", str(t.attempt)),
+        ("Exit code", str(t.exit_code) if t.state in (pb.SUCCEEDED, pb.FAILED, pb.OOM_KILLED) else ""),
+        ("Submitted", t.submit_time.ToJsonString() if t.submit_time.seconds else ""),
+        ("Due", t.due_time.ToJsonString() if t.due_time.seconds else ""),
+        ("Started", t.start_time.ToJsonString() if t.start_time.seconds else ""),
+        ("Finished", t.finish_time.ToJsonString() if t.finish_time.seconds else ""),
+        ("Ran for", _duration(t) if t.start_time.seconds else ""),
+        ("Resources", f"cpu {units.format_cpu(s.cpu_request)} (limit {units.format_cpu(s.cpu_limit)}), memory {units.format_memory(s.mem_request)} (limit {units.format_memory(s.mem_limit)}), pids {s.pids_limit}"),
+        ("Timeout", units.format_duration(s.timeout.seconds + s.timeout.nanos / 1e9) if s.timeout.seconds or s.timeout.nanos else ""),
+        ("Command", s.run_script if len(s.run_script) < 200 else s.run_script[:200] + "…"),
+    ]
+    out = _kv(pairs)
+    if t.history:
+        rows = [[str(h.attempt), h.node_id or "-", pb.TaskState.Name(h.state), h.reason[:70]] for h in t.history]
+        out += "\n\nEarlier attempts:\n" + _grid(["ATTEMPT", "NODE", "STATE", "REASON"], rows)
+    return out
+
+
+def template_rows(ts: Sequence[pb.TaskTemplate]) -> str:
+    rows = [
+        [t.template_id, t.name, units.format_cpu(t.cpu_request), units.format_memory(t.mem_request),
+         pb.Driver.Name(t.driver), t.cron_schedule or "-", (t.run_script.splitlines() or [""])[0][:40]]
+        for t in ts
+    ]
+    return _grid(["TEMPLATE ID", "NAME", "CPU", "MEMORY", "DRIVER", "SCHEDULE", "COMMAND"], rows)
+
+
+def template_detail(t: pb.TaskTemplate) -> str:
+    return _kv([
+        ("Template", t.template_id), ("Name", t.name), ("Owner", t.owner), ("Driver", pb.Driver.Name(t.driver)),
+        ("Image", t.image), ("CPU", f"{units.format_cpu(t.cpu_request)} (limit {units.format_cpu(t.cpu_limit)})"),
+        ("Memory", f"{units.format_memory(t.mem_request)} (limit {units.format_memory(t.mem_limit)})"),
+        ("Schedule", f"{t.cron_schedule} ({t.time_zone or 'UTC'})" if t.cron_schedule else ""),
+        ("Timeout", units.format_duration(t.timeout.seconds) if t.timeout.seconds else ""),
+        ("Command", t.run_script),
+    ])
+
+
+def node_rows(nodes: Sequence[pb.NodeInfo]) -> str:
+    rows = [
+        [n.node_id, pb.NodeState.Name(n.state),
+         f"{units.format_cpu(n.allocated.cpu)}/{units.format_cpu(n.allocatable.cpu)}",
+         f"{units.format_memory(n.allocated.memory)}/{units.format_memory(n.allocatable.memory)}",
+         str(n.running_tasks), ",".join(n.drivers) or "-", _ago(n.last_heartbeat)]
+        for n in nodes
+    ]
+    return _grid(["NODE", "STATE", "CPU (ALLOC/TOTAL)", "MEMORY (ALLOC/TOTAL)", "TASKS", "DRIVERS", "REGISTERED"], rows)
+
+
+def cluster_detail(s: api_pb2.ClusterStatusResponse) -> str:
+    return _kv([
+        ("Leader", f"{s.leader.name} {s.leader.address} (pid {s.leader.pid})"),
+        ("Members", ", ".join(f"{m.name}@{m.address}" for m in s.members)),
+        ("etcd", ", ".join(s.etcd_endpoints)),
+        ("Nodes", ", ".join(f"{k} {v}" for k, v in sorted(s.nodes_by_state.items())) or "none"),
+        ("Tasks", ", ".join(f"{k} {v}" for k, v in sorted(s.tasks_by_state.items())) or "none"),
+        ("Version", s.version),
+    ])
+
+
+def table(msg: Message) -> str:
+    if isinstance(msg, pb.TaskExecution):
+        return task_detail(msg)
+    if isinstance(msg, api_pb2.ListTasksResponse):
+        return task_rows(msg.tasks)
+    if isinstance(msg, pb.TaskTemplate):
+        return template_detail(msg)
+    if isinstance(msg, api_pb2.ListTemplatesResponse):
+        return template_rows(msg.templates)
+    if isinstance(msg, api_pb2.ListNodesResponse):
+        return node_rows(msg.nodes)
+    if isinstance(msg, pb.NodeInfo):
+        return node_rows([msg])
+    if isinstance(msg, api_pb2.ClusterStatusResponse):
+        return cluster_detail(msg)
+    if isinstance(msg, api_pb2.TaskEvent):
+        t = msg.task
+        return f"{time.strftime('%H:%M:%S')}  {t.task_id}  {'DELETED' if msg.deleted else pb.TaskState.Name(t.state)}  {t.node_id or '-'}  {t.reason}"
+    return yaml.safe_dump(to_dict(msg), sort_keys=False).rstrip() or "ok"

@@ -1,0 +1,3 @@
+from corral.main import main
+
+raise SystemExit(main())

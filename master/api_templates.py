@@ -1,0 +1,108 @@
+"""TemplateService: thin servicer over the store; names are unique through a name index."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from corral.errors import AlreadyExists, InvalidArgument, NotFound
+from corral.v1 import api_pb2, api_pb2_grpc
+from corral.v1 import types_pb2 as pb
+
+from . import keys, records, validate
+from .auth import Authenticator, api_method
+from .cache import Cache
+from .store import Cmp, Delete, EtcdStore, Put
+
+
+def resolve_template(cache: Cache, ref: str) -> tuple[pb.TaskTemplate, int]:
+    """A template by id or name (NOT_FOUND otherwise), with its mod revision."""
+    if not ref:
+        raise InvalidArgument("template_id: must not be empty")
+    rec = cache.templates.get(ref)
+    if rec is None and ref in cache.template_names:
+        rec = cache.templates.get(cache.template_names[ref])
+    if rec is None:
+        raise NotFound(f"template {ref[:80]!r} not found")
+    return rec.msg, rec.rev
+
+
+class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
+    def __init__(self, store: EtcdStore, cache: Cache, auth: Authenticator) -> None:
+        self.store = store
+        self.cache = cache
+        self.auth = auth
+
+    @api_method
+    async def CreateTemplate(self, request, context: grpc.aio.ServicerContext, user: pb.User):  # type: ignore[override]
+        t = pb.TaskTemplate()
+        t.CopyFrom(request.template)
+        if not t.name:
+            raise InvalidArgument("template.name: must not be empty")
+        validate.check_name("template.name", t.name)
+        if t.template_id:
+            validate.check_id("template.template_id", t.template_id)
+        else:
+            t.template_id = records.new_template_id()
+        validate.check_run_spec(t, "template")
+        validate.apply_defaults(t)
+        t.owner = user.user_id
+        now = records.ts(time.time())
+        t.create_time.CopyFrom(now)
+        t.update_time.CopyFrom(now)
+        result = await self.store.txn(
+            [Cmp(keys.template(t.template_id), 0), Cmp(keys.template_name(t.name), 0)],
+            [
+                Put(keys.template(t.template_id), t.SerializeToString()),
+                Put(keys.template_name(t.name), t.template_id.encode()),
+            ],
+        )
+        if not result.succeeded:
+            raise AlreadyExists(f"a template named {t.name!r} (or with id {t.template_id!r}) already exists")
+        await self.cache.wait_revision(result.revision)
+        return t
+
+    @api_method
+    async def GetTemplate(self, request, context, user):  # type: ignore[override]
+        return resolve_template(self.cache, request.template_id)[0]
+
+    @api_method
+    async def UpdateTemplate(self, request, context, user):  # type: ignore[override]
+        ref = request.template.template_id or request.template.name
+        old, rev = resolve_template(self.cache, ref)
+        t = pb.TaskTemplate()
+        t.CopyFrom(request.template)
+        t.template_id = old.template_id
+        if t.name and t.name != old.name:
+            raise InvalidArgument("template.name: a template cannot be renamed; create a new one")
+        t.name = old.name
+        validate.check_run_spec(t, "template")
+        validate.apply_defaults(t)
+        t.owner = old.owner
+        t.create_time.CopyFrom(old.create_time)
+        t.update_time.CopyFrom(records.ts(time.time()))
+        result = await self.store.txn(
+            [Cmp(keys.template(t.template_id), rev)], [Put(keys.template(t.template_id), t.SerializeToString())]
+        )
+        if not result.succeeded:
+            raise InvalidArgument("template changed concurrently; get it again and retry")
+        await self.cache.wait_revision(result.revision)
+        return t
+
+    @api_method
+    async def DeleteTemplate(self, request, context, user):  # type: ignore[override]
+        t, rev = resolve_template(self.cache, request.template_id)
+        result = await self.store.txn(
+            [Cmp(keys.template(t.template_id), rev)],
+            [Delete(keys.template(t.template_id)), Delete(keys.template_name(t.name))],
+        )
+        if not result.succeeded:
+            raise NotFound(f"template {request.template_id!r} changed or was deleted meanwhile")
+        await self.cache.wait_revision(result.revision)
+        return api_pb2.DeleteTemplateResponse(template_id=t.template_id)
+
+    @api_method
+    async def ListTemplates(self, request, context, user):  # type: ignore[override]
+        items = sorted(self.cache.templates.values(), key=lambda r: r.msg.name)
+        return api_pb2.ListTemplatesResponse(templates=[r.msg for r in items])

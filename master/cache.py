@@ -1,0 +1,170 @@
+"""The master's watch-fed cache of every record under the store prefix.
+
+One etcd watch feeds dictionaries of templates, tasks, nodes and users, plus the indexes
+the loops need (tasks by state, tasks by node). Readers see a consistent prefix of etcd's
+history; `wait_revision` lets a writer read its own write. Listeners are called for every
+change so the scheduler and the watch API wake without polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from google.protobuf.message import DecodeError, Message
+
+from corral.errors import Unavailable
+from corral.v1 import types_pb2 as pb
+
+from . import keys
+from .store import EtcdStore
+
+log = logging.getLogger("corral.cache")
+
+M = TypeVar("M", bound=Message)
+
+
+@dataclass(slots=True)
+class Rec(Generic[M]):
+    msg: M
+    rev: int
+
+
+Listener = Callable[[str, str, Message | None], None]
+
+_KINDS: dict[str, type[Message]] = {
+    keys.TEMPLATES: pb.TaskTemplate,
+    keys.TASKS: pb.TaskExecution,
+    keys.NODES: pb.NodeInfo,
+    keys.USERS: pb.User,
+}
+
+
+class Cache:
+    def __init__(self, store: EtcdStore) -> None:
+        self.store = store
+        self.templates: dict[str, Rec[pb.TaskTemplate]] = {}
+        self.tasks: dict[str, Rec[pb.TaskExecution]] = {}
+        self.nodes: dict[str, Rec[pb.NodeInfo]] = {}
+        self.users: dict[str, Rec[pb.User]] = {}
+        self.template_names: dict[str, str] = {}
+        self.users_by_token: dict[str, str] = {}
+        self.by_state: dict[int, set[str]] = {}
+        self.by_node: dict[str, set[str]] = {}
+        self.revision = 0
+        self.ready = asyncio.Event()
+        self._listeners: list[Listener] = []
+        self._rev_changed = asyncio.Condition()
+
+    def listen(self, fn: Listener) -> Callable[[], None]:
+        self._listeners.append(fn)
+        return lambda: self._listeners.remove(fn)
+
+    async def wait_revision(self, revision: int, timeout: float = 5.0) -> None:
+        """Return once the cache has applied `revision` (a writer's read-your-write)."""
+        if self.revision >= revision:
+            return
+        async with self._rev_changed:
+            await asyncio.wait_for(
+                self._rev_changed.wait_for(lambda: self.revision >= revision), timeout
+            )
+
+    def tasks_in(self, state: int) -> set[str]:
+        return self.by_state.get(state, set())
+
+    async def run(self) -> None:
+        """Keep the cache in step with etcd until cancelled; re-list after a broken watch."""
+        while True:
+            try:
+                kvs, revision = await self.store.range("")
+                self._reset()
+                for kv in kvs:
+                    self._apply(kv.key, kv.value, kv.mod_revision, notify=False)
+                await self._advance(revision)
+                self.ready.set()
+                async for rev, events in self.store.watch("", revision + 1):
+                    for ev in events:
+                        self._apply(ev.key, ev.value, ev.mod_revision, notify=True)
+                    await self._advance(rev)
+            except Unavailable as e:
+                log.warning("cache: %s; re-listing", e)
+                await asyncio.sleep(0.5)
+
+    async def _advance(self, revision: int) -> None:
+        if revision > self.revision:
+            async with self._rev_changed:
+                self.revision = revision
+                self._rev_changed.notify_all()
+
+    def _reset(self) -> None:
+        for d in (self.templates, self.tasks, self.nodes, self.users):
+            d.clear()
+        self.template_names.clear()
+        self.users_by_token.clear()
+        self.by_state.clear()
+        self.by_node.clear()
+
+    def _apply(self, key: str, value: bytes | None, rev: int, *, notify: bool) -> None:
+        for prefix, cls in _KINDS.items():
+            if key.startswith(prefix):
+                break
+        else:
+            return
+        ident = key[len(prefix) :]
+        msg: Message | None = None
+        if value is not None:
+            msg = cls()
+            try:
+                msg.ParseFromString(value)
+            except DecodeError:
+                log.error("cache: undecodable record at %s", key)
+                return
+        if prefix == keys.TASKS:
+            self._index_task(ident, msg)  # type: ignore[arg-type]
+        elif prefix == keys.TEMPLATES:
+            old = self.templates.pop(ident, None)
+            if old is not None:
+                self.template_names.pop(old.msg.name, None)
+            if msg is not None:
+                self.templates[ident] = Rec(msg, rev)  # type: ignore[arg-type]
+                self.template_names[msg.name] = ident  # type: ignore[attr-defined]
+        elif prefix == keys.NODES:
+            self._put(self.nodes, ident, msg, rev)
+        elif prefix == keys.USERS:
+            old_user = self.users.get(ident)
+            if old_user is not None:
+                self.users_by_token.pop(old_user.msg.token_hash, None)
+            self._put(self.users, ident, msg, rev)
+            if msg is not None:
+                self.users_by_token[msg.token_hash] = ident  # type: ignore[attr-defined]
+        if prefix == keys.TASKS and msg is not None:
+            self.tasks[ident].rev = rev
+        if notify:
+            for fn in list(self._listeners):
+                try:
+                    fn(prefix, ident, msg)
+                except Exception:
+                    log.exception("cache listener failed")
+
+    @staticmethod
+    def _put(d: dict, ident: str, msg: Message | None, rev: int) -> None:  # type: ignore[type-arg]
+        if msg is None:
+            d.pop(ident, None)
+        else:
+            d[ident] = Rec(msg, rev)
+
+    def _index_task(self, ident: str, msg: pb.TaskExecution | None) -> None:
+        old = self.tasks.pop(ident, None)
+        if old is not None:
+            self.by_state.get(old.msg.state, set()).discard(ident)
+            if old.msg.node_id:
+                self.by_node.get(old.msg.node_id, set()).discard(ident)
+        if msg is None:
+            return
+        self.tasks[ident] = Rec(msg, 0)
+        self.by_state.setdefault(msg.state, set()).add(ident)
+        if msg.node_id:
+            self.by_node.setdefault(msg.node_id, set()).add(ident)

@@ -1,0 +1,308 @@
+"""NodeletService: one bidirectional stream per nodelet, and the registry of live sessions.
+
+Up the stream come registration (with every task the nodelet still knows, for
+re-adoption), heartbeats, task status and log data; down go start/stop commands, status
+acknowledgements and log reads. Every status change is committed before it is
+acknowledged, so a nodelet keeps resending an outcome until it is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+
+from corral.errors import AlreadyExists, CorralError, InvalidArgument, Unavailable
+from corral.v1 import nodelet_pb2 as npb
+from corral.v1 import nodelet_pb2_grpc
+from corral.v1 import types_pb2 as pb
+
+from . import keys, records, validate
+from .auth import Authenticator
+from .cache import Cache
+from .leadership import Leadership
+from .store import Cmp, EtcdStore, Put
+from .taskops import TaskWriter
+
+log = logging.getLogger("corral.gateway")
+
+MAX_NODE_CPU = 1_000_000 * 1000
+MAX_NODE_MEMORY = 1 << 50
+
+
+@dataclass
+class NodeSession:
+    node_id: str
+    peer: str
+    outbox: asyncio.Queue[npb.MasterMessage] = field(default_factory=asyncio.Queue)
+    used: pb.Resources = field(default_factory=pb.Resources)
+    task_usage: dict[str, npb.TaskUsage] = field(default_factory=dict)
+    logs: dict[str, asyncio.Future[npb.LogData]] = field(default_factory=dict)
+    closed: bool = False
+
+    def send(self, msg: npb.MasterMessage) -> None:
+        if not self.closed:
+            self.outbox.put_nowait(msg)
+
+
+class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
+    def __init__(
+        self,
+        store: EtcdStore,
+        cache: Cache,
+        writer: TaskWriter,
+        auth: Authenticator,
+        leadership: Leadership,
+        *,
+        heartbeat_interval: float = 1.0,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.writer = writer
+        self.auth = auth
+        self.leadership = leadership
+        self.heartbeat_interval = heartbeat_interval
+        self.on_change = on_change
+        self.sessions: dict[str, NodeSession] = {}
+        self.last_seen: dict[str, float] = {}
+        self._ids = itertools.count(1)
+
+    # ---- used by the API and the leader loops -------------------------------------------
+
+    def connected(self, node_id: str) -> bool:
+        s = self.sessions.get(node_id)
+        return s is not None and not s.closed
+
+    def send_start(self, task: pb.TaskExecution) -> bool:
+        s = self.sessions.get(task.node_id)
+        if s is None or s.closed:
+            return False
+        s.send(npb.MasterMessage(start=npb.StartTask(task=task)))
+        return True
+
+    def send_stop(self, task: pb.TaskExecution, state: int, reason: str) -> bool:
+        s = self.sessions.get(task.node_id)
+        if s is None or s.closed:
+            return False
+        grace = task.stop_grace if task.HasField("stop_grace") else Duration(seconds=10)
+        s.send(
+            npb.MasterMessage(
+                stop=npb.StopTask(
+                    task_id=task.task_id, attempt=task.attempt, grace_period=grace, state=state, reason=reason
+                )
+            )
+        )
+        return True
+
+    async def read_logs(self, node_id: str, task_id: str, offset: int, max_bytes: int) -> bytes:
+        s = self.sessions.get(node_id)
+        if s is None or s.closed:
+            raise Unavailable(f"node {node_id} is not connected; its logs cannot be read now")
+        req_id = str(next(self._ids))
+        fut: asyncio.Future[npb.LogData] = asyncio.get_running_loop().create_future()
+        s.logs[req_id] = fut
+        s.send(
+            npb.MasterMessage(
+                read_logs=npb.ReadLogs(request_id=req_id, task_id=task_id, offset=offset, max_bytes=max_bytes)
+            )
+        )
+        try:
+            data = await asyncio.wait_for(fut, 10)
+        except TimeoutError:
+            raise Unavailable(f"node {node_id} did not answer the log read") from None
+        finally:
+            s.logs.pop(req_id, None)
+        if data.error:
+            raise Unavailable(data.error)
+        return data.data
+
+    # ---- the stream ---------------------------------------------------------------------
+
+    async def Connect(  # type: ignore[override]
+        self, request_iterator: AsyncIterator[npb.NodeletMessage], context: grpc.aio.ServicerContext
+    ) -> None:
+        session: NodeSession | None = None
+        writer: asyncio.Task[None] | None = None
+        try:
+            await self.auth.authenticate(context)
+            first = await asyncio.wait_for(anext(aiter(request_iterator)), 30)
+            if first.WhichOneof("msg") != "register":
+                raise InvalidArgument("the first message on a nodelet stream must be register")
+            session = await self._register(first.register, context.peer())
+            writer = asyncio.create_task(self._write(session, context))
+            async for msg in request_iterator:
+                self.last_seen[session.node_id] = time.monotonic()
+                kind = msg.WhichOneof("msg")
+                if kind == "heartbeat":
+                    session.used.CopyFrom(msg.heartbeat.used)
+                    session.task_usage = {u.task_id: u for u in msg.heartbeat.tasks}
+                elif kind == "status":
+                    await self._on_status(session, msg.status)
+                elif kind == "log_data":
+                    fut = session.logs.get(msg.log_data.request_id)
+                    if fut is not None and not fut.done():
+                        fut.set_result(msg.log_data)
+                else:
+                    raise InvalidArgument(f"unexpected message on a nodelet stream: {kind}")
+        except (StopAsyncIteration, TimeoutError):
+            pass
+        except CorralError as e:
+            log.warning("nodelet stream %s rejected: %s", context.peer(), e)
+            await context.abort(e.code, str(e))
+        finally:
+            if writer is not None:
+                writer.cancel()
+            if session is not None:
+                session.closed = True
+                if self.sessions.get(session.node_id) is session:
+                    del self.sessions[session.node_id]
+                log.info("nodelet %s disconnected", session.node_id)
+                self.on_change()
+
+    async def _write(self, session: NodeSession, context: grpc.aio.ServicerContext) -> None:
+        while True:
+            msg = await session.outbox.get()
+            await context.write(msg)
+
+    async def _register(self, reg: npb.Register, peer: str) -> NodeSession:
+        validate.check_id("register.node_id", reg.node_id)
+        if len(reg.address) > 256:
+            raise InvalidArgument("register.address: at most 256 characters")
+        cap = reg.capacity
+        if not (0 < cap.cpu <= MAX_NODE_CPU and 0 < cap.memory <= MAX_NODE_MEMORY and cap.pids >= 0):
+            raise InvalidArgument("register.capacity: cpu and memory must be positive and sane")
+        if len(reg.labels) > 64 or len(reg.drivers) > 16 or len(reg.tasks) > 100_000:
+            raise InvalidArgument("register: too many labels, drivers or tasks")
+        existing = self.sessions.get(reg.node_id)
+        if existing is not None and not existing.closed:
+            raise AlreadyExists(f"node {reg.node_id} is already connected from {existing.peer}")
+        session = NodeSession(reg.node_id, peer)
+        self.sessions[reg.node_id] = session
+        self.last_seen[reg.node_id] = time.monotonic()
+        await self._save_node(reg)
+        session.send(
+            npb.MasterMessage(
+                registered=npb.Registered(
+                    node_id=reg.node_id,
+                    heartbeat_interval=Duration(nanos=int(self.heartbeat_interval % 1 * 1e9), seconds=int(self.heartbeat_interval)),
+                )
+            )
+        )
+        await self._reconcile(session, reg)
+        log.info("nodelet %s registered from %s with %d known tasks", reg.node_id, peer, len(reg.tasks))
+        self.on_change()
+        return session
+
+    async def _save_node(self, reg: npb.Register) -> None:
+        for _ in range(5):
+            kv = await self.store.get(keys.node(reg.node_id))
+            node = pb.NodeInfo()
+            if kv is not None:
+                node.ParseFromString(kv.value)
+            state = node.state if node.state in (pb.CORDONED, pb.DRAINING) else pb.READY
+            new = pb.NodeInfo(
+                node_id=reg.node_id,
+                address=reg.address,
+                capacity=reg.capacity,
+                allocatable=reg.capacity,
+                labels=reg.labels,
+                drivers=reg.drivers,
+                driver_health=reg.driver_health,
+                state=state,
+                last_heartbeat=records.ts(time.time()),
+                version=reg.version,
+            )
+            result = await self.store.txn(
+                [Cmp(keys.node(reg.node_id), kv.mod_revision if kv else 0), *self.leadership.fence()],
+                [Put(keys.node(reg.node_id), new.SerializeToString())],
+            )
+            if result.succeeded:
+                await self.cache.wait_revision(result.revision)
+                return
+        raise Unavailable(f"could not record node {reg.node_id}; try again")
+
+    async def _reconcile(self, session: NodeSession, reg: npb.Register) -> None:
+        reported = {st.task_id: st for st in reg.tasks}
+        for st in reg.tasks:
+            await self._on_status(session, st)
+        for task_id in list(self.cache.by_node.get(session.node_id, ())):
+            rec = self.cache.tasks.get(task_id)
+            if rec is None or rec.msg.state not in records.ACTIVE or task_id in reported:
+                continue
+            task = rec.msg
+            if task.state == pb.ASSIGNED:
+                self.send_start(task)
+            else:
+                await self.writer.update(task_id, lambda t, n=session.node_id: lost_or_retry(t, n, "the node restarted without it"), fenced=True)
+
+    async def _on_status(self, session: NodeSession, st: npb.TaskStatus) -> None:
+        if st.state not in (pb.RUNNING, *records.TERMINAL):
+            log.warning("node %s sent status with state %s for %s", session.node_id, st.state, st.task_id)
+            return
+        rec = self.cache.tasks.get(st.task_id)
+        if rec is None or rec.msg.node_id != session.node_id or rec.msg.attempt != st.attempt:
+            # Unknown, or a copy the cluster has replaced: kill it, forget it.
+            if st.state == pb.RUNNING:
+                stale = pb.TaskExecution(task_id=st.task_id, attempt=st.attempt, node_id=session.node_id)
+                self.send_stop(stale, pb.LOST, "this copy was replaced; the task runs elsewhere")
+            else:
+                session.send(npb.MasterMessage(ack=npb.StatusAck(task_id=st.task_id, attempt=st.attempt, state=st.state)))
+            return
+        if st.state == pb.RUNNING and rec.msg.stop_requested:
+            self.send_stop(rec.msg, pb.STOPPED, "stop requested")
+        await self.writer.update(st.task_id, lambda t: apply_status(t, st), fenced=True)
+        session.send(npb.MasterMessage(ack=npb.StatusAck(task_id=st.task_id, attempt=st.attempt, state=st.state)))
+        if st.state in records.TERMINAL:
+            self.on_change()
+
+
+def apply_status(task: pb.TaskExecution, st: npb.TaskStatus) -> pb.TaskExecution | None:
+    """The task record after a nodelet's report, or None when the report changes nothing."""
+    if task.state in records.TERMINAL or task.attempt != st.attempt:
+        return None
+    if st.state == pb.RUNNING:
+        if task.state == pb.RUNNING:
+            return None
+        task.state = pb.RUNNING
+        task.reason = ""
+        task.start_time.CopyFrom(st.start_time)
+        timeout = task.spec.timeout.seconds + task.spec.timeout.nanos / 1e9
+        if timeout:
+            task.expiry_time.CopyFrom(records.ts(records.seconds(st.start_time) + timeout))
+        return task
+    if st.state == pb.FAILED and task.spec.retry.retry_on_failure and task.attempt < records.max_attempts(task) and not task.stop_requested:
+        task.exit_code = st.exit_code
+        task.start_time.CopyFrom(st.start_time)
+        task.finish_time.CopyFrom(st.finish_time)
+        return records.next_attempt(task, pb.FAILED, st.reason or f"exit code {st.exit_code}")
+    task.state = st.state
+    task.exit_code = st.exit_code
+    task.reason = st.reason
+    if not task.HasField("start_time") and st.HasField("start_time"):
+        task.start_time.CopyFrom(st.start_time)
+    task.finish_time.CopyFrom(st.finish_time if st.HasField("finish_time") else records.ts(time.time()))
+    return task
+
+
+def lost_or_retry(task: pb.TaskExecution, node_id: str, reason: str) -> pb.TaskExecution | None:
+    """A task whose node is gone: a new attempt if its policy allows, else LOST for good."""
+    if task.state not in records.ACTIVE or task.node_id != node_id:
+        return None
+    if task.stop_requested:
+        task.state = pb.STOPPED
+        task.reason = f"stopped; its node was lost ({reason})"
+        task.finish_time.CopyFrom(records.ts(time.time()))
+        return task
+    if task.attempt < records.max_attempts(task):
+        return records.next_attempt(task, pb.LOST, f"node {node_id} lost: {reason}")
+    task.state = pb.LOST
+    task.reason = f"node {node_id} lost: {reason}; no attempts left ({task.attempt})"
+    task.finish_time.CopyFrom(records.ts(time.time()))
+    return task

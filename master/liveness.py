@@ -1,0 +1,73 @@
+"""Node liveness (leader only): a node silent past the heartbeat timeout goes DOWN, and each
+of its tasks gets a new attempt elsewhere (or ends LOST when its attempts are used up).
+
+Deadlines start with a full grace period when the loop starts, so a new leader never marks
+healthy nodes DOWN before they had time to reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from corral.v1 import types_pb2 as pb
+
+from . import keys
+from .cache import Cache
+from .gateway import Gateway, lost_or_retry
+from .leadership import Leadership
+from .store import Cmp, EtcdStore, Put
+from .taskops import TaskWriter
+
+log = logging.getLogger("corral.liveness")
+
+
+class Liveness:
+    def __init__(
+        self,
+        store: EtcdStore,
+        cache: Cache,
+        writer: TaskWriter,
+        gateway: Gateway,
+        leadership: Leadership,
+        *,
+        timeout: float = 10.0,
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.writer = writer
+        self.gateway = gateway
+        self.leadership = leadership
+        self.timeout = timeout
+
+    async def run(self) -> None:
+        await self.cache.ready.wait()
+        started = time.monotonic()
+        while True:
+            await asyncio.sleep(min(0.25, self.timeout / 4))
+            now = time.monotonic()
+            for node_id, rec in list(self.cache.nodes.items()):
+                if rec.msg.state == pb.DOWN:
+                    continue
+                seen = max(self.gateway.last_seen.get(node_id, started), started)
+                if now - seen > self.timeout:
+                    await self.mark_down(node_id, f"no heartbeat for {now - seen:.1f}s")
+
+    async def mark_down(self, node_id: str, reason: str) -> None:
+        rec = self.cache.nodes.get(node_id)
+        if rec is None:
+            return
+        node = pb.NodeInfo()
+        node.CopyFrom(rec.msg)
+        node.state = pb.DOWN
+        result = await self.store.txn(
+            [Cmp(keys.node(node_id), rec.rev), *self.leadership.fence()],
+            [Put(keys.node(node_id), node.SerializeToString())],
+        )
+        if not result.succeeded:
+            return
+        await self.cache.wait_revision(result.revision)
+        log.warning("node %s DOWN: %s", node_id, reason)
+        for task_id in list(self.cache.by_node.get(node_id, ())):
+            await self.writer.update(task_id, lambda t: lost_or_retry(t, node_id, reason), fenced=True)

@@ -1,0 +1,77 @@
+"""Small pure helpers over task records: states, times, ids, attempts."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from corral.v1 import types_pb2 as pb
+
+TERMINAL = frozenset(
+    {pb.SUCCEEDED, pb.FAILED, pb.OOM_KILLED, pb.TIMED_OUT, pb.STOPPED, pb.LOST}
+)
+ACTIVE = frozenset({pb.ASSIGNED, pb.RUNNING})
+DEFAULT_MAX_ATTEMPTS = 3
+
+_lock = threading.Lock()
+_last = [0, 0]
+
+
+def new_task_id() -> str:
+    """A time-ordered unique id: milliseconds, a per-process counter and random bits."""
+    ms = int(time.time() * 1000)
+    with _lock:
+        if ms == _last[0]:
+            _last[1] += 1
+        else:
+            _last[0], _last[1] = ms, 0
+        seq = _last[1]
+    return f"t{ms:011x}{seq:03x}{os.urandom(3).hex()}"
+
+
+def new_template_id() -> str:
+    return f"tpl-{os.urandom(5).hex()}"
+
+
+def ts(seconds: float) -> Timestamp:
+    t = Timestamp()
+    t.FromNanoseconds(int(seconds * 1e9))
+    return t
+
+
+def seconds(t: Timestamp) -> float:
+    return t.seconds + t.nanos / 1e9
+
+
+def state_name(state: int) -> str:
+    return pb.TaskState.Name(state)
+
+
+def next_attempt(task: pb.TaskExecution, end_state: int, reason: str) -> pb.TaskExecution:
+    """The record for a new attempt: the current one moved to history, back to PENDING."""
+    new = pb.TaskExecution()
+    new.CopyFrom(task)
+    new.history.add(
+        attempt=task.attempt,
+        node_id=task.node_id,
+        state=end_state,
+        exit_code=task.exit_code,
+        reason=reason,
+        start_time=task.start_time,
+        finish_time=task.finish_time,
+    )
+    new.attempt = task.attempt + 1
+    new.state = pb.PENDING
+    new.node_id = ""
+    new.exit_code = 0
+    new.reason = f"attempt {task.attempt} {state_name(end_state)}: {reason}"
+    for f in ("start_time", "finish_time", "expiry_time"):
+        new.ClearField(f)
+    return new
+
+
+def max_attempts(task: pb.TaskExecution) -> int:
+    return task.spec.retry.max_attempts or DEFAULT_MAX_ATTEMPTS

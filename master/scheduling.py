@@ -1,0 +1,149 @@
+"""The leader's scheduling loop: pending tasks → scheduler_core.place → committed ASSIGNED →
+StartTask down the node's stream. Also the time queue for tasks due later: one timer for the
+earliest due instant, no polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from corral import scheduler_core as sc
+from corral.v1 import types_pb2 as pb
+
+from . import records
+from .cache import Cache
+from .gateway import Gateway
+from .taskops import TaskWriter
+
+log = logging.getLogger("corral.scheduler")
+
+DRIVER_NAMES = {pb.PROCESS: "process", pb.DOCKER: "docker", pb.DRIVER_UNSPECIFIED: "process"}
+
+
+def to_request(task: pb.TaskExecution) -> sc.TaskRequest:
+    s = task.spec
+    return sc.TaskRequest(
+        task_id=task.task_id,
+        request=sc.Resources(s.cpu_request, s.mem_request, s.pids_limit),
+        driver=DRIVER_NAMES.get(s.driver, "process"),
+        constraints=tuple(sc.Constraint(c.key, c.op, tuple(c.values)) for c in s.constraints),
+        priority=s.priority,
+        template_id=task.template_id,
+    )
+
+
+def snapshot(cache: Cache, gateway: Gateway) -> sc.Snapshot:
+    nodes = []
+    for node_id, rec in cache.nodes.items():
+        n = rec.msg
+        allocated = sc.Resources()
+        for task_id in cache.by_node.get(node_id, ()):
+            t = cache.tasks.get(task_id)
+            if t is not None and t.msg.state in records.ACTIVE:
+                s = t.msg.spec
+                allocated = allocated + sc.Resources(s.cpu_request, s.mem_request, s.pids_limit)
+        nodes.append(
+            sc.Node(
+                node_id=node_id,
+                allocatable=sc.Resources(n.allocatable.cpu, n.allocatable.memory, n.allocatable.pids or 1 << 30),
+                allocated=allocated,
+                ready=n.state in (pb.READY, pb.CORDONED, pb.DRAINING) and gateway.connected(node_id),
+                schedulable=n.state == pb.READY,
+                drivers=frozenset(n.drivers),
+                labels=tuple(sorted(n.labels.items())),
+            )
+        )
+    return sc.Snapshot(tuple(nodes))
+
+
+class Scheduler:
+    def __init__(self, cache: Cache, writer: TaskWriter, gateway: Gateway, *, concurrency: int = 64) -> None:
+        self.cache = cache
+        self.writer = writer
+        self.gateway = gateway
+        self._wake = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._sem = asyncio.Semaphore(concurrency)
+        self.passes = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def on_cache_change(self, prefix: str, ident: str, msg: object) -> None:
+        if prefix == "nodes/" or (isinstance(msg, pb.TaskExecution) and msg.state in (pb.PENDING, *records.TERMINAL)):
+            self._wake.set()
+
+    async def run(self) -> None:
+        unlisten = self.cache.listen(self.on_cache_change)
+        try:
+            await self.cache.ready.wait()
+            self._wake.set()
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                try:
+                    await self.pass_once()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("scheduling pass failed")
+                    await asyncio.sleep(0.5)
+                    self._wake.set()
+        finally:
+            unlisten()
+            if self._timer:
+                self._timer.cancel()
+
+    def _arm(self, due: float) -> None:
+        loop = asyncio.get_running_loop()
+        if self._timer:
+            self._timer.cancel()
+        self._timer = loop.call_later(max(0.0, due - time.time()), self._wake.set)
+
+    async def pass_once(self) -> None:
+        self.passes += 1
+        now = time.time()
+        due_tasks: list[pb.TaskExecution] = []
+        next_due: float | None = None
+        for task_id in list(self.cache.tasks_in(pb.PENDING)):
+            t = self.cache.tasks[task_id].msg
+            due = records.seconds(t.due_time)
+            if due <= now + 0.0005:
+                due_tasks.append(t)
+            elif next_due is None or due < next_due:
+                next_due = due
+        if next_due is not None:
+            self._arm(next_due)
+        if not due_tasks:
+            return
+        due_tasks.sort(key=lambda t: (records.seconds(t.due_time), t.task_id))
+        plan = sc.place(snapshot(self.cache, self.gateway), [to_request(t) for t in due_tasks])
+        by_id = {t.task_id: t for t in due_tasks}
+        await asyncio.gather(*(self._assign(p) for p in plan.placements))
+        for u in plan.unplaced:
+            t = by_id[u.task_id]
+            if t.reason != u.reason:
+                await self.writer.update(u.task_id, lambda x, r=u.reason: _set_reason(x, r), fenced=True)
+
+    async def _assign(self, p: sc.Placement) -> None:
+        def mutate(t: pb.TaskExecution) -> pb.TaskExecution | None:
+            if t.state != pb.PENDING or t.stop_requested:
+                return None
+            t.state = pb.ASSIGNED
+            t.node_id = p.node_id
+            t.reason = ""
+            return t
+
+        async with self._sem:
+            task = await self.writer.update(p.task_id, mutate, fenced=True)
+        if task is not None and not self.gateway.send_start(task):
+            log.info("node %s went away before task %s could be sent; it will be resent on reconnect", p.node_id, p.task_id)
+
+
+def _set_reason(t: pb.TaskExecution, reason: str) -> pb.TaskExecution | None:
+    if t.state != pb.PENDING or t.reason == reason:
+        return None
+    t.reason = reason
+    return t

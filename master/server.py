@@ -1,0 +1,160 @@
+"""`corral master`: one master replica. Wires the store, cache, servicers and leader loops,
+serves gRPC (plus the standard health and reflection services) and stops cleanly on
+SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from corral import logs
+from corral.v1 import api_pb2, api_pb2_grpc, nodelet_pb2, nodelet_pb2_grpc
+
+from .api_nodes import ClusterServicer, NodeServicer
+from .api_tasks import TaskServicer
+from .api_templates import TemplateServicer
+from .auth import Authenticator, ensure_bootstrap_admin
+from .cache import Cache
+from .gateway import Gateway
+from .leadership import SoleLeader
+from .liveness import Liveness
+from .scheduling import Scheduler
+from .store import EtcdStore
+
+log = logging.getLogger("corral.master")
+
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    p.add_argument("--etcd", default=env("CORRAL_ETCD", "127.0.0.1:2379"), help="etcd endpoint host:port (env CORRAL_ETCD)")
+    p.add_argument("--prefix", default=env("CORRAL_PREFIX", "/corral/"), help="key prefix in etcd (env CORRAL_PREFIX)")
+    p.add_argument("--listen", default=env("CORRAL_LISTEN", "127.0.0.1:7070"), help="gRPC listen address; port 0 picks a free one")
+    p.add_argument("--advertise", default=env("CORRAL_ADVERTISE", ""), help="address clients and nodelets reach this master at")
+    p.add_argument("--name", default=env("CORRAL_NAME", socket.gethostname()), help="member name shown in cluster status")
+    p.add_argument("--bootstrap-token", default=env("CORRAL_BOOTSTRAP_TOKEN", ""), help="token of the first admin user (env CORRAL_BOOTSTRAP_TOKEN)")
+    p.add_argument("--heartbeat-interval", type=float, default=float(env("CORRAL_HEARTBEAT_INTERVAL", "1")), help="seconds between nodelet heartbeats")
+    p.add_argument("--heartbeat-timeout", type=float, default=float(env("CORRAL_HEARTBEAT_TIMEOUT", "10")), help="seconds of silence before a node is DOWN")
+    p.add_argument("--ready-file", default="", help="write the bound address here once serving (for scripts and tests)")
+    p.add_argument("--log-level", default=env("CORRAL_LOG_LEVEL", "info"))
+
+
+class Master:
+    """The parts of one master replica, built from its options."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.store = EtcdStore(args.etcd, args.prefix)
+        self.cache = Cache(self.store)
+        self.leadership = SoleLeader()
+        self.auth = Authenticator(self.cache)
+        from .taskops import TaskWriter
+
+        self.writer = TaskWriter(self.store, self.cache, self.leadership)
+        self.gateway = Gateway(
+            self.store, self.cache, self.writer, self.auth, self.leadership,
+            heartbeat_interval=args.heartbeat_interval,
+        )
+        self.scheduler = Scheduler(self.cache, self.writer, self.gateway)
+        self.gateway.on_change = self.scheduler.wake
+        self.liveness = Liveness(
+            self.store, self.cache, self.writer, self.gateway, self.leadership, timeout=args.heartbeat_timeout
+        )
+        self.server = grpc.aio.server(options=GRPC_OPTIONS)
+        self.address = ""
+
+    def _add_services(self, address: str) -> None:
+        s = self.server
+        api_pb2_grpc.add_TemplateServiceServicer_to_server(TemplateServicer(self.store, self.cache, self.auth), s)
+        api_pb2_grpc.add_TaskServiceServicer_to_server(
+            TaskServicer(self.store, self.cache, self.auth, self.writer, self.gateway), s
+        )
+        api_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(self.store, self.cache, self.auth, self.gateway), s)
+        api_pb2_grpc.add_ClusterServiceServicer_to_server(
+            ClusterServicer(self.cache, self.auth, self.leadership, name=self.args.name, address=address, etcd=[self.args.etcd]),
+            s,
+        )
+        nodelet_pb2_grpc.add_NodeletServiceServicer_to_server(self.gateway, s)
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, s)
+        names = [
+            api_pb2.DESCRIPTOR.services_by_name[n].full_name
+            for n in ("TemplateService", "TaskService", "NodeService", "ClusterService")
+        ] + [nodelet_pb2.DESCRIPTOR.services_by_name["NodeletService"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(names, s)
+
+    async def run(self) -> None:
+        await self.store.connect()
+        if self.args.bootstrap_token:
+            await ensure_bootstrap_admin(self.store, self.args.bootstrap_token)
+        port = self.server.add_insecure_port(self.args.listen)
+        host = self.args.listen.rpartition(":")[0]
+        self.address = self.args.advertise or f"{host}:{port}"
+        self._add_services(self.address)
+        await self.server.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.cache.run())
+                await self.cache.ready.wait()
+                await _set_serving(self.health)
+                tg.create_task(self.scheduler.run())
+                tg.create_task(self.liveness.run())
+                log.info("master %s serving on %s (etcd %s)", self.args.name, self.address, self.args.etcd)
+                if self.args.ready_file:
+                    tmp = Path(self.args.ready_file + ".tmp")
+                    tmp.write_text(self.address)
+                    tmp.rename(self.args.ready_file)
+                await stop.wait()
+                log.info("master stopping")
+                await self.server.stop(grace=1.0)
+                raise _Stop
+        except* _Stop:
+            pass
+        finally:
+            await self.server.stop(grace=None)
+            await self.store.close()
+
+
+async def _run(args: argparse.Namespace) -> None:
+    await Master(args).run()
+
+
+class _Stop(Exception):
+    pass
+
+
+async def _set_serving(h: object) -> None:
+    result = h.set("", health_pb2.HealthCheckResponse.SERVING)  # type: ignore[attr-defined]
+    if asyncio.iscoroutine(result):
+        await result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="corral master", description="Run one corral master replica.")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    logs.setup(args.log_level)
+    try:
+        asyncio.run(_run(args))
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -1,0 +1,218 @@
+"""The storage interface of the master, and its etcd implementation (aetcd underneath).
+
+Everything the master persists goes through `Store`: point reads, prefix reads, one
+multi-operation transaction primitive (compare-and-swap on mod revision, create-if-absent),
+and prefix watches that deliver each etcd revision's events as one batch. Keeping the
+surface this small lets the HA issue add fencing (one more compare in every leader
+transaction) in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import aetcd
+import grpc
+from aetcd import rpc
+
+from corral.errors import Unavailable
+
+log = logging.getLogger("corral.store")
+
+
+@dataclass(frozen=True, slots=True)
+class KV:
+    key: str
+    value: bytes
+    mod_revision: int
+    create_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    key: str
+    value: bytes | None  # None for a delete
+    mod_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    key: str
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Cmp:
+    """A transaction guard: the key's mod revision equals `mod_revision` (0 = key absent)."""
+
+    key: str
+    mod_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class TxnResult:
+    succeeded: bool
+    revision: int
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    b = bytearray(prefix)
+    for i in range(len(b) - 1, -1, -1):
+        if b[i] < 0xFF:
+            b[i] += 1
+            return bytes(b[: i + 1])
+    return b"\x00"
+
+
+class EtcdStore:
+    """`Store` over one etcd endpoint `host:port`, every key under `prefix`."""
+
+    def __init__(self, endpoint: str, prefix: str = "/corral/", timeout: float = 5.0) -> None:
+        host, _, port = endpoint.rpartition(":")
+        self.endpoint = endpoint
+        self.prefix = prefix
+        self._timeout = timeout
+        self._client = aetcd.Client(
+            host=host or "127.0.0.1",
+            port=int(port),
+            options={
+                "grpc.max_receive_message_length": 256 * 1024 * 1024,
+                "grpc.max_send_message_length": 64 * 1024 * 1024,
+            },
+        )
+
+    async def connect(self, wait: float = 30.0) -> None:
+        """Connect and wait until etcd answers (raises Unavailable after `wait` seconds)."""
+        await self._client.connect()
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            try:
+                await self._kv().Range(
+                    rpc.RangeRequest(key=b"/", limit=1, serializable=True), timeout=2
+                )
+                return
+            except grpc.aio.AioRpcError as e:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise Unavailable(f"etcd at {self.endpoint} does not answer: {e.details()}") from e
+                await asyncio.sleep(0.2)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    def _kv(self) -> rpc.KVStub:
+        return self._client.kvstub
+
+    def _k(self, key: str) -> bytes:
+        return (self.prefix + key).encode()
+
+    def _strip(self, key: bytes) -> str:
+        return key.decode()[len(self.prefix) :]
+
+    async def _call(self, coro_fn, *args):  # type: ignore[no-untyped-def]
+        try:
+            return await coro_fn(*args, timeout=self._timeout)
+        except grpc.aio.AioRpcError as e:
+            raise Unavailable(f"etcd: {e.code().name}: {e.details()}") from e
+
+    async def get(self, key: str) -> KV | None:
+        resp = await self._call(self._kv().Range, rpc.RangeRequest(key=self._k(key)))
+        if not resp.kvs:
+            return None
+        kv = resp.kvs[0]
+        return KV(key, kv.value, kv.mod_revision, kv.create_revision)
+
+    async def range(self, prefix: str, limit: int = 0) -> tuple[list[KV], int]:
+        """All keys under `prefix`, and the revision the read was served at."""
+        start = self._k(prefix)
+        end = _prefix_end(start)
+        out: list[KV] = []
+        revision = 0
+        page = 2000 if limit == 0 else min(limit, 2000)
+        while True:
+            req = rpc.RangeRequest(key=start, range_end=end, limit=page, revision=revision)
+            resp = await self._call(self._kv().Range, req)
+            revision = revision or resp.header.revision
+            for kv in resp.kvs:
+                out.append(KV(self._strip(kv.key), kv.value, kv.mod_revision, kv.create_revision))
+            if not resp.more or not resp.kvs or (limit and len(out) >= limit):
+                return out, revision
+            start = resp.kvs[-1].key + b"\x00"
+
+    async def txn(
+        self,
+        compares: Sequence[Cmp],
+        ops: Sequence[Put | Delete],
+        failure_gets: Sequence[str] = (),
+    ) -> TxnResult:
+        """Apply `ops` atomically if every compare holds."""
+        cmp = []
+        for c in compares:
+            cmp.append(
+                rpc.Compare(
+                    key=self._k(c.key),
+                    target=rpc.Compare.MOD,
+                    result=rpc.Compare.EQUAL,
+                    mod_revision=c.mod_revision,
+                )
+            )
+        success = []
+        for op in ops:
+            if isinstance(op, Put):
+                success.append(rpc.RequestOp(request_put=rpc.PutRequest(key=self._k(op.key), value=op.value)))
+            else:
+                success.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=self._k(op.key))))
+        resp = await self._call(self._kv().Txn, rpc.TxnRequest(compare=cmp, success=success))
+        return TxnResult(resp.succeeded, resp.header.revision)
+
+    async def put(self, key: str, value: bytes) -> int:
+        return (await self.txn([], [Put(key, value)])).revision
+
+    async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[tuple[int, list[Event]]]:
+        """Yield (revision, events) for every change under `prefix` from `start_revision` on.
+
+        Raises Unavailable when the stream breaks; the caller re-lists and watches again.
+        """
+        key = self._k(prefix)
+        create = rpc.WatchCreateRequest(
+            key=key, range_end=_prefix_end(key), start_revision=start_revision, progress_notify=True
+        )
+        stub = rpc.WatchStub(self._client.channel)
+        queue: asyncio.Queue[rpc.WatchRequest | None] = asyncio.Queue()
+        await queue.put(rpc.WatchRequest(create_request=create))
+
+        async def requests() -> AsyncIterator[rpc.WatchRequest]:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                yield item
+
+        call = stub.Watch(requests())
+        try:
+            async for resp in call:
+                if resp.compact_revision:
+                    raise Unavailable(f"watch fell behind compaction at {resp.compact_revision}")
+                if resp.canceled:
+                    raise Unavailable(f"watch canceled: {resp.cancel_reason}")
+                events = [
+                    Event(
+                        self._strip(ev.kv.key),
+                        None if ev.type == rpc.Event.DELETE else ev.kv.value,
+                        ev.kv.mod_revision,
+                    )
+                    for ev in resp.events
+                ]
+                yield resp.header.revision, events
+        except grpc.aio.AioRpcError as e:
+            raise Unavailable(f"etcd watch: {e.code().name}: {e.details()}") from e
+        finally:
+            await queue.put(None)
+            call.cancel()

@@ -1,0 +1,78 @@
+"""Committed task transitions: read, change, compare-and-swap, retry on a lost race.
+
+Every state change of a task goes through `TaskWriter.update`, so each transition is in
+etcd before anyone acts on it, and two writers can never both apply a change computed from
+the same old record (the compare is on the record's mod revision).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from corral.errors import Aborted, NotFound
+from corral.v1 import types_pb2 as pb
+
+from . import keys
+from .cache import Cache
+from .leadership import Leadership
+from .store import Cmp, EtcdStore, Put
+
+log = logging.getLogger("corral.tasks")
+
+Mutator = Callable[[pb.TaskExecution], pb.TaskExecution | None]
+
+
+class TaskWriter:
+    def __init__(self, store: EtcdStore, cache: Cache, leadership: Leadership) -> None:
+        self.store = store
+        self.cache = cache
+        self.leadership = leadership
+
+    async def load(self, task_id: str) -> tuple[pb.TaskExecution, int]:
+        rec = self.cache.tasks.get(task_id)
+        if rec is not None:
+            return rec.msg, rec.rev
+        kv = await self.store.get(keys.task(task_id))
+        if kv is None:
+            raise NotFound(f"task {task_id} not found")
+        msg = pb.TaskExecution()
+        msg.ParseFromString(kv.value)
+        return msg, kv.mod_revision
+
+    async def update(
+        self, task_id: str, mutate: Mutator, *, fenced: bool = False, attempts: int = 8
+    ) -> pb.TaskExecution | None:
+        """Apply `mutate` to a copy of the task and commit it if nobody changed it meanwhile.
+
+        `mutate` returns the new record, or None to leave the task as it is (the change no
+        longer applies). Returns the committed record, or None when nothing was written.
+        `fenced` adds the leader's fencing compare (leader-loop writes).
+        """
+        fresh = False
+        for _ in range(attempts):
+            if fresh:
+                kv = await self.store.get(keys.task(task_id))
+                if kv is None:
+                    raise NotFound(f"task {task_id} not found")
+                current = pb.TaskExecution()
+                current.ParseFromString(kv.value)
+                rev = kv.mod_revision
+            else:
+                current, rev = await self.load(task_id)
+            copy = pb.TaskExecution()
+            copy.CopyFrom(current)
+            new = mutate(copy)
+            if new is None:
+                return None
+            compares = [Cmp(keys.task(task_id), rev)]
+            if fenced:
+                compares += self.leadership.fence()
+            result = await self.store.txn(compares, [Put(keys.task(task_id), new.SerializeToString())])
+            if result.succeeded:
+                await self.cache.wait_revision(result.revision)
+                return new
+            if fenced and not self.leadership.still_leader():
+                raise Aborted("no longer the leader")
+            fresh = True
+        raise Aborted(f"task {task_id}: too many concurrent changes, try again")

@@ -1,0 +1,364 @@
+"""The nodelet agent: registers with the master, holds one stream, heartbeats, runs tasks
+through drivers, reports their status until acknowledged, and re-adopts what it finds on
+disk after a restart.
+
+Task directories live under `<data_dir>/tasks/<task>-<attempt>/` with `handle.json` (how to
+re-attach), `output.log`, `exit`, `outcome.json` once ended, and `acked` once the master
+has committed the outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from pathlib import Path
+
+import grpc
+import psutil
+
+from corral import __version__
+from corral.v1 import nodelet_pb2 as npb
+from corral.v1 import nodelet_pb2_grpc
+from corral.v1 import types_pb2 as pb
+
+from .driver import Driver, DriverError, Handle, Outcome
+
+log = logging.getLogger("corral.nodelet")
+
+TERMINAL = {pb.SUCCEEDED, pb.FAILED, pb.OOM_KILLED, pb.TIMED_OUT, pb.STOPPED, pb.LOST}
+TIMEOUT_GRACE = 5.0
+
+
+def _ts(seconds: float) -> object:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    t = Timestamp()
+    t.FromNanoseconds(int(seconds * 1e9))
+    return t
+
+
+def _dir_name(task_id: str, attempt: int) -> str:
+    return f"{task_id.replace('/', '_')}-{attempt}"
+
+
+class Nodelet:
+    def __init__(
+        self,
+        node_id: str,
+        masters: list[str],
+        token: str,
+        data_dir: Path,
+        drivers: dict[str, Driver],
+        *,
+        cpus: float | None = None,
+        memory: int | None = None,
+        labels: dict[str, str] | None = None,
+        address: str = "",
+    ) -> None:
+        self.node_id = node_id
+        self.masters = masters
+        self.token = token
+        self.data_dir = data_dir
+        self.tasks_dir = data_dir / "tasks"
+        self.drivers = drivers
+        self.cpus = cpus
+        self.memory = memory
+        self.labels = labels or {}
+        self.address = address
+        self.handles: dict[str, Handle] = {}          # task_id → current attempt's handle
+        self.dirs: dict[str, Path] = {}               # task_id → latest directory (for logs)
+        self.outbox: dict[tuple[str, int], npb.TaskStatus] = {}
+        self.heartbeat_interval = 1.0
+        self._queue: asyncio.Queue[npb.NodeletMessage] | None = None
+        self._monitors: set[asyncio.Task[None]] = set()
+        self.connected = asyncio.Event()
+        self._last_cpu: dict[str, tuple[float, int]] = {}
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.tasks_dir.mkdir(parents=True, exist_ok=True)
+        await self.recover_all()
+        backoff = 0.1
+        i = 0
+        while True:
+            addr = self.masters[i % len(self.masters)]
+            started = time.monotonic()
+            try:
+                await self._session(addr)
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as e:
+                log.warning("stream to %s ended: %s %s", addr, e.code().name, e.details())
+                if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT):
+                    backoff = 5.0
+            except Exception as e:  # noqa: BLE001 - keep reconnecting whatever broke
+                log.warning("stream to %s failed: %r", addr, e)
+            finally:
+                self.connected.clear()
+                self._queue = None
+            if time.monotonic() - started > 10:
+                backoff = 0.1
+            i += 1
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, 5.0)
+
+    async def recover_all(self) -> None:
+        """Re-adopt running tasks and queue unacknowledged outcomes found on disk."""
+        for d in sorted(self.tasks_dir.glob("*")):
+            if not (d / "handle.json").exists():
+                continue
+            try:
+                handle = Handle.load(d)
+            except (OSError, ValueError, TypeError):
+                log.error("unreadable task handle in %s; leaving it", d)
+                continue
+            self.dirs[handle.task_id] = d
+            if (d / "acked").exists():
+                continue
+            outcome = Outcome.load(d)
+            if outcome is not None:
+                self._queue_outcome(handle, outcome)
+                continue
+            driver = self.drivers.get(handle.driver)
+            if driver is None:
+                continue
+            self.handles[handle.task_id] = handle
+            if await driver.recover(handle):
+                log.info("re-adopted task %s attempt %d (pid %d)", handle.task_id, handle.attempt, handle.pid)
+                self._set_status(self._running_status(handle))
+            else:
+                log.info("task %s ended while the nodelet was down", handle.task_id)
+            self._monitor(handle)
+
+    # ---- the stream -------------------------------------------------------------------------
+
+    def _capacity(self) -> pb.Resources:
+        cpus = self.cpus if self.cpus else float(psutil.cpu_count() or 1)
+        mem = self.memory if self.memory else psutil.virtual_memory().total
+        try:
+            pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+        except OSError:
+            pid_max = 32768
+        return pb.Resources(cpu=int(cpus * 1000), memory=int(mem), pids=pid_max)
+
+    def _register(self) -> npb.NodeletMessage:
+        drivers, health = [], {}
+        for name, d in self.drivers.items():
+            ok, why = d.fingerprint()
+            if ok:
+                drivers.append(name)
+            else:
+                health[name] = why
+        reg = npb.Register(
+            node_id=self.node_id,
+            address=self.address,
+            capacity=self._capacity(),
+            labels=self.labels,
+            drivers=drivers,
+            driver_health=health,
+            version=__version__,
+        )
+        known = dict(self.outbox)
+        for h in self.handles.values():
+            known.setdefault((h.task_id, h.attempt), self._running_status(h))
+        reg.tasks.extend(known.values())
+        return npb.NodeletMessage(register=reg)
+
+    async def _session(self, addr: str) -> None:
+        async with grpc.aio.insecure_channel(addr) as channel:
+            stub = nodelet_pb2_grpc.NodeletServiceStub(channel)
+            queue: asyncio.Queue[npb.NodeletMessage] = asyncio.Queue()
+            await queue.put(self._register())
+
+            async def outgoing():  # type: ignore[no-untyped-def]
+                while True:
+                    yield await queue.get()
+
+            call = stub.Connect(outgoing(), metadata=(("authorization", f"Bearer {self.token}"),))
+            beat: asyncio.Task[None] | None = None
+            try:
+                async for msg in call:
+                    kind = msg.WhichOneof("msg")
+                    if kind == "registered":
+                        hb = msg.registered.heartbeat_interval
+                        self.heartbeat_interval = max(0.05, hb.seconds + hb.nanos / 1e9) or 1.0
+                        self._queue = queue
+                        self.connected.set()
+                        log.info("registered with %s as %s", addr, self.node_id)
+                        beat = asyncio.create_task(self._heartbeats(queue))
+                    elif kind == "start":
+                        await self._start(msg.start.task)
+                    elif kind == "stop":
+                        await self._stop(msg.stop)
+                    elif kind == "ack":
+                        self._ack(msg.ack)
+                    elif kind == "read_logs":
+                        await queue.put(npb.NodeletMessage(log_data=await asyncio.to_thread(self._read_logs, msg.read_logs)))
+            finally:
+                if beat is not None:
+                    beat.cancel()
+                call.cancel()
+
+    async def _heartbeats(self, queue: asyncio.Queue[npb.NodeletMessage]) -> None:
+        psutil.cpu_percent(None)
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            hb = await asyncio.to_thread(self._heartbeat)
+            await queue.put(npb.NodeletMessage(heartbeat=hb))
+
+    def _heartbeat(self) -> npb.Heartbeat:
+        cpu = psutil.cpu_percent(None) / 100 * (psutil.cpu_count() or 1) * 1000
+        mem = psutil.virtual_memory()
+        hb = npb.Heartbeat(used=pb.Resources(cpu=int(cpu), memory=mem.total - mem.available))
+        now = time.monotonic()
+        for h in list(self.handles.values()):
+            driver = self.drivers.get(h.driver)
+            if driver is None:
+                continue
+            try:
+                cpu_ns, mem_b = driver.usage(h)
+            except (OSError, ValueError):
+                continue
+            prev = self._last_cpu.get(h.key)
+            self._last_cpu[h.key] = (now, cpu_ns)
+            millis = 0
+            if prev is not None and now > prev[0]:
+                millis = int((cpu_ns - prev[1]) / 1e6 / (now - prev[0]))
+            hb.tasks.add(task_id=h.task_id, cpu=max(0, millis), memory=mem_b)
+        return hb
+
+    def _send(self, msg: npb.NodeletMessage) -> None:
+        if self._queue is not None:
+            self._queue.put_nowait(msg)
+
+    def _set_status(self, st: npb.TaskStatus) -> None:
+        """Remember a status until the master acknowledges it, and send it now if connected."""
+        self.outbox[(st.task_id, st.attempt)] = st
+        self._send(npb.NodeletMessage(status=st))
+
+    def _ack(self, ack: npb.StatusAck) -> None:
+        key = (ack.task_id, ack.attempt)
+        st = self.outbox.get(key)
+        if st is not None and st.state == ack.state:
+            del self.outbox[key]
+        if ack.state in TERMINAL:
+            d = self.dirs.get(ack.task_id)
+            if d is not None and d.name == _dir_name(ack.task_id, ack.attempt):
+                with contextlib.suppress(OSError):
+                    (d / "acked").touch()
+
+    # ---- tasks ------------------------------------------------------------------------------
+
+    def _running_status(self, h: Handle) -> npb.TaskStatus:
+        return npb.TaskStatus(task_id=h.task_id, attempt=h.attempt, state=pb.RUNNING, start_time=_ts(h.start_time))
+
+    def _queue_outcome(self, h: Handle, o: Outcome) -> None:
+        self._set_status(
+            npb.TaskStatus(
+                task_id=h.task_id,
+                attempt=h.attempt,
+                state=o.state,
+                exit_code=o.exit_code,
+                reason=o.reason,
+                start_time=_ts(h.start_time),
+                finish_time=_ts(o.finish_time),
+            )
+        )
+
+    async def _start(self, task: pb.TaskExecution) -> None:
+        current = self.handles.get(task.task_id)
+        if current is not None and current.attempt >= task.attempt:
+            return  # already running this attempt (a resent start)
+        directory = self.tasks_dir / _dir_name(task.task_id, task.attempt)
+        if directory.exists() and (directory / "handle.json").exists():
+            return  # started before; its status is in the outbox
+        driver_name = {pb.DOCKER: "docker"}.get(task.spec.driver, "process")
+        driver = self.drivers.get(driver_name)
+        self.dirs[task.task_id] = directory
+        if driver is None:
+            directory.mkdir(parents=True, exist_ok=True)
+            h = Handle(task.task_id, task.attempt, driver_name, str(directory), time.time())
+            h.save()
+            self._finish(h, Outcome(pb.FAILED, -1, f"driver {driver_name} is not available on node {self.node_id}", time.time()))
+            return
+        try:
+            handle = await driver.start(task, directory)
+        except DriverError as e:
+            h = Handle(task.task_id, task.attempt, driver_name, str(directory), time.time())
+            h.save()
+            self._finish(h, Outcome(pb.FAILED, -1, str(e), time.time()))
+            return
+        self.handles[task.task_id] = handle
+        self._set_status(self._running_status(handle))
+        self._monitor(handle)
+
+    def _monitor(self, handle: Handle) -> None:
+        t = asyncio.create_task(self._watch(handle))
+        self._monitors.add(t)
+        t.add_done_callback(self._monitors.discard)
+
+    async def _watch(self, handle: Handle) -> None:
+        driver = self.drivers[handle.driver]
+        timer: asyncio.TimerHandle | None = None
+        if handle.deadline:
+            delay = max(0.0, handle.deadline - time.time())
+            timer = asyncio.get_running_loop().call_later(
+                delay, lambda: asyncio.create_task(self._kill(handle, pb.TIMED_OUT, "past its timeout", TIMEOUT_GRACE))
+            )
+        try:
+            outcome = await driver.wait(handle)
+        finally:
+            if timer:
+                timer.cancel()
+        self._finish(handle, outcome)
+
+    def _finish(self, handle: Handle, outcome: Outcome) -> None:
+        outcome.save(Path(handle.dir))
+        if self.handles.get(handle.task_id) is handle:
+            del self.handles[handle.task_id]
+        self._last_cpu.pop(handle.key, None)
+        self._queue_outcome(handle, outcome)
+        log.info("task %s attempt %d ended: %s %s", handle.task_id, handle.attempt, pb.TaskState.Name(outcome.state), outcome.reason)
+
+    async def _stop(self, stop: npb.StopTask) -> None:
+        h = self.handles.get(stop.task_id)
+        if h is None or h.attempt != stop.attempt:
+            return
+        grace = stop.grace_period.seconds + stop.grace_period.nanos / 1e9
+        await self._kill(h, stop.state or pb.STOPPED, stop.reason or "stopped", grace)
+
+    async def _kill(self, h: Handle, state: int, reason: str, grace: float) -> None:
+        if h.stop_state:
+            return
+        h.stop_state = state
+        h.stop_reason = reason
+        h.save()
+        driver = self.drivers[h.driver]
+        await driver.signal_stop(h)
+        if grace > 0:
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and self.handles.get(h.task_id) is h:
+                await asyncio.sleep(0.05)
+        if self.handles.get(h.task_id) is h:
+            await driver.kill(h)
+
+    def _read_logs(self, req: npb.ReadLogs) -> npb.LogData:
+        d = self.dirs.get(req.task_id)
+        if d is None:
+            return npb.LogData(request_id=req.request_id, error=f"no logs for task {req.task_id} on node {self.node_id}")
+        try:
+            with open(d / "output.log", "rb") as f:
+                f.seek(req.offset)
+                data = f.read(max(1, min(req.max_bytes, 1 << 20)))
+        except FileNotFoundError:
+            data = b""
+        return npb.LogData(request_id=req.request_id, data=data, offset=req.offset)
+
+
+def default_node_id() -> str:
+    return os.uname().nodename

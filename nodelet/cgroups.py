@@ -1,0 +1,223 @@
+"""Per-task cgroups with cpu quota, memory limit (no swap) and pids limit.
+
+v2 is used where the unified hierarchy at /sys/fs/cgroup offers the cpu, memory and pids
+controllers; otherwise v1, with one directory per controller hierarchy (this machine kind
+mounts them at /sys/fs/cgroup/{cpu,cpuacct,memory,pids}). A task's group lives at
+`corral/<node_id>/<task key>` so several nodelets can share one machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path("/sys/fs/cgroup")
+CFS_PERIOD_US = 100_000
+
+
+@dataclass(frozen=True)
+class Limits:
+    cpu_millis: int
+    memory: int
+    pids: int
+
+
+def _write(path: Path, value: str) -> None:
+    path.write_text(value)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def detect() -> str:
+    """"v2" or "v1": which cgroup layout this machine gives us."""
+    controllers = _read(ROOT / "cgroup.controllers").split()
+    if {"cpu", "memory", "pids"} <= set(controllers):
+        return "v2"
+    return "v1"
+
+
+class TaskCgroup:
+    """The cgroup directories of one task, in either layout."""
+
+    def __init__(self, relpath: str, version: str | None = None) -> None:
+        self.relpath = relpath.strip("/")
+        self.version = version or detect()
+        if self.version == "v2":
+            self.dirs = {"unified": ROOT / self.relpath}
+        else:
+            self.dirs = {}
+            seen: set[Path] = set()
+            for ctrl in ("memory", "cpu", "cpuacct", "pids"):
+                base = ROOT / ctrl
+                if not base.exists():
+                    continue
+                real = base.resolve()
+                if real in seen:
+                    continue
+                seen.add(real)
+                self.dirs[ctrl] = base / self.relpath
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def create(self, limits: Limits) -> None:
+        if self.version == "v2":
+            self._create_v2(limits)
+        else:
+            self._create_v1(limits)
+
+    def _create_v1(self, limits: Limits) -> None:
+        for d in self.dirs.values():
+            d.mkdir(parents=True, exist_ok=True)
+        mem = self.dirs["memory"]
+        _write(mem / "memory.limit_in_bytes", str(limits.memory))
+        if (mem / "memory.memsw.limit_in_bytes").exists():
+            _write(mem / "memory.memsw.limit_in_bytes", str(limits.memory))
+        else:
+            _write(mem / "memory.swappiness", "0")
+        cpu = self.dirs["cpu"]
+        _write(cpu / "cpu.cfs_period_us", str(CFS_PERIOD_US))
+        _write(cpu / "cpu.cfs_quota_us", str(max(1000, limits.cpu_millis * CFS_PERIOD_US // 1000)))
+        if "pids" in self.dirs:
+            _write(self.dirs["pids"] / "pids.max", str(limits.pids))
+
+    def _create_v2(self, limits: Limits) -> None:
+        d = self.dirs["unified"]
+        parts = Path(self.relpath).parts
+        cur = ROOT
+        for part in parts[:-1]:
+            cur = cur / part
+            cur.mkdir(exist_ok=True)
+        # enable controllers down the path (no processes live in these parents)
+        cur = ROOT
+        for part in parts:
+            with contextlib.suppress(OSError):
+                _write(cur / "cgroup.subtree_control", "+cpu +memory +pids")
+            cur = cur / part
+        d.mkdir(exist_ok=True)
+        _write(d / "memory.max", str(limits.memory))
+        with contextlib.suppress(OSError):
+            _write(d / "memory.swap.max", "0")
+        _write(d / "cpu.max", f"{max(1000, limits.cpu_millis * CFS_PERIOD_US // 1000)} {CFS_PERIOD_US}")
+        _write(d / "pids.max", str(limits.pids))
+
+    def procs_files(self) -> list[str]:
+        """Files a process writes its pid to in order to join every hierarchy of this group."""
+        return [str(d / "cgroup.procs") for d in self.dirs.values()]
+
+    def exists(self) -> bool:
+        return any(d.exists() for d in self.dirs.values())
+
+    def pids(self) -> list[int]:
+        out: set[int] = set()
+        for d in self.dirs.values():
+            for line in _read(d / "cgroup.procs").split():
+                out.add(int(line))
+        return sorted(out)
+
+    def signal_all(self, sig: int, only: list[int] | None = None) -> None:
+        for pid in only if only is not None else self.pids():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+    def kill_all(self, timeout: float = 5.0) -> None:
+        """SIGKILL every process in the group until it is empty (bounded)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = self.pids()
+            if not pids or time.monotonic() > deadline:
+                return
+            self.signal_all(signal.SIGKILL, pids)
+            time.sleep(0.01)
+
+    def remove(self) -> None:
+        """Kill what is left and delete the directories (retried: rmdir races with exit)."""
+        self.kill_all()
+        for d in self.dirs.values():
+            for _ in range(100):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as e:
+                    if e.errno != errno.EBUSY:
+                        raise
+                    time.sleep(0.01)
+
+    # -- figures ------------------------------------------------------------------------------
+
+    def oom_killed(self) -> bool:
+        if self.version == "v2":
+            text = _read(self.dirs["unified"] / "memory.events")
+        else:
+            text = _read(self.dirs["memory"] / "memory.oom_control")
+        for line in text.splitlines():
+            k, _, v = line.partition(" ")
+            if k == "oom_kill" and int(v or 0) > 0:
+                return True
+        return False
+
+    def memory_usage(self) -> int:
+        if self.version == "v2":
+            v = _read(self.dirs["unified"] / "memory.current")
+        else:
+            v = _read(self.dirs["memory"] / "memory.usage_in_bytes")
+        return int(v or 0)
+
+    def cpu_usage_ns(self) -> int:
+        if self.version == "v2":
+            for line in _read(self.dirs["unified"] / "cpu.stat").splitlines():
+                k, _, v = line.partition(" ")
+                if k == "usage_usec":
+                    return int(v) * 1000
+            return 0
+        d = self.dirs.get("cpuacct") or self.dirs["cpu"]
+        return int(_read(d / "cpuacct.usage") or 0)
+
+    def limits(self) -> Limits:
+        """The limits as the kernel holds them (read back after create)."""
+        if self.version == "v2":
+            d = self.dirs["unified"]
+            quota, period = _read(d / "cpu.max").split()
+            return Limits(int(quota) * 1000 // int(period), int(_read(d / "memory.max")), int(_read(d / "pids.max")))
+        quota = int(_read(self.dirs["cpu"] / "cpu.cfs_quota_us"))
+        period = int(_read(self.dirs["cpu"] / "cpu.cfs_period_us"))
+        pids = _read(self.dirs["pids"] / "pids.max").strip() if "pids" in self.dirs else "0"
+        return Limits(quota * 1000 // period, int(_read(self.dirs["memory"] / "memory.limit_in_bytes")), int(pids) if pids.isdigit() else 0)
+
+
+def remove_tree(relpath: str, version: str | None = None) -> None:
+    """Remove every task group below `relpath` (used by tests and when a node is wiped)."""
+    probe = TaskCgroup(relpath, version)
+    for d in probe.dirs.values():
+        if not d.exists():
+            continue
+        # deepest first: a directory can only go once its children are gone
+        for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            _kill_dir(sub)
+            with contextlib.suppress(OSError):
+                sub.rmdir()
+        _kill_dir(d)
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
+def _kill_dir(d: Path) -> None:
+    for _ in range(100):
+        pids = _read(d / "cgroup.procs").split()
+        if not pids:
+            return
+        for p in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(p), signal.SIGKILL)
+        time.sleep(0.01)

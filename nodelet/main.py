@@ -1,0 +1,54 @@
+"""`corral nodelet`: the node agent's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+from corral import logs, units
+
+from .agent import Nodelet, default_node_id
+from .process_driver import ProcessDriver
+
+
+def main(argv: list[str] | None = None) -> int:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="corral nodelet", description="Run the corral node agent on this machine.")
+    p.add_argument("--masters", default=env("CORRAL_MASTERS", env("CORRAL_ADDR", "127.0.0.1:7070")), help="comma-separated master addresses (env CORRAL_MASTERS)")
+    p.add_argument("--token", default=env("CORRAL_TOKEN", ""), help="token to authenticate with (env CORRAL_TOKEN)")
+    p.add_argument("--node-id", default=env("CORRAL_NODE_ID", default_node_id()), help="this node's id (default: host name)")
+    p.add_argument("--data-dir", default=env("CORRAL_DATA_DIR", ""), help="task state and logs (default /var/lib/corral/nodelet-<node-id>)")
+    p.add_argument("--cpus", default=env("CORRAL_CPUS", ""), help="cpu capacity to offer, e.g. 2 or 1500m (default: all)")
+    p.add_argument("--memory", default=env("CORRAL_MEMORY", ""), help="memory capacity to offer, e.g. 4Gi (default: all)")
+    p.add_argument("--label", action="append", default=[], help="node label key=value (repeatable)")
+    p.add_argument("--log-level", default=env("CORRAL_LOG_LEVEL", "info"))
+    args = p.parse_args(argv)
+    logs.setup(args.log_level)
+    data_dir = Path(args.data_dir or f"/var/lib/corral/nodelet-{args.node_id}")
+    labels = dict(kv.split("=", 1) for kv in args.label)
+    nodelet = Nodelet(
+        args.node_id,
+        [m.strip() for m in args.masters.split(",") if m.strip()],
+        args.token,
+        data_dir,
+        {"process": ProcessDriver(args.node_id)},
+        cpus=units.parse_cpu(args.cpus) / 1000 if args.cpus else None,
+        memory=units.parse_memory(args.memory) if args.memory else None,
+        labels=labels,
+    )
+
+    async def run() -> None:
+        task = asyncio.create_task(nodelet.run())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    asyncio.run(run())
+    return 0

@@ -1,0 +1,217 @@
+"""The process driver: a task is `/bin/sh -c run_script` in its own cgroup and in new
+pid, mount, ipc and uts namespaces, as an unprivileged user unless it asks for root.
+
+Launch: a small wrapper shell joins the task's cgroups *before* it starts anything (so the
+task is never briefly unlimited), then runs `unshare` → (setpriv) → an init shell that
+forwards SIGTERM to the script (a namespace's pid 1 otherwise ignores it). The wrapper
+writes the exit code to a file and pipes the output through a size cap into the log. It
+runs in its own session, so it outlives a nodelet restart; the new nodelet finds it by pid
+(checked against the cgroup) and waits on it through a pidfd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from corral.v1 import types_pb2 as pb
+
+from .cgroups import Limits, TaskCgroup, detect
+from .driver import DriverError, Handle, Outcome
+
+NOBODY = 65534
+LOG_CAP = 16 * 1024 * 1024
+
+# $1 exit file, $2 log file, $3 log cap, $4 uid ("root" for none), $5 script, then procs files.
+WRAPPER = r"""
+exitfile=$1; logfile=$2; cap=$3; uid=$4; script=$5; shift 5
+for f in "$@"; do echo $$ > "$f" || exit 125; done
+init='trap "kill -TERM \$c 2>/dev/null" TERM INT; /bin/sh -c "$0" & c=$!; while :; do wait $c; r=$?; kill -0 $c 2>/dev/null || exit $r; done'
+run() {
+  if [ "$uid" = root ]; then
+    exec unshare --pid --fork --mount-proc --ipc --uts --kill-child -- /bin/sh -c "$init" "$script"
+  else
+    exec unshare --pid --fork --mount-proc --ipc --uts --kill-child -- \
+      setpriv --reuid="$uid" --regid="$uid" --clear-groups --no-new-privs --inh-caps=-all --bounding-set=-all \
+      /bin/sh -c "$init" "$script"
+  fi
+}
+{ (run); echo $? > "$exitfile.tmp"; mv "$exitfile.tmp" "$exitfile"; } 2>&1 </dev/null | { head -c "$cap" > "$logfile"; cat > /dev/null; }
+"""
+
+
+def _uid(spec: pb.TaskTemplate) -> str:
+    if spec.user == "root":
+        return "root"
+    if spec.user.isdigit():
+        return spec.user
+    return str(NOBODY)
+
+
+def _pid_in(pid: int, cg: TaskCgroup) -> bool:
+    return pid in cg.pids()
+
+
+def _task_pids(cg: TaskCgroup) -> list[int]:
+    """Processes of the task itself: those inside the new pid namespace (NSpid has 2 ids)."""
+    out = []
+    for pid in cg.pids():
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("NSpid:") and len(line.split()) >= 3:
+                    out.append(pid)
+        except OSError:
+            pass
+    return out
+
+
+class ProcessDriver:
+    name = "process"
+
+    def __init__(self, node_id: str, *, cgroup_root: str = "corral", log_cap: int = LOG_CAP) -> None:
+        self.node_id = node_id
+        self.cgroup_root = cgroup_root
+        self.log_cap = log_cap
+        self.version = detect()
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def fingerprint(self) -> tuple[bool, str]:
+        for tool in ("unshare", "setpriv"):
+            if shutil.which(tool) is None:
+                return False, f"{tool} not found"
+        if os.geteuid() != 0:
+            return False, "the process driver needs root (cgroups, namespaces)"
+        return True, ""
+
+    def _cgroup(self, handle: Handle) -> TaskCgroup:
+        return TaskCgroup(handle.cgroup, handle.cgroup_version or self.version)
+
+    async def start(self, task: pb.TaskExecution, directory: Path) -> Handle:
+        spec = task.spec
+        directory.mkdir(parents=True, exist_ok=True)
+        work = directory / "work"
+        work.mkdir(exist_ok=True)
+        uid = _uid(spec)
+        if uid != "root":
+            os.chown(work, int(uid), int(uid))
+            os.chmod(directory, 0o711)
+        safe = task.task_id.replace("@", "_").replace(":", "_")
+        handle = Handle(
+            task_id=task.task_id,
+            attempt=task.attempt,
+            driver=self.name,
+            dir=str(directory),
+            start_time=time.time(),
+            cgroup=f"{self.cgroup_root}/{self.node_id}/{safe}-{task.attempt}",
+            cgroup_version=self.version,
+        )
+        timeout = spec.timeout.seconds + spec.timeout.nanos / 1e9
+        if timeout:
+            handle.deadline = handle.start_time + timeout
+        cg = self._cgroup(handle)
+        limits = Limits(spec.cpu_limit or spec.cpu_request, spec.mem_limit or spec.mem_request, spec.pids_limit or 512)
+        try:
+            await asyncio.to_thread(cg.create, limits)
+        except OSError as e:
+            await asyncio.to_thread(cg.remove)
+            raise DriverError(f"cgroup setup failed: {e}") from e
+        env = {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": str(work),
+            "CORRAL_TASK_ID": task.task_id,
+            "CORRAL_TEMPLATE_ID": task.template_id,
+            "CORRAL_ATTEMPT": str(task.attempt),
+            "CORRAL_SCHEDULED_TIME": task.due_time.ToJsonString(),
+        }
+        env.update(spec.env)
+        cwd = spec.working_dir or str(work)
+        argv = [
+            "/bin/sh", "-c", WRAPPER, "corral-task",
+            str(directory / "exit"), str(directory / "output.log"), str(self.log_cap), uid,
+            spec.run_script, *cg.procs_files(),
+        ]
+        try:
+            proc = await asyncio.to_thread(
+                subprocess.Popen, argv, env=env, cwd=cwd, start_new_session=True,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        except OSError as e:
+            await asyncio.to_thread(cg.remove)
+            raise DriverError(f"could not launch: {e}") from e
+        handle.pid = proc.pid
+        self._procs[handle.key] = proc
+        handle.save()
+        return handle
+
+    async def recover(self, handle: Handle) -> bool:
+        cg = self._cgroup(handle)
+        return handle.pid > 0 and await asyncio.to_thread(_pid_in, handle.pid, cg)
+
+    async def wait(self, handle: Handle) -> Outcome:
+        proc = self._procs.get(handle.key)
+        if proc is not None:
+            await _wait_pid(handle.pid)
+            proc.wait()
+            self._procs.pop(handle.key, None)
+        elif handle.pid and await asyncio.to_thread(_pid_in, handle.pid, self._cgroup(handle)):
+            await _wait_pid(handle.pid)
+        return await asyncio.to_thread(self._finish, handle)
+
+    def _finish(self, handle: Handle) -> Outcome:
+        cg = self._cgroup(handle)
+        directory = Path(handle.dir)
+        oom = cg.oom_killed() if cg.exists() else False
+        cg.remove()
+        try:
+            code = int((directory / "exit").read_text().strip())
+        except (OSError, ValueError):
+            code = -1
+        now = time.time()
+        if handle.stop_state:
+            return Outcome(handle.stop_state, code, handle.stop_reason, now)
+        if oom:
+            return Outcome(pb.OOM_KILLED, code, "out of memory: killed at its memory limit", now)
+        if code == 0:
+            return Outcome(pb.SUCCEEDED, 0, "", now)
+        if code == -1:
+            return Outcome(pb.FAILED, -1, "the task's process ended without an exit code (killed)", now)
+        if code > 128:
+            sig = code - 128
+            try:
+                name = signal.Signals(sig).name
+            except ValueError:
+                name = f"signal {sig}"
+            return Outcome(pb.FAILED, code, f"killed by {name}", now)
+        return Outcome(pb.FAILED, code, f"exit code {code}", now)
+
+    async def signal_stop(self, handle: Handle) -> None:
+        cg = self._cgroup(handle)
+        await asyncio.to_thread(lambda: cg.signal_all(signal.SIGTERM, _task_pids(cg)))
+
+    async def kill(self, handle: Handle) -> None:
+        await asyncio.to_thread(self._cgroup(handle).kill_all)
+
+    def usage(self, handle: Handle) -> tuple[int, int]:
+        cg = self._cgroup(handle)
+        return cg.cpu_usage_ns(), cg.memory_usage()
+
+
+async def _wait_pid(pid: int) -> None:
+    """Wait for any process (child or not) to exit, through a pidfd: no polling."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
+    try:
+        await fut
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
