@@ -1,0 +1,117 @@
+"""Test harness: a real etcd (one per session), and per-test clusters of real master and
+nodelet processes under their own etcd prefix, node ids and cgroups. Everything a test
+starts is stopped by PID, and its cgroups removed, even when the test fails."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from corral import procs
+from corral.client import Client
+from corral.nodelet import cgroups
+from corral.v1 import types_pb2 as pb
+
+TOKEN = "test-" + secrets.token_hex(8)
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class Cluster:
+    def __init__(self, etcd: str, run_dir: Path, name: str) -> None:
+        self.etcd = etcd
+        self.run_dir = run_dir
+        self.name = name
+        self.prefix = f"/t-{name}-{secrets.token_hex(3)}/"
+        self.masters: list[procs.Proc] = []
+        self.nodelets: dict[str, procs.Proc] = {}
+        self.node_ids: set[str] = set()
+        self.master_port = procs.free_port()
+        self._clients: list[Client] = []
+
+    # -- processes ----------------------------------------------------------------------------
+
+    def start_master(self, *, heartbeat_timeout: float = 3.0, extra: list[str] | None = None) -> procs.Proc:
+        m = procs.start_master(
+            self.etcd, TOKEN, self.run_dir, name=f"master-{len(self.masters)}",
+            listen=f"127.0.0.1:{self.master_port}",
+            extra=["--prefix", self.prefix, "--heartbeat-timeout", str(heartbeat_timeout), "--log-level", "debug", *(extra or [])],
+        )
+        self.masters.append(m)
+        return m
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.master_port}"
+
+    def node_id(self, short: str) -> str:
+        return f"{self.name[:20]}-{short}-{self.prefix[-7:-1]}"
+
+    def start_nodelet(self, short: str, *, cpus: str = "2", memory: str = "2Gi", wait: bool = True, **kw: Any) -> procs.Proc:
+        node_id = self.node_id(short)
+        self.node_ids.add(node_id)
+        n = procs.start_nodelet(self.addr, TOKEN, self.run_dir, node_id=node_id, cpus=cpus, memory=memory, **kw)
+        self.nodelets[short] = n
+        if wait:
+            self.wait_node_ready(node_id)
+        return n
+
+    def wait_node_ready(self, node_id: str, timeout: float = 20) -> None:
+        c = self.client()
+
+        def ready() -> bool:
+            try:
+                n = c.get_node(node_id=node_id)  # type: ignore[attr-defined]
+            except Exception:
+                return False
+            return n.state == pb.READY
+
+        wait_for(ready, timeout, 0.1, f"node {node_id} READY")
+        time.sleep(0.1)
+
+    def client(self) -> Client:
+        c = Client(self.addr, TOKEN)
+        self._clients.append(c)
+        return c
+
+    def corral_env(self) -> dict[str, str]:
+        return {**os.environ, "CORRAL_ADDR": self.addr, "CORRAL_TOKEN": TOKEN}
+
+    # -- teardown -----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        for c in self._clients:
+            c.close()
+        for n in self.nodelets.values():
+            n.stop(timeout=5)
+        for m in self.masters:
+            m.stop(timeout=5)
+        for node_id in self.node_ids:
+            cgroups.remove_tree(f"corral/{node_id}")
+
+    def dump_logs(self) -> str:
+        return "\n".join(f"== {p.name}\n{p.log_tail(60)}" for p in [*self.masters, *self.nodelets.values()])
+
+
+def kill9(p: procs.Proc) -> None:
+    p.popen.send_signal(signal.SIGKILL)
+    p.popen.wait(5)
+
+
+def task_pids(node_id: str, task: pb.TaskExecution) -> list[int]:
+    cg = cgroups.TaskCgroup(f"corral/{node_id}/{task.task_id}-{task.attempt}")
+    return cg.pids() if cg.exists() else []

@@ -1,0 +1,231 @@
+"""One-off tasks end to end: real etcd, master and nodelet processes, cgroups, namespaces."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from harness import Cluster, kill9, task_pids, wait_for
+
+from corral import errors
+from corral.nodelet import cgroups
+from corral.v1 import types_pb2 as pb
+
+pytestmark = pytest.mark.integration
+
+
+def spec(script: str, **kw: object) -> pb.TaskTemplate:
+    return pb.TaskTemplate(run_script=script, **kw)  # type: ignore[arg-type]
+
+
+def logs(c, task_id: str) -> bytes:  # type: ignore[no-untyped-def]
+    return b"".join(ch.data for ch in c.task_logs(task_id=task_id))
+
+
+def test_task_succeeds_and_logs_are_readable(cluster: Cluster) -> None:
+    cluster.start_master()
+    cluster.start_nodelet("a")
+    c = cluster.client()
+    t = c.submit_task(spec=spec("echo hello; echo err >&2; id -u; echo $CORRAL_TASK_ID; cat /proc/self/cgroup"), name="hello")
+    assert t.state == pb.PENDING and t.attempt == 1
+    final = c.wait_task(t.task_id, timeout=30)
+    assert final.state == pb.SUCCEEDED, final
+    assert final.exit_code == 0
+    assert final.node_id == cluster.node_id("a")
+    assert final.start_time.seconds and final.finish_time.seconds
+    out = logs(c, t.task_id).decode()
+    lines = out.splitlines()
+    assert lines[0] == "hello" and "err" in lines
+    assert "65534" in lines, "runs as the unprivileged user by default"
+    assert t.task_id in lines
+    assert f"corral/{cluster.node_id('a')}/{t.task_id}-1" in out, "runs inside its own cgroup"
+
+
+def test_nonzero_exit_is_failed_with_exit_code(cluster: Cluster) -> None:
+    cluster.start_master()
+    cluster.start_nodelet("a")
+    c = cluster.client()
+    t = c.submit_task(spec=spec("exit 3"))
+    final = c.wait_task(t.task_id, timeout=30)
+    assert final.state == pb.FAILED
+    assert final.exit_code == 3
+    assert "exit code 3" in final.reason
+
+
+def test_memory_over_limit_is_oom_killed(cluster: Cluster) -> None:
+    cluster.start_master()
+    cluster.start_nodelet("a")
+    c = cluster.client()
+    # `tail -n 1` holds the whole 200 MB newline-free line in memory: far over 32 MiB.
+    t = c.submit_task(spec=spec("head -c 209715200 /dev/zero | tail -n 1 > /dev/null", mem_request=32 * 1024**2))
+    final = c.wait_task(t.task_id, timeout=60)
+    assert final.state == pb.OOM_KILLED, final
+    assert not cgroups.TaskCgroup(f"corral/{cluster.node_id('a')}/{t.task_id}-1").exists()
+
+
+def test_task_past_timeout_is_timed_out(cluster: Cluster) -> None:
+    cluster.start_master()
+    cluster.start_nodelet("a")
+    c = cluster.client()
+    t = c.submit_task(spec=spec("sleep 60", timeout={"seconds": 1}))
+    final = c.wait_task(t.task_id, timeout=30)
+    assert final.state == pb.TIMED_OUT, final
+    assert final.expiry_time.seconds > 0
+    ran = (final.finish_time.seconds + final.finish_time.nanos / 1e9) - (final.start_time.seconds + final.start_time.nanos / 1e9)
+    assert 0.9 < ran < 20
+
+
+def test_stop_ends_task_and_removes_processes_and_cgroup(cluster: Cluster) -> None:
+    cluster.start_master()
+    cluster.start_nodelet("a")
+    c = cluster.client()
+    node = cluster.node_id("a")
+    # a child process that ignores SIGTERM: only SIGKILL after the grace period ends it
+    t = c.submit_task(spec=spec("sh -c 'trap \"\" TERM; sleep 60' & sleep 60"))
+    wait_for(lambda: c.get_task(task_id=t.task_id).state == pb.RUNNING, 30, what="RUNNING")
+    running = c.get_task(task_id=t.task_id)
+    pids = wait_for(lambda: len(task_pids(node, running)) >= 3 and task_pids(node, running), 10, what="task processes")
+    c.stop_task(task_id=t.task_id, grace_period={"seconds": 1})
+    final = c.wait_task(t.task_id, timeout=30)
+    assert final.state == pb.STOPPED, final
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/status").read_text().find("State:\tZ") >= 0
+    assert not cgroups.TaskCgroup(f"corral/{node}/{t.task_id}-1").exists()
+    with pytest.raises(errors.FailedPrecondition, match="already finished"):
+        c.stop_task(task_id=t.task_id)
+
+
+def test_stop_before_start(cluster: Cluster) -> None:
+    cluster.start_master()
+    c = cluster.client()
+    t = c.submit_task(spec=spec("echo never"), run_at={"seconds": int(time.time()) + 3600})
+    stopped = c.stop_task(task_id=t.task_id)
+    assert stopped.state == pb.STOPPED
+
+
+def test_bin_packing_fills_one_node_before_the_other(cluster: Cluster) -> None:
+    cluster.start_master()
+    cluster.start_nodelet("a", cpus="1", memory="1Gi")
+    cluster.start_nodelet("b", cpus="1", memory="1Gi")
+    c = cluster.client()
+    ids = []
+    for i in range(3):
+        t = c.submit_task(spec=spec("sleep 30", cpu_request=300, mem_request=200 * 1024**2), name=f"pack-{i}")
+        ids.append(t.task_id)
+        wait_for(lambda tid=t.task_id: c.get_task(task_id=tid).state == pb.RUNNING, 30, what="RUNNING")
+    nodes = {c.get_task(task_id=i).node_id for i in ids}
+    assert len(nodes) == 1, f"best-fit packs all three on one node, got {nodes}"
+    # a fourth does not fit there (cpu 1.2 > 1): it goes to the other node
+    t4 = c.submit_task(spec=spec("sleep 30", cpu_request=300, mem_request=200 * 1024**2))
+    wait_for(lambda: c.get_task(task_id=t4.task_id).state == pb.RUNNING, 30, what="RUNNING")
+    assert c.get_task(task_id=t4.task_id).node_id not in nodes
+    for i in [*ids, t4.task_id]:
+        c.stop_task(task_id=i, grace_period={"seconds": 0})
+
+
+def test_unplaceable_task_stays_pending_with_reason(cluster: Cluster) -> None:
+    cluster.start_master()
+    cluster.start_nodelet("a", cpus="2", memory="2Gi")
+    c = cluster.client()
+    t = c.submit_task(spec=spec("true", mem_request=64 * 1024**3))
+    got = wait_for(lambda: (x := c.get_task(task_id=t.task_id)).reason.startswith("no node") and x, 15, what="reason")
+    assert got.state == pb.PENDING
+    assert got.reason == "no node has 64 GiB free: largest has 2 GiB"
+
+
+def test_killed_nodelet_task_is_lost_then_retried_elsewhere(cluster: Cluster) -> None:
+    cluster.start_master(heartbeat_timeout=2)
+    cluster.start_nodelet("a")
+    cluster.start_nodelet("b")
+    c = cluster.client()
+    t = c.submit_task(spec=spec("sleep 3; echo finished"))
+    first = wait_for(lambda: (x := c.get_task(task_id=t.task_id)).state == pb.RUNNING and x, 30, what="RUNNING")
+    victim = next(k for k in ("a", "b") if cluster.node_id(k) == first.node_id)
+    kill9(cluster.nodelets[victim])
+    final = c.wait_task(t.task_id, timeout=60)
+    assert final.state == pb.SUCCEEDED, final
+    assert final.attempt == 2
+    assert final.node_id != first.node_id
+    assert [h.state for h in final.history] == [pb.LOST]
+    assert final.history[0].node_id == first.node_id
+    assert c.get_node(node_id=first.node_id).state == pb.DOWN
+
+
+def test_master_restart_loses_nothing(cluster: Cluster) -> None:
+    m = cluster.start_master()
+    cluster.start_nodelet("a")
+    c = cluster.client()
+    done = c.submit_task(spec=spec("echo one"))
+    c.wait_task(done.task_id, timeout=30)
+    running = c.submit_task(spec=spec("sleep 3; echo two"))
+    wait_for(lambda: c.get_task(task_id=running.task_id).state == pb.RUNNING, 30, what="RUNNING")
+    kill9(m)
+    time.sleep(4)  # the task finishes while no master runs
+    cluster.start_master()
+    final = c.wait_task(running.task_id, timeout=30)
+    assert final.state == pb.SUCCEEDED
+    assert final.attempt == 1
+    assert logs(c, running.task_id) == b"two\n"
+    assert c.get_task(task_id=done.task_id).state == pb.SUCCEEDED
+    after = c.submit_task(spec=spec("echo three"))
+    assert c.wait_task(after.task_id, timeout=30).state == pb.SUCCEEDED
+
+
+def test_nodelet_restart_readopts_running_task(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start_master()
+    n = cluster.start_nodelet("a")
+    c = cluster.client()
+    marker = tmp_path / "starts"
+    t = c.submit_task(spec=spec(f"echo started >> {marker}; sleep 4; echo done", user="root"))
+    running = wait_for(lambda: (x := c.get_task(task_id=t.task_id)).state == pb.RUNNING and x, 30, what="RUNNING")
+    pids_before = set(task_pids(cluster.node_id("a"), running))
+    n.stop()  # SIGTERM: the nodelet exits, its task keeps running
+    assert c.get_task(task_id=t.task_id).state == pb.RUNNING
+    assert pids_before and pids_before <= set(task_pids(cluster.node_id("a"), running)) | set()
+    cluster.start_nodelet("a")
+    final = c.wait_task(t.task_id, timeout=30)
+    assert final.state == pb.SUCCEEDED
+    assert final.attempt == 1
+    assert marker.read_text() == "started\n", "re-adopted, not restarted"
+    assert logs(c, t.task_id) == b"done\n"
+
+
+def test_watch_and_list_filters(cluster: Cluster) -> None:
+    cluster.start_master()
+    cluster.start_nodelet("a")
+    c = cluster.client()
+    ok = c.submit_task(spec=spec("true"))
+    bad = c.submit_task(spec=spec("false"))
+    c.wait_task(ok.task_id, timeout=30)
+    c.wait_task(bad.task_id, timeout=30)
+    failed = c.list_tasks(state=pb.FAILED).tasks
+    assert [t.task_id for t in failed] == [bad.task_id]
+    all_ids = [t.task_id for t in c.list_tasks().tasks]
+    assert all_ids == [bad.task_id, ok.task_id], "newest first"
+    retried = c.retry_task(task_id=bad.task_id)
+    assert retried.attempt == 2 and retried.state == pb.PENDING
+    final = c.wait_task(bad.task_id, timeout=30)
+    assert final.state == pb.FAILED and final.attempt == 2 and len(final.history) == 1
+
+
+def test_idempotent_submit_returns_the_first_task(cluster: Cluster) -> None:
+    cluster.start_master()
+    c = cluster.client()
+    a = c.submit_task(spec=spec("true"), idempotency_key="k-1")
+    b = c.submit_task(spec=spec("true"), idempotency_key="k-1")
+    assert a.task_id == b.task_id
+    assert len(c.list_tasks().tasks) == 1
+
+
+def test_task_from_template_with_overrides(cluster: Cluster) -> None:
+    cluster.start_master()
+    cluster.start_nodelet("a")
+    c = cluster.client()
+    tpl = c.create_template(template=pb.TaskTemplate(name="greet", run_script="echo $GREETING", env={"GREETING": "hi"}))
+    t = c.submit_task(template_id="greet", spec=pb.TaskTemplate(env={"GREETING": "hello"}))
+    assert t.template_id == tpl.template_id
+    assert c.wait_task(t.task_id, timeout=30).state == pb.SUCCEEDED
+    assert logs(c, t.task_id) == b"hello\n"
+    assert os.environ.get("GREETING") is None
