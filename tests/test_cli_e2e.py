@@ -1,0 +1,139 @@
+"""The CLI against a real cluster, as a user would type it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from harness import Cluster, wait_for
+
+from corral import procs
+
+pytestmark = pytest.mark.integration
+
+
+def corral(cluster: Cluster, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run([sys.executable, "-m", "corral", *args], capture_output=True, text=True, env=cluster.corral_env(), timeout=timeout)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_submit_wait_get_json_logs(cluster: Cluster) -> None:
+    cluster.start_master()
+    cluster.start_nodelet("a")
+    r = corral(cluster, "task", "submit", "--command", "echo from-cli", "--name", "cli", "--cpu", "0.5", "--memory", "64Mi", "--timeout", "30s", "--wait")
+    task_id = r.stdout.strip()
+    assert task_id.startswith("t") and "\n" not in task_id, "prints the id alone"
+    assert "SUCCEEDED" in r.stderr
+    got = json.loads(corral(cluster, "task", "get", task_id, "-o", "json").stdout)
+    assert got["state"] == "SUCCEEDED" and got["task_id"] == task_id and got["exit_code"] == 0
+    assert got["spec"]["cpu_request"] == "500" and got["spec"]["mem_limit"] == str(64 * 1024**2)
+    assert yaml.safe_load(corral(cluster, "task", "get", task_id, "-o", "yaml").stdout)["state"] == "SUCCEEDED"
+    assert corral(cluster, "logs", task_id).stdout == "from-cli\n"
+    table = corral(cluster, "task", "list").stdout
+    assert "TASK ID" in table and task_id in table and "SUCCEEDED" in table
+    assert task_id in corral(cluster, "task", "list", "--state", "SUCCEEDED").stdout
+    assert task_id not in corral(cluster, "task", "list", "--state", "FAILED").stdout
+
+
+def test_wait_exits_nonzero_unless_succeeded(cluster: Cluster) -> None:
+    cluster.start_master()
+    cluster.start_nodelet("a")
+    r = corral(cluster, "submit", "--command", "exit 7", "--wait", check=False)
+    assert r.returncode != 0 and "FAILED" in r.stderr and "exit code 7" in r.stderr
+
+
+def test_logs_follow_streams_until_end(cluster: Cluster) -> None:
+    cluster.start_master()
+    cluster.start_nodelet("a")
+    task_id = corral(cluster, "submit", "--command", "for i in 1 2 3; do echo line$i; sleep 0.4; done").stdout.strip()
+    r = corral(cluster, "logs", "-f", task_id)
+    assert r.stdout == "line1\nline2\nline3\n"
+
+
+def test_delayed_submit_and_stop(cluster: Cluster) -> None:
+    cluster.start_master()
+    cluster.start_nodelet("a")
+    task_id = corral(cluster, "submit", "--command", "echo later", "--in", "1s").stdout.strip()
+    got = json.loads(corral(cluster, "task", "get", task_id, "-o", "json").stdout)
+    assert got["state"] == "PENDING"
+    due = got["due_time"]
+    wait_for(lambda: json.loads(corral(cluster, "task", "get", task_id, "-o", "json").stdout)["state"] == "SUCCEEDED", 30)
+    final = json.loads(corral(cluster, "task", "get", task_id, "-o", "json").stdout)
+    assert final["start_time"] >= due
+    long_id = corral(cluster, "submit", "--command", "sleep 60").stdout.strip()
+    wait_for(lambda: "RUNNING" in corral(cluster, "task", "get", long_id).stdout, 30)
+    out = corral(cluster, "stop", long_id, "--grace-period", "2s").stdout
+    assert "STOPPED" in out
+
+
+def test_template_create_from_file_and_crud(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start_master()
+    cluster.start_nodelet("a")
+    f = tmp_path / "t.yaml"
+    f.write_text("name: nightly\nrun_script: echo templated\ncpu_request: 0.25\nmem_request: 32Mi\ntimeout: 30s\ncron_schedule: '0 2 * * *'\ntime_zone: Europe/Berlin\n")
+    created = json.loads(corral(cluster, "template", "create", "-f", str(f), "-o", "json").stdout)
+    assert created["name"] == "nightly" and created["cpu_request"] == "250" and created["timeout"] == "30s"
+    assert "nightly" in corral(cluster, "template", "list").stdout
+    assert json.loads(corral(cluster, "template", "get", "nightly", "-o", "json").stdout)["template_id"] == created["template_id"]
+    dup = corral(cluster, "template", "create", "-f", str(f), check=False)
+    assert dup.returncode != 0 and "already exists" in dup.stderr
+    updated = json.loads(corral(cluster, "template", "update", "nightly", "-f", str(f), "--memory", "48Mi", "-o", "json").stdout)
+    assert updated["mem_request"] == str(48 * 1024**2)
+    r = corral(cluster, "submit", "--template", "nightly", "--wait")
+    assert corral(cluster, "logs", r.stdout.strip()).stdout == "templated\n"
+    corral(cluster, "template", "delete", "nightly")
+    assert "nightly" not in corral(cluster, "template", "list").stdout
+
+
+def test_node_and_cluster_commands(cluster: Cluster) -> None:
+    cluster.start_master()
+    cluster.start_nodelet("a", cpus="1500m", memory="1Gi")
+    node = cluster.node_id("a")
+    table = corral(cluster, "node", "list").stdout
+    assert node in table and "READY" in table and "1.5" in table
+    assert json.loads(corral(cluster, "node", "cordon", node, "-o", "json").stdout)["state"] == "CORDONED"
+    task_id = corral(cluster, "submit", "--command", "true").stdout.strip()
+    reason = wait_for(lambda: (x := json.loads(corral(cluster, "task", "get", task_id, "-o", "json").stdout)).get("reason", "").startswith("no node") and x["reason"], 15)
+    assert "cordoned" in reason
+    corral(cluster, "node", "uncordon", node)
+    wait_for(lambda: json.loads(corral(cluster, "task", "get", task_id, "-o", "json").stdout)["state"] == "SUCCEEDED", 30)
+    status = json.loads(corral(cluster, "cluster", "status", "-o", "json").stdout)
+    assert status["leader"]["address"] == cluster.addr and status["nodes_by_state"] == {"READY": 1}
+    assert status["tasks_by_state"]["SUCCEEDED"] == 1
+
+
+def test_corral_dev_starts_and_stops_everything(tmp_path: Path) -> None:
+    port = procs.free_port()
+    data = tmp_path / "dev"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "corral", "dev", "--data-dir", str(data), "--port", str(port), "--nodelets", "1", "--cpus", "1", "--memory", "1Gi"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
+    )
+    try:
+        wait_for(lambda: (data / "env").exists(), 60, what="env file")
+        lines = (data / "env").read_text().splitlines()
+        assert lines[0] == f"export CORRAL_ADDR=127.0.0.1:{port}"
+        token = lines[1].split("=", 1)[1]
+        env2 = {**env, "CORRAL_ADDR": f"127.0.0.1:{port}", "CORRAL_TOKEN": token}
+        wait_for(lambda: "READY" in subprocess.run([sys.executable, "-m", "corral", "node", "list"], capture_output=True, text=True, env=env2).stdout, 30)
+        r = subprocess.run([sys.executable, "-m", "corral", "submit", "--command", "echo dev", "--wait"], capture_output=True, text=True, env=env2, timeout=60)
+        assert r.returncode == 0, r.stderr
+    finally:
+        p.send_signal(signal.SIGTERM)
+        out, _ = p.communicate(timeout=60)
+    started = [int(x) for x in __import__("re").findall(r"\(pid (\d+)", out)]
+    assert len(started) == 3, out  # etcd, master, nodelet
+    assert "stopped" in out
+    time.sleep(0.2)
+    for pid in started:
+        assert not Path(f"/proc/{pid}").exists() or "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
