@@ -16,9 +16,8 @@ import datetime as dt
 import os
 import re
 import sys
-
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 from google.protobuf import descriptor as _d
 from google.protobuf.duration_pb2 import Duration
@@ -33,6 +32,8 @@ from . import output, specfile
 from .sdk import TERMINAL, Client, RpcMethod, rpc_methods
 
 Handler = Callable[[Client, argparse.Namespace], int]
+# protobuf hands out either the pure-Python or the upb descriptor class; both have this surface
+FieldDesc: TypeAlias = Any
 
 
 def kebab(name: str) -> str:
@@ -60,14 +61,14 @@ def command_of(m: RpcMethod) -> tuple[str, str]:
 # ---- generic request building ---------------------------------------------------------------
 
 
-def _positional(m: RpcMethod) -> _d.FieldDescriptor | None:
+def _positional(m: RpcMethod) -> FieldDesc | None:
     fields = m.input.DESCRIPTOR.fields
     if fields and fields[0].name.endswith("_id") and fields[0].type == _d.FieldDescriptor.TYPE_STRING:
         return fields[0]
     return None
 
 
-def _is_message(f: _d.FieldDescriptor, name: str) -> bool:
+def _is_message(f: FieldDesc, name: str) -> bool:
     return f.message_type is not None and f.message_type.full_name == name
 
 

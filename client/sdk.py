@@ -23,7 +23,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf.message import Message
 
 from corral.errors import CorralError, DeadlineExceeded, Unavailable, from_code
-from corral.v1 import api_pb2, api_pb2_grpc
+from corral.v1 import api_pb2
 from corral.v1 import types_pb2 as pb
 
 TERMINAL = {pb.SUCCEEDED, pb.FAILED, pb.OOM_KILLED, pb.TIMED_OUT, pb.STOPPED, pb.LOST}

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import time
 
-from corral.client import Client
-from corral.client import output
+from corral.client import Client, output
 from corral.v1 import api_pb2
 from corral.v1 import types_pb2 as pb
 

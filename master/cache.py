@@ -9,6 +9,7 @@ change so the scheduler and the watch API wake without polling.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,7 +58,8 @@ class Cache:
         self.revision = 0
         self.ready = asyncio.Event()
         self._listeners: list[Listener] = []
-        self._rev_changed = asyncio.Condition()
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []  # heap by revision
+        self._seq = 0
 
     def listen(self, fn: Listener) -> Callable[[], None]:
         self._listeners.append(fn)
@@ -67,10 +69,10 @@ class Cache:
         """Return once the cache has applied `revision` (a writer's read-your-write)."""
         if self.revision >= revision:
             return
-        async with self._rev_changed:
-            await asyncio.wait_for(
-                self._rev_changed.wait_for(lambda: self.revision >= revision), timeout
-            )
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._seq += 1
+        heapq.heappush(self._waiters, (revision, self._seq, fut))
+        await asyncio.wait_for(fut, timeout)
 
     def tasks_in(self, state: int) -> set[str]:
         return self.by_state.get(state, set())
@@ -95,9 +97,11 @@ class Cache:
 
     async def _advance(self, revision: int) -> None:
         if revision > self.revision:
-            async with self._rev_changed:
-                self.revision = revision
-                self._rev_changed.notify_all()
+            self.revision = revision
+            while self._waiters and self._waiters[0][0] <= revision:
+                _, _, fut = heapq.heappop(self._waiters)
+                if not fut.done():
+                    fut.set_result(None)
 
     def _reset(self) -> None:
         for d in (self.templates, self.tasks, self.nodes, self.users):
@@ -108,11 +112,10 @@ class Cache:
         self.by_node.clear()
 
     def _apply(self, key: str, value: bytes | None, rev: int, *, notify: bool) -> None:
-        for prefix, cls in _KINDS.items():
-            if key.startswith(prefix):
-                break
-        else:
+        prefix = next((p for p in _KINDS if key.startswith(p)), None)
+        if prefix is None:
             return
+        cls = _KINDS[prefix]
         ident = key[len(prefix) :]
         msg: Message | None = None
         if value is not None:

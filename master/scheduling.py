@@ -6,6 +6,7 @@ earliest due instant, no polling.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 
@@ -59,26 +60,52 @@ def snapshot(cache: Cache, gateway: Gateway) -> sc.Snapshot:
 
 
 class Scheduler:
+    """Places due PENDING tasks. Tasks due later wait in a heap behind one timer; the set of
+    due-but-unplaced tasks is retried whenever something changes that could make room
+    (a node joins or changes, a task ends, a new task arrives)."""
+
     def __init__(self, cache: Cache, writer: TaskWriter, gateway: Gateway, *, concurrency: int = 64) -> None:
         self.cache = cache
         self.writer = writer
         self.gateway = gateway
         self._wake = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
         self._sem = asyncio.Semaphore(concurrency)
+        self._heap: list[tuple[float, str]] = []
+        self._ready: set[str] = set()
         self.passes = 0
 
     def wake(self) -> None:
         self._wake.set()
 
-    def on_cache_change(self, prefix: str, ident: str, msg: object) -> None:
-        if prefix == "nodes/" or (isinstance(msg, pb.TaskExecution) and msg.state in (pb.PENDING, *records.TERMINAL)):
+    def _track(self, task: pb.TaskExecution) -> None:
+        due = records.seconds(task.due_time)
+        if due <= time.time():
+            self._ready.add(task.task_id)
             self._wake.set()
+        else:
+            heapq.heappush(self._heap, (due, task.task_id))
+            if due < self._timer_at:
+                self._arm(due)
+
+    def on_cache_change(self, prefix: str, ident: str, msg: object) -> None:
+        if prefix == "nodes/":
+            self._wake.set()
+        elif prefix == "tasks/":
+            if isinstance(msg, pb.TaskExecution) and msg.state == pb.PENDING:
+                self._track(msg)
+            else:
+                self._ready.discard(ident)
+                if isinstance(msg, pb.TaskExecution) and msg.state in records.TERMINAL:
+                    self._wake.set()
 
     async def run(self) -> None:
         unlisten = self.cache.listen(self.on_cache_change)
         try:
             await self.cache.ready.wait()
+            for task_id in list(self.cache.tasks_in(pb.PENDING)):
+                self._track(self.cache.tasks[task_id].msg)
             self._wake.set()
             while True:
                 await self._wake.wait()
@@ -97,25 +124,35 @@ class Scheduler:
                 self._timer.cancel()
 
     def _arm(self, due: float) -> None:
-        loop = asyncio.get_running_loop()
         if self._timer:
             self._timer.cancel()
-        self._timer = loop.call_later(max(0.0, due - time.time()), self._wake.set)
+        self._timer_at = due
+        self._timer = asyncio.get_running_loop().call_later(max(0.0, due - time.time()), self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = float("inf")
+        self._wake.set()
+
+    def _collect_due(self) -> list[pb.TaskExecution]:
+        now = time.time()
+        while self._heap and self._heap[0][0] <= now + 0.0005:
+            _, task_id = heapq.heappop(self._heap)
+            self._ready.add(task_id)
+        if self._heap and self._heap[0][0] < self._timer_at:
+            self._arm(self._heap[0][0])
+        due: list[pb.TaskExecution] = []
+        for task_id in list(self._ready):
+            rec = self.cache.tasks.get(task_id)
+            if rec is None or rec.msg.state != pb.PENDING:
+                self._ready.discard(task_id)
+            elif records.seconds(rec.msg.due_time) <= now + 0.0005:
+                due.append(rec.msg)
+        return due
 
     async def pass_once(self) -> None:
         self.passes += 1
-        now = time.time()
-        due_tasks: list[pb.TaskExecution] = []
-        next_due: float | None = None
-        for task_id in list(self.cache.tasks_in(pb.PENDING)):
-            t = self.cache.tasks[task_id].msg
-            due = records.seconds(t.due_time)
-            if due <= now + 0.0005:
-                due_tasks.append(t)
-            elif next_due is None or due < next_due:
-                next_due = due
-        if next_due is not None:
-            self._arm(next_due)
+        due_tasks = self._collect_due()
         if not due_tasks:
             return
         due_tasks.sort(key=lambda t: (records.seconds(t.due_time), t.task_id))
@@ -136,6 +173,7 @@ class Scheduler:
             t.reason = ""
             return t
 
+        self._ready.discard(p.task_id)
         async with self._sem:
             task = await self.writer.update(p.task_id, mutate, fenced=True)
         if task is not None and not self.gateway.send_start(task):

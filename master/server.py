@@ -120,9 +120,7 @@ class Master:
                 tg.create_task(self.liveness.run())
                 log.info("master %s serving on %s (etcd %s)", self.args.name, self.address, self.args.etcd)
                 if self.args.ready_file:
-                    tmp = Path(self.args.ready_file + ".tmp")
-                    tmp.write_text(self.address)
-                    tmp.rename(self.args.ready_file)
+                    await asyncio.to_thread(_write_ready, self.args.ready_file, self.address)
                 await stop.wait()
                 log.info("master stopping")
                 await self.server.stop(grace=1.0)
@@ -132,6 +130,12 @@ class Master:
         finally:
             await self.server.stop(grace=None)
             await self.store.close()
+
+
+def _write_ready(path: str, address: str) -> None:
+    tmp = Path(path + ".tmp")
+    tmp.write_text(address)
+    tmp.rename(path)
 
 
 async def _run(args: argparse.Namespace) -> None:

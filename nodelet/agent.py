@@ -74,7 +74,7 @@ class Nodelet:
         self.outbox: dict[tuple[str, int], npb.TaskStatus] = {}
         self.heartbeat_interval = 1.0
         self._queue: asyncio.Queue[npb.NodeletMessage] | None = None
-        self._monitors: set[asyncio.Task[None]] = set()
+        self._monitors: dict[str, asyncio.Task[None]] = {}  # handle key → its watcher
         self.connected = asyncio.Event()
         self._last_cpu: dict[str, tuple[float, int]] = {}
 
@@ -299,8 +299,8 @@ class Nodelet:
 
     def _monitor(self, handle: Handle) -> None:
         t = asyncio.create_task(self._watch(handle))
-        self._monitors.add(t)
-        t.add_done_callback(self._monitors.discard)
+        self._monitors[handle.key] = t
+        t.add_done_callback(lambda _: self._monitors.pop(handle.key, None))
 
     async def _watch(self, handle: Handle) -> None:
         driver = self.drivers[handle.driver]
@@ -340,10 +340,10 @@ class Nodelet:
         h.save()
         driver = self.drivers[h.driver]
         await driver.signal_stop(h)
-        if grace > 0:
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and self.handles.get(h.task_id) is h:
-                await asyncio.sleep(0.05)
+        watcher = self._monitors.get(h.key)
+        if grace > 0 and watcher is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(watcher), grace)
         if self.handles.get(h.task_id) is h:
             await driver.kill(h)
 

@@ -53,6 +53,15 @@ def _uid(spec: pb.TaskTemplate) -> str:
     return str(NOBODY)
 
 
+def _prepare_dirs(directory: Path, work: Path, uid: str) -> None:
+    """The task's folder (readable by the nodelet) and a work folder the task's user owns."""
+    directory.mkdir(parents=True, exist_ok=True)
+    work.mkdir(exist_ok=True)
+    if uid != "root":
+        os.chown(work, int(uid), int(uid))
+        os.chmod(directory, 0o711)
+
+
 def _pid_in(pid: int, cg: TaskCgroup) -> bool:
     return pid in cg.pids()
 
@@ -93,13 +102,9 @@ class ProcessDriver:
 
     async def start(self, task: pb.TaskExecution, directory: Path) -> Handle:
         spec = task.spec
-        directory.mkdir(parents=True, exist_ok=True)
         work = directory / "work"
-        work.mkdir(exist_ok=True)
         uid = _uid(spec)
-        if uid != "root":
-            os.chown(work, int(uid), int(uid))
-            os.chmod(directory, 0o711)
+        await asyncio.to_thread(_prepare_dirs, directory, work, uid)
         safe = task.task_id.replace("@", "_").replace(":", "_")
         handle = Handle(
             task_id=task.task_id,

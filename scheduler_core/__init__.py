@@ -3,8 +3,8 @@
 from .model import (
     Constraint,
     Node,
-    Placement,
     PlaceConfig,
+    Placement,
     Plan,
     Resources,
     Snapshot,

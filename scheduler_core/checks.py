@@ -10,7 +10,6 @@ from collections.abc import Callable
 
 from .model import Node, Resources, TaskRequest
 
-
 Check = Callable[[Node, TaskRequest, Resources], str | None]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from .model import Node, Placement, PlaceConfig, Plan, Resources, Snapshot, TaskRequest, Unplaced
+from .model import Node, PlaceConfig, Placement, Plan, Resources, Snapshot, TaskRequest, Unplaced
 from .pipeline import CHECKS, SCORERS
 from .units import cores, gib
 

@@ -10,9 +10,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import Cluster  # noqa: E402
-
 from corral import procs  # noqa: E402
+
+from harness import Cluster  # noqa: E402
 
 
 @pytest.fixture(scope="session")

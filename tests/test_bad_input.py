@@ -8,12 +8,13 @@ import sys
 
 import grpc
 import pytest
-from harness import TOKEN, Cluster, wait_for
 
 from corral import errors
 from corral.client import Client
 from corral.v1 import nodelet_pb2 as npb
 from corral.v1 import types_pb2 as pb
+
+from harness import TOKEN, Cluster, wait_for
 
 pytestmark = pytest.mark.integration
 

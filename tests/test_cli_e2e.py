@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from harness import Cluster, wait_for
 
 from corral import procs
+
+from harness import Cluster, wait_for
 
 pytestmark = pytest.mark.integration
 

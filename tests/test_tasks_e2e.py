@@ -7,11 +7,12 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import Cluster, kill9, task_pids, wait_for
 
 from corral import errors
 from corral.nodelet import cgroups
 from corral.v1 import types_pb2 as pb
+
+from harness import Cluster, kill9, task_pids, wait_for
 
 pytestmark = pytest.mark.integration
 
