@@ -61,10 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  etcd      {endpoint}  (pid {etcd.pid}, {procs.etcd_binary()})", flush=True)
         addrs = []
         for i in range(args.masters):
-            m = procs.start_master(endpoint, token, data_dir, name=f"master-{i + 1}", listen=f"127.0.0.1:{args.port + i}")
+            m = procs.start_master(
+                endpoint, token, data_dir, name=f"master-{i + 1}", listen=f"127.0.0.1:{args.port + i}",
+                http=f"127.0.0.1:{args.port + args.masters + i}" if args.port else "127.0.0.1:0",
+            )
             started.append(m)
             addrs.append(m.info["address"])
-            print(f"  master    {m.info['address']}  (pid {m.pid})", flush=True)
+            print(f"  master    {m.info['address']}  (pid {m.pid}, metrics http://{m.info['http']}/metrics)", flush=True)
         masters = ",".join(addrs)
         for i in range(args.nodelets):
             n = procs.start_nodelet(masters, token, data_dir, node_id=f"node-{i + 1}", cpus=args.cpus, memory=args.memory)

@@ -128,14 +128,14 @@ def corral_argv(*args: str) -> list[str]:
 
 def start_master(
     etcd: str, token: str, run_dir: Path, *, name: str = "master", listen: str = "127.0.0.1:0",
-    extra: list[str] | None = None, timeout: float = 30.0,
+    extra: list[str] | None = None, timeout: float = 30.0, http: str = "127.0.0.1:0",
 ) -> Proc:
     ready = run_dir / f"{name}.ready"
     with contextlib.suppress(FileNotFoundError):
         ready.unlink()
     argv = corral_argv(
         "master", "--etcd", etcd, "--listen", listen, "--bootstrap-token", token,
-        "--name", name, "--ready-file", str(ready), *(extra or []),
+        "--name", name, "--ready-file", str(ready), "--http", http, *(extra or []),
     )
     p = _spawn(name, argv, run_dir / "logs")
     deadline = time.monotonic() + timeout
@@ -146,7 +146,9 @@ def start_master(
             p.stop()
             raise RuntimeError(f"{name} not ready in {timeout}s:\n{p.log_tail()}")
         time.sleep(0.05)
-    p.info["address"] = ready.read_text().strip()
+    lines = ready.read_text().splitlines()
+    p.info["address"] = lines[0]
+    p.info["http"] = lines[1] if len(lines) > 1 else ""
     return p
 
 

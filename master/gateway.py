@@ -138,6 +138,11 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
             session = await self._register(first.register, context.peer())
             writer = asyncio.create_task(self._write(session, context))
             async for msg in request_iterator:
+                node = self.cache.nodes.get(session.node_id)
+                if node is not None and node.msg.state == pb.DOWN:
+                    # silent too long (e.g. paused); its tasks were replaced: make it register
+                    # again so reconciliation stops the stale copies
+                    raise Unavailable(f"node {session.node_id} was marked DOWN; register again")
                 self.last_seen[session.node_id] = time.monotonic()
                 kind = msg.WhichOneof("msg")
                 if kind == "heartbeat":

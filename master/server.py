@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from corral import logs
 from corral.v1 import api_pb2, api_pb2_grpc, nodelet_pb2, nodelet_pb2_grpc
 
+from . import metrics
 from .api_nodes import ClusterServicer, NodeServicer
 from .api_tasks import TaskServicer
 from .api_templates import TemplateServicer
@@ -50,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap-token", default=env("CORRAL_BOOTSTRAP_TOKEN", ""), help="token of the first admin user (env CORRAL_BOOTSTRAP_TOKEN)")
     p.add_argument("--heartbeat-interval", type=float, default=float(env("CORRAL_HEARTBEAT_INTERVAL", "1")), help="seconds between nodelet heartbeats")
     p.add_argument("--heartbeat-timeout", type=float, default=float(env("CORRAL_HEARTBEAT_TIMEOUT", "10")), help="seconds of silence before a node is DOWN")
+    p.add_argument("--http", default=env("CORRAL_HTTP", "127.0.0.1:7071"), help="address of the /metrics and /healthz endpoint; empty to disable")
     p.add_argument("--ready-file", default="", help="write the bound address here once serving (for scripts and tests)")
     p.add_argument("--log-level", default=env("CORRAL_LOG_LEVEL", "info"))
 
@@ -77,6 +79,7 @@ class Master:
         )
         self.server = grpc.aio.server(options=GRPC_OPTIONS)
         self.address = ""
+        self.http_address = ""
 
     def _add_services(self, address: str) -> None:
         s = self.server
@@ -118,9 +121,13 @@ class Master:
                 await _set_serving(self.health)
                 tg.create_task(self.scheduler.run())
                 tg.create_task(self.liveness.run())
-                log.info("master %s serving on %s (etcd %s)", self.args.name, self.address, self.args.etcd)
+                http = await metrics.serve(self.args.http, self.cache, self.gateway, self.scheduler) if self.args.http else None
+                if http is not None:
+                    host, port = http.sockets[0].getsockname()[:2]
+                    self.http_address = f"{host}:{port}"
+                log.info("master %s serving on %s (etcd %s, metrics %s)", self.args.name, self.address, self.args.etcd, self.http_address or "off")
                 if self.args.ready_file:
-                    await asyncio.to_thread(_write_ready, self.args.ready_file, self.address)
+                    await asyncio.to_thread(_write_ready, self.args.ready_file, self.address, self.http_address)
                 await stop.wait()
                 log.info("master stopping")
                 await self.server.stop(grace=1.0)
@@ -132,9 +139,9 @@ class Master:
             await self.store.close()
 
 
-def _write_ready(path: str, address: str) -> None:
+def _write_ready(path: str, address: str, http: str) -> None:
     tmp = Path(path + ".tmp")
-    tmp.write_text(address)
+    tmp.write_text(f"{address}\n{http}\n")
     tmp.rename(path)
 
 

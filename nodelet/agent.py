@@ -82,6 +82,7 @@ class Nodelet:
 
     async def run(self) -> None:
         self.tasks_dir.mkdir(parents=True, exist_ok=True)
+        self.tasks_dir.chmod(0o711)  # tasks may traverse to their own folder, not list others
         await self.recover_all()
         backoff = 0.1
         i = 0

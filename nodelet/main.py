@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=env("CORRAL_DATA_DIR", ""), help="task state and logs (default /var/lib/corral/nodelet-<node-id>)")
     p.add_argument("--cpus", default=env("CORRAL_CPUS", ""), help="cpu capacity to offer, e.g. 2 or 1500m (default: all)")
     p.add_argument("--memory", default=env("CORRAL_MEMORY", ""), help="memory capacity to offer, e.g. 4Gi (default: all)")
+    p.add_argument("--max-log-size", default=env("CORRAL_MAX_LOG_SIZE", "16Mi"), help="output kept per task; the rest is discarded (default 16Mi)")
     p.add_argument("--label", action="append", default=[], help="node label key=value (repeatable)")
     p.add_argument("--log-level", default=env("CORRAL_LOG_LEVEL", "info"))
     args = p.parse_args(argv)
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         [m.strip() for m in args.masters.split(",") if m.strip()],
         args.token,
         data_dir,
-        {"process": ProcessDriver(args.node_id)},
+        {"process": ProcessDriver(args.node_id, log_cap=units.parse_memory(args.max_log_size))},
         cpus=units.parse_cpu(args.cpus) / 1000 if args.cpus else None,
         memory=units.parse_memory(args.memory) if args.memory else None,
         labels=labels,

@@ -30,6 +30,7 @@ LOG_CAP = 16 * 1024 * 1024
 # $1 exit file, $2 log file, $3 log cap, $4 uid ("root" for none), $5 script, then procs files.
 WRAPPER = r"""
 exitfile=$1; logfile=$2; cap=$3; uid=$4; script=$5; shift 5
+umask 077
 for f in "$@"; do echo $$ > "$f" || exit 125; done
 init='trap "kill -TERM \$c 2>/dev/null" TERM INT; /bin/sh -c "$0" & c=$!; while :; do wait $c; r=$?; kill -0 $c 2>/dev/null || exit $r; done'
 run() {
@@ -41,7 +42,7 @@ run() {
       /bin/sh -c "$init" "$script"
   fi
 }
-{ (run); echo $? > "$exitfile.tmp"; mv "$exitfile.tmp" "$exitfile"; } 2>&1 </dev/null | { head -c "$cap" > "$logfile"; cat > /dev/null; }
+{ (umask 022; run); echo $? > "$exitfile.tmp"; mv "$exitfile.tmp" "$exitfile"; } 2>&1 </dev/null | { head -c "$cap" > "$logfile"; cat > /dev/null; }
 """
 
 

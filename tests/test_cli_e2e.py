@@ -138,3 +138,25 @@ def test_corral_dev_starts_and_stops_everything(tmp_path: Path) -> None:
     time.sleep(0.2)
     for pid in started:
         assert not Path(f"/proc/{pid}").exists() or "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_health_reflection_and_metrics_are_served(cluster: Cluster) -> None:
+    import urllib.request
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    m = cluster.start_master()
+    cluster.start_nodelet("a")
+    with grpc.insecure_channel(cluster.addr) as ch:
+        resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        answers = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10))
+        names = {s.name for s in answers[0].list_services_response.service}
+        assert {"corral.v1.TaskService", "corral.v1.TemplateService", "corral.v1.NodeService", "corral.v1.ClusterService"} <= names
+    body = urllib.request.urlopen(f"http://{m.info['http']}/metrics", timeout=10).read().decode()
+    assert 'corral_nodes{state="READY"} 1' in body
+    assert "corral_nodelet_streams 1" in body
+    assert urllib.request.urlopen(f"http://{m.info['http']}/healthz", timeout=10).read() == b"ok\n"

@@ -230,3 +230,27 @@ def test_task_from_template_with_overrides(cluster: Cluster) -> None:
     assert c.wait_task(t.task_id, timeout=30).state == pb.SUCCEEDED
     assert logs(c, t.task_id) == b"hello\n"
     assert os.environ.get("GREETING") is None
+
+
+def test_paused_nodelet_returns_and_kills_its_replaced_copy(cluster: Cluster) -> None:
+    import signal
+
+    cluster.start_master(heartbeat_timeout=2)
+    cluster.start_nodelet("a")
+    cluster.start_nodelet("b")
+    c = cluster.client()
+    t = c.submit_task(spec=spec("sleep 6; echo done"))
+    first = wait_for(lambda: (x := c.get_task(task_id=t.task_id)).state == pb.RUNNING and x, 30, what="RUNNING")
+    victim = next(k for k in ("a", "b") if cluster.node_id(k) == first.node_id)
+    proc = cluster.nodelets[victim]
+    proc.popen.send_signal(signal.SIGSTOP)
+    try:
+        second = wait_for(lambda: (x := c.get_task(task_id=t.task_id)).attempt == 2 and x.state == pb.RUNNING and x, 30, what="attempt 2 RUNNING")
+        assert second.node_id != first.node_id
+        assert task_pids(first.node_id, first), "the stale copy still runs while its nodelet is paused"
+    finally:
+        proc.popen.send_signal(signal.SIGCONT)
+    wait_for(lambda: not task_pids(first.node_id, first), 20, what="stale copy killed")
+    final = c.wait_task(t.task_id, timeout=30)
+    assert final.state == pb.SUCCEEDED and final.attempt == 2
+    wait_for(lambda: c.get_node(node_id=first.node_id).state == pb.READY, 20, what="node READY again")

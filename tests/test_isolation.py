@@ -1,0 +1,84 @@
+"""What a task gets: its cgroup limits as the kernel holds them, its own namespaces, its
+user, a capped log. Real cgroups and processes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from harness import Cluster, wait_for
+
+from corral.nodelet import cgroups
+from corral.v1 import types_pb2 as pb
+
+pytestmark = pytest.mark.integration
+
+
+def out(c, task_id: str) -> str:  # type: ignore[no-untyped-def]
+    return b"".join(x.data for x in c.task_logs(task_id=task_id)).decode()
+
+
+def test_limits_are_in_the_kernel_while_it_runs(cluster: Cluster) -> None:
+    cluster.start_master()
+    cluster.start_nodelet("a")
+    c = cluster.client()
+    t = c.submit_task(spec=pb.TaskTemplate(run_script="sleep 30", cpu_request=250, cpu_limit=500, mem_request=48 * 1024**2, pids_limit=33))
+    wait_for(lambda: c.get_task(task_id=t.task_id).state == pb.RUNNING, 30)
+    cg = cgroups.TaskCgroup(f"corral/{cluster.node_id('a')}/{t.task_id}-1")
+    lim = cg.limits()
+    assert (lim.cpu_millis, lim.memory, lim.pids) == (500, 48 * 1024**2, 33)
+    if cg.version == "v1":
+        assert Path(cg.dirs["memory"], "memory.memsw.limit_in_bytes").read_text().strip() == str(48 * 1024**2), "no swap"
+    c.stop_task(task_id=t.task_id, grace_period={"seconds": 0})
+    assert c.wait_task(t.task_id, timeout=30).state == pb.STOPPED
+    assert not cg.exists()
+
+
+def test_pids_limit_stops_a_fork_bomb(cluster: Cluster) -> None:
+    cluster.start_master()
+    cluster.start_nodelet("a")
+    c = cluster.client()
+    # the subshell dies at the first failed fork; `count` holds how many sleeps it started
+    script = "(i=0; while [ $i -lt 60 ]; do sleep 5 & i=$((i+1)); echo $i > count; done) 2>/dev/null; read n < count; echo started=$n; exit 0"
+    t = c.submit_task(spec=pb.TaskTemplate(run_script=script, pids_limit=20))
+    final = c.wait_task(t.task_id, timeout=60)
+    assert final.state == pb.SUCCEEDED
+    started = int(out(c, t.task_id).split("started=")[1].split()[0])
+    assert started < 20
+
+
+def test_own_namespaces_and_unprivileged_user(cluster: Cluster) -> None:
+    cluster.start_master()
+    cluster.start_nodelet("a")
+    c = cluster.client()
+    script = "echo pid=$$; ls /proc | grep -c '^[0-9]'; readlink /proc/self/ns/pid; readlink /proc/self/ns/uts; readlink /proc/self/ns/ipc; id -u; grep CapEff /proc/self/status; grep NoNewPrivs /proc/self/status"
+    t = c.submit_task(spec=pb.TaskTemplate(run_script=script))
+    assert c.wait_task(t.task_id, timeout=30).state == pb.SUCCEEDED
+    lines = out(c, t.task_id).splitlines()
+    assert lines[0] in ("pid=1", "pid=2"), "a fresh pid namespace"
+    assert int(lines[1]) < 10, "sees only its own processes"
+    for line, ns in zip(lines[2:5], ("pid", "uts", "ipc"), strict=True):
+        assert line != os.readlink(f"/proc/self/ns/{ns}"), f"own {ns} namespace"
+    assert lines[5] == "65534"
+    assert lines[6].split()[1] == "0000000000000000", "no capabilities"
+    assert lines[7].split()[1] == "1"
+
+
+def test_root_when_asked(cluster: Cluster) -> None:
+    cluster.start_master()
+    cluster.start_nodelet("a")
+    c = cluster.client()
+    t = c.submit_task(spec=pb.TaskTemplate(run_script="id -u", user="root"))
+    assert c.wait_task(t.task_id, timeout=30).state == pb.SUCCEEDED
+    assert out(c, t.task_id) == "0\n"
+
+
+def test_log_is_capped(cluster: Cluster) -> None:
+    cluster.start_master()
+    cluster.start_nodelet("a", extra=["--max-log-size", "10Ki"])
+    c = cluster.client()
+    t = c.submit_task(spec=pb.TaskTemplate(run_script="head -c 1000000 /dev/zero | tr '\\0' x; echo; echo tail-line"))
+    final = c.wait_task(t.task_id, timeout=30)
+    assert final.state == pb.SUCCEEDED, "the task is not killed by the cap"
+    assert len(out(c, t.task_id)) == 10 * 1024
