@@ -22,6 +22,8 @@ from .taskops import TaskWriter
 
 log = logging.getLogger("corral.liveness")
 
+RECONNECT_GRACE = 5.0  # ≥ the nodelet's maximum reconnect backoff (nodelet/agent.py)
+
 
 class Liveness:
     def __init__(
@@ -43,6 +45,8 @@ class Liveness:
 
     async def run(self) -> None:
         await self.cache.ready.wait()
+        # Nodes not heard from since this loop started get the timeout plus the nodelets'
+        # longest reconnect backoff, so a master restart or failover never marks them DOWN.
         started = time.monotonic()
         while True:
             await asyncio.sleep(min(0.25, self.timeout / 4))
@@ -50,7 +54,9 @@ class Liveness:
             for node_id, rec in list(self.cache.nodes.items()):
                 if rec.msg.state == pb.DOWN:
                     continue
-                seen = max(self.gateway.last_seen.get(node_id, started), started)
+                seen = self.gateway.last_seen.get(node_id, 0.0)
+                if seen < started:
+                    seen = started + RECONNECT_GRACE
                 if now - seen > self.timeout:
                     await self.mark_down(node_id, f"no heartbeat for {now - seen:.1f}s")
 

@@ -31,6 +31,7 @@ log = logging.getLogger("corral.nodelet")
 
 TERMINAL = {pb.SUCCEEDED, pb.FAILED, pb.OOM_KILLED, pb.TIMED_OUT, pb.STOPPED, pb.LOST}
 TIMEOUT_GRACE = 5.0
+MAX_BACKOFF = 3.0  # seconds; the master's liveness grace after a restart covers it
 
 
 def _ts(seconds: float) -> object:
@@ -96,7 +97,7 @@ class Nodelet:
             except grpc.aio.AioRpcError as e:
                 log.warning("stream to %s ended: %s %s", addr, e.code().name, e.details())
                 if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT):
-                    backoff = 5.0
+                    backoff = MAX_BACKOFF
             except Exception as e:  # noqa: BLE001 - keep reconnecting whatever broke
                 log.warning("stream to %s failed: %r", addr, e)
             finally:
@@ -106,7 +107,7 @@ class Nodelet:
                 backoff = 0.1
             i += 1
             await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, 5.0)
+            backoff = min(backoff * 2, MAX_BACKOFF)
 
     async def recover_all(self) -> None:
         """Re-adopt running tasks and queue unacknowledged outcomes found on disk."""

@@ -7,10 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
-from harness import Cluster, wait_for
 
 from corral.nodelet import cgroups
 from corral.v1 import types_pb2 as pb
+
+from harness import Cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
