@@ -96,7 +96,9 @@ def add_request_flags(p: argparse.ArgumentParser, m: RpcMethod, skip: set[str] =
             names = [v.name for v in f.enum_type.values if v.number != 0]
             p.add_argument(flag, dest=f.name, choices=names, help=f"{f.name} ({', '.join(names)})")
         elif f.type in (_d.FieldDescriptor.TYPE_STRING,):
-            p.add_argument(flag, dest=f.name, help=f.name.replace("_", " "))
+            # `--template ID` reads better than `--template-id ID`; both work
+            aliases = [flag, flag.removesuffix("-id")] if f.name.endswith("_id") else [flag]
+            p.add_argument(*aliases, dest=f.name, help=f.name.replace("_", " "))
         else:
             p.add_argument(flag, dest=f.name, type=float if f.type in (_d.FieldDescriptor.TYPE_DOUBLE, _d.FieldDescriptor.TYPE_FLOAT) else int, help=f.name.replace("_", " "))
 

@@ -28,8 +28,8 @@ def run_demo(addr: str, token: str, nodelets: int) -> None:
     f = c.submit_task(spec=pb.TaskTemplate(run_script="exit 3"), name="fails")  # type: ignore[attr-defined]
     ff = c.wait_task(f.task_id, timeout=60)
     print(f"{f.task_id}: {pb.TaskState.Name(ff.state)} exit code {ff.exit_code}")
-    print("\n$ corral submit --command 'sleep 2' --memory 70000Gi")
-    big = c.submit_task(spec=pb.TaskTemplate(run_script="sleep 2", mem_request=70000 * 1024**3))  # type: ignore[attr-defined]
+    print("\n$ corral submit --command 'sleep 2' --memory 64Gi")
+    big = c.submit_task(spec=pb.TaskTemplate(run_script="sleep 2", mem_request=64 * 1024**3))  # type: ignore[attr-defined]
     time.sleep(1.0)
     print(f"$ corral task get {big.task_id}")
     print(output.table(c.get_task(task_id=big.task_id)))  # type: ignore[attr-defined]

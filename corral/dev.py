@@ -82,7 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.demo:
             from corral.demo import run_demo
 
-            run_demo(masters, token, args.nodelets)
+            from corral.errors import CorralError
+
+            try:
+                run_demo(masters, token, args.nodelets)
+            except CorralError as e:
+                print(f"corral dev: the demo failed: {e}", file=sys.stderr)
         while True:
             for proc in started:
                 if not proc.alive():

@@ -43,6 +43,8 @@ def test_submit_wait_get_json_logs(cluster: Cluster) -> None:
     assert "TASK ID" in table and task_id in table and "SUCCEEDED" in table
     assert task_id in corral(cluster, "task", "list", "--state", "SUCCEEDED").stdout
     assert task_id not in corral(cluster, "task", "list", "--state", "FAILED").stdout
+    assert task_id not in corral(cluster, "task", "list", "--template", "no-such").stdout
+    assert task_id in corral(cluster, "task", "list", "--node", cluster.node_id("a")).stdout
 
 
 def test_wait_exits_nonzero_unless_succeeded(cluster: Cluster) -> None:
