@@ -29,7 +29,7 @@ proto: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy scheduler_core client corral
+	$(VENV)/bin/mypy scheduler_core client corral master nodelet
 
 bench: deps
 	$(PY) bench/e2e.py --quick

@@ -81,7 +81,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Logs: {data_dir / 'logs'}   Ctrl-C stops everything.\n", flush=True)
         if args.demo:
             from corral.demo import run_demo
-
             from corral.errors import CorralError
 
             try:

@@ -9,6 +9,7 @@ acknowledged, so a nodelet keeps resending an outcome until it is durable.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import time
@@ -245,7 +246,8 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
             if task.state == pb.ASSIGNED:
                 self.send_start(task)
             else:
-                await self.writer.update(task_id, lambda t, n=session.node_id: lost_or_retry(t, n, "the node restarted without it"), fenced=True)
+                lost = functools.partial(lost_or_retry, node_id=session.node_id, reason="the node restarted without it")
+                await self.writer.update(task_id, lost, fenced=True)
 
     async def _on_status(self, session: NodeSession, st: npb.TaskStatus) -> None:
         if st.state not in (pb.RUNNING, *records.TERMINAL):

@@ -8,6 +8,7 @@ healthy nodes DOWN before they had time to reconnect.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 
@@ -76,4 +77,4 @@ class Liveness:
         await self.cache.wait_revision(result.revision)
         log.warning("node %s DOWN: %s", node_id, reason)
         for task_id in list(self.cache.by_node.get(node_id, ())):
-            await self.writer.update(task_id, lambda t: lost_or_retry(t, node_id, reason), fenced=True)
+            await self.writer.update(task_id, functools.partial(lost_or_retry, node_id=node_id, reason=reason), fenced=True)

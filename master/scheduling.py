@@ -6,11 +6,12 @@ earliest due instant, no polling.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import logging
 import time
 
-from corral import scheduler_core as sc
+import corral.scheduler_core as sc
 from corral.v1 import types_pb2 as pb
 
 from . import records
@@ -162,7 +163,7 @@ class Scheduler:
         for u in plan.unplaced:
             t = by_id[u.task_id]
             if t.reason != u.reason:
-                await self.writer.update(u.task_id, lambda x, r=u.reason: _set_reason(x, r), fenced=True)
+                await self.writer.update(u.task_id, functools.partial(_set_reason, reason=u.reason), fenced=True)
 
     async def _assign(self, p: sc.Placement) -> None:
         def mutate(t: pb.TaskExecution) -> pb.TaskExecution | None:

@@ -191,6 +191,9 @@ class Nodelet:
                         self.heartbeat_interval = max(0.05, hb.seconds + hb.nanos / 1e9) or 1.0
                         self._queue = queue
                         self.connected.set()
+                        # statuses that changed after the Register was built; duplicates are harmless
+                        for st in list(self.outbox.values()):
+                            queue.put_nowait(npb.NodeletMessage(status=st))
                         log.info("registered with %s as %s", addr, self.node_id)
                         beat = asyncio.create_task(self._heartbeats(queue))
                     elif kind == "start":

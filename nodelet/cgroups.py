@@ -188,8 +188,8 @@ class TaskCgroup:
         """The limits as the kernel holds them (read back after create)."""
         if self.version == "v2":
             d = self.dirs["unified"]
-            quota, period = _read(d / "cpu.max").split()
-            return Limits(int(quota) * 1000 // int(period), int(_read(d / "memory.max")), int(_read(d / "pids.max")))
+            q2, p2 = _read(d / "cpu.max").split()
+            return Limits(int(q2) * 1000 // int(p2), int(_read(d / "memory.max")), int(_read(d / "pids.max")))
         quota = int(_read(self.dirs["cpu"] / "cpu.cfs_quota_us"))
         period = int(_read(self.dirs["cpu"] / "cpu.cfs_period_us"))
         pids = _read(self.dirs["pids"] / "pids.max").strip() if "pids" in self.dirs else "0"

@@ -16,6 +16,6 @@ def test_ruff_clean() -> None:
 
 def test_mypy_clean_on_typed_packages() -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "mypy", "scheduler_core", "client", "corral"], cwd=ROOT, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "mypy", "scheduler_core", "client", "corral", "master", "nodelet"], cwd=ROOT, capture_output=True, text=True, timeout=600
     )
     assert r.returncode == 0, r.stdout + r.stderr

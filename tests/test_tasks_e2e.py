@@ -254,3 +254,28 @@ def test_paused_nodelet_returns_and_kills_its_replaced_copy(cluster: Cluster) ->
     final = c.wait_task(t.task_id, timeout=30)
     assert final.state == pb.SUCCEEDED and final.attempt == 2
     wait_for(lambda: c.get_node(node_id=first.node_id).state == pb.READY, 20, what="node READY again")
+
+
+def test_task_that_ends_while_its_nodelet_is_down_is_recorded(cluster: Cluster) -> None:
+    cluster.start_master(heartbeat_timeout=10)
+    n = cluster.start_nodelet("a")
+    c = cluster.client()
+    t = c.submit_task(spec=spec("sleep 1; echo ok; exit 4"))
+    wait_for(lambda: c.get_task(task_id=t.task_id).state == pb.RUNNING, 30, what="RUNNING")
+    n.stop()
+    time.sleep(2)  # it ends while no nodelet watches it
+    cluster.start_nodelet("a")
+    final = c.wait_task(t.task_id, timeout=30)
+    assert (final.state, final.exit_code, final.attempt) == (pb.FAILED, 4, 1)
+    assert logs(c, t.task_id) == b"ok\n"
+
+
+def test_retry_on_failure_policy(cluster: Cluster) -> None:
+    cluster.start_master()
+    cluster.start_nodelet("a")
+    c = cluster.client()
+    t = c.submit_task(spec=spec('echo "attempt $CORRAL_ATTEMPT"; [ "$CORRAL_ATTEMPT" = 2 ]', retry=pb.RetryPolicy(max_attempts=3, retry_on_failure=True)))
+    final = c.wait_task(t.task_id, timeout=30)
+    assert (final.state, final.attempt) == (pb.SUCCEEDED, 2)
+    assert [h.state for h in final.history] == [pb.FAILED]
+    assert logs(c, t.task_id) == b"attempt 2\n"
