@@ -13,8 +13,9 @@ from corral.v1 import types_pb2 as pb
 from . import keys, records, validate
 from .auth import Authenticator, api_method
 from .cache import Cache
+from .election import current_leader
 from .gateway import Gateway
-from .leadership import Leadership
+from .leadership import Always, Leadership
 from .store import Cmp, EtcdStore, Put
 
 
@@ -88,8 +89,10 @@ class NodeServicer(api_pb2_grpc.NodeServiceServicer):
 
 class ClusterServicer(api_pb2_grpc.ClusterServiceServicer):
     def __init__(
-        self, cache: Cache, auth: Authenticator, leadership: Leadership, *, name: str, address: str, etcd: list[str]
+        self, store: EtcdStore, cache: Cache, auth: Authenticator, leadership: Leadership, *, name: str, address: str, etcd: list[str]
     ) -> None:
+        self.store = store
+        self.leader_loops: object = None
         self.cache = cache
         self.auth = auth
         self.leadership = leadership
@@ -100,11 +103,18 @@ class ClusterServicer(api_pb2_grpc.ClusterServiceServicer):
     async def ClusterStatus(self, request, context, user):  # type: ignore[override]
         nodes = Counter(pb.NodeState.Name(r.msg.state) for r in self.cache.nodes.values())
         tasks = {pb.TaskState.Name(s): len(ids) for s, ids in self.cache.by_state.items() if ids}
-        return api_pb2.ClusterStatusResponse(
-            leader=self.me,
-            members=[self.me],
-            etcd_endpoints=self.etcd,
-            nodes_by_state=dict(nodes),
-            tasks_by_state=tasks,
-            version=__version__,
+        resp = api_pb2.ClusterStatusResponse(
+            etcd_endpoints=self.etcd, nodes_by_state=dict(nodes), tasks_by_state=tasks, version=__version__,
         )
+        current = await current_leader(self.store)
+        if current is not None:
+            resp.leader.ParseFromString(current[0])
+            resp.leader_term = current[1]
+        elif isinstance(self.leadership, Always):
+            resp.leader.CopyFrom(self.me)
+        kvs, _ = await self.store.range(keys.MEMBERS)
+        for kv in kvs:
+            resp.members.add().ParseFromString(kv.value)
+        if not resp.members:
+            resp.members.append(self.me)
+        return resp

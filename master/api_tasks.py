@@ -129,9 +129,7 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
             return t
 
         task = await self.writer.update(request.task_id, mutate)
-        assert task is not None
-        if task.state in records.ACTIVE:
-            self.gateway.send_stop(task, pb.STOPPED, f"stopped by {user.user_id}")
+        assert task is not None  # the gateway sees the committed stop and tells the node
         return task
 
     @api_method

@@ -20,13 +20,14 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 
 from corral.errors import AlreadyExists, CorralError, InvalidArgument, Unavailable
+from corral.v1 import api_pb2, nodelet_pb2_grpc
 from corral.v1 import nodelet_pb2 as npb
-from corral.v1 import nodelet_pb2_grpc
 from corral.v1 import types_pb2 as pb
 
 from . import keys, records, validate
 from .auth import Authenticator
 from .cache import Cache
+from .election import current_leader
 from .leadership import Leadership
 from .store import Cmp, EtcdStore, Put
 from .taskops import TaskWriter
@@ -46,6 +47,7 @@ class NodeSession:
     task_usage: dict[str, npb.TaskUsage] = field(default_factory=dict)
     logs: dict[str, asyncio.Future[npb.LogData]] = field(default_factory=dict)
     closed: bool = False
+    kicked: asyncio.Event = field(default_factory=asyncio.Event)
 
     def send(self, msg: npb.MasterMessage) -> None:
         if not self.closed:
@@ -74,6 +76,19 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
         self.sessions: dict[str, NodeSession] = {}
         self.last_seen: dict[str, float] = {}
         self._ids = itertools.count(1)
+        cache.listen(self._on_cache_change)
+
+    def _on_cache_change(self, prefix: str, ident: str, msg: object) -> None:
+        """Carry a committed stop request to the node running the task (whichever master
+        took the request, the one holding the node's stream acts on it)."""
+        if prefix == keys.TASKS and isinstance(msg, pb.TaskExecution):
+            if msg.stop_requested and msg.state in records.ACTIVE:
+                self.send_stop(msg, pb.STOPPED, "stopped by user")
+
+    def close_all(self) -> None:
+        """Drop every nodelet stream (leadership lost): nodelets find the new leader."""
+        for s in list(self.sessions.values()):
+            s.kicked.set()
 
     # ---- used by the API and the leader loops -------------------------------------------
 
@@ -130,47 +145,74 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
         self, request_iterator: AsyncIterator[npb.NodeletMessage], context: grpc.aio.ServicerContext
     ) -> None:
         session: NodeSession | None = None
-        writer: asyncio.Task[None] | None = None
+        tasks: list[asyncio.Task[None]] = []
         try:
             await self.auth.authenticate(context)
+            if not self.leadership.is_leader():
+                await self._redirect(context)
             first = await asyncio.wait_for(anext(aiter(request_iterator)), 30)
             if first.WhichOneof("msg") != "register":
                 raise InvalidArgument("the first message on a nodelet stream must be register")
             session = await self._register(first.register, context.peer())
-            writer = asyncio.create_task(self._write(session, context))
-            async for msg in request_iterator:
-                node = self.cache.nodes.get(session.node_id)
-                if node is not None and node.msg.state == pb.DOWN:
-                    # silent too long (e.g. paused); its tasks were replaced: make it register
-                    # again so reconciliation stops the stale copies
-                    raise Unavailable(f"node {session.node_id} was marked DOWN; register again")
-                self.last_seen[session.node_id] = time.monotonic()
-                kind = msg.WhichOneof("msg")
-                if kind == "heartbeat":
-                    session.used.CopyFrom(msg.heartbeat.used)
-                    session.task_usage = {u.task_id: u for u in msg.heartbeat.tasks}
-                elif kind == "status":
-                    await self._on_status(session, msg.status)
-                elif kind == "log_data":
-                    fut = session.logs.get(msg.log_data.request_id)
-                    if fut is not None and not fut.done():
-                        fut.set_result(msg.log_data)
-                else:
-                    raise InvalidArgument(f"unexpected message on a nodelet stream: {kind}")
+            tasks = [
+                asyncio.create_task(self._read(session, request_iterator)),
+                asyncio.create_task(self._write(session, context)),
+                asyncio.create_task(session.kicked.wait()),  # type: ignore[arg-type]
+            ]
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if tasks[2] in done:
+                await self._redirect(context)
+            for t in done:
+                t.result()
         except (StopAsyncIteration, TimeoutError):
             pass
         except CorralError as e:
             log.warning("nodelet stream %s rejected: %s", context.peer(), e)
             await context.abort(e.code, str(e))
         finally:
-            if writer is not None:
-                writer.cancel()
+            for t in tasks:
+                t.cancel()
             if session is not None:
                 session.closed = True
                 if self.sessions.get(session.node_id) is session:
                     del self.sessions[session.node_id]
                 log.info("nodelet %s disconnected", session.node_id)
                 self.on_change()
+
+    async def _redirect(self, context: grpc.aio.ServicerContext) -> None:
+        """Tell a nodelet where the leader is (status + `corral-leader` trailing metadata)."""
+        current = await current_leader(self.store)
+        address = ""
+        if current is not None:
+            member = api_pb2.Member()
+            member.ParseFromString(current[0])
+            address = member.address
+        await context.abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"not the leader; the leader is {address or 'not elected yet'}",
+            trailing_metadata=(("corral-leader", address),),
+        )
+
+    async def _read(self, session: NodeSession, request_iterator: AsyncIterator[npb.NodeletMessage]) -> None:
+        async for msg in request_iterator:
+            node = self.cache.nodes.get(session.node_id)
+            if node is not None and node.msg.state == pb.DOWN:
+                # silent too long (e.g. paused); its tasks were replaced: make it register
+                # again so reconciliation stops the stale copies
+                raise Unavailable(f"node {session.node_id} was marked DOWN; register again")
+            self.last_seen[session.node_id] = time.monotonic()
+            kind = msg.WhichOneof("msg")
+            if kind == "heartbeat":
+                session.used.CopyFrom(msg.heartbeat.used)
+                session.task_usage = {u.task_id: u for u in msg.heartbeat.tasks}
+            elif kind == "status":
+                await self._on_status(session, msg.status)
+            elif kind == "log_data":
+                fut = session.logs.get(msg.log_data.request_id)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg.log_data)
+            else:
+                raise InvalidArgument(f"unexpected message on a nodelet stream: {kind}")
 
     async def _write(self, session: NodeSession, context: grpc.aio.ServicerContext) -> None:
         while True:

@@ -1,14 +1,16 @@
 """Who runs the leader-only loops, and the fence every leader write carries.
 
-`SoleLeader` is the single-replica form: always the leader, no fence. The HA issue swaps
-in an etcd election whose `fence()` returns the compare on the leader key's create
-revision; nothing else changes.
+`Elected` follows an etcd election: while this master leads, `fence()` is the compare on
+its election key's create revision, so a deposed leader's writes fail. `Always` is the
+test-only form that leads without an election (to show that fencing and create-if-absent,
+not luck, prevent doubles when two masters run the loops at once).
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
+from .election import Election
 from .store import Cmp
 
 
@@ -17,10 +19,51 @@ class Leadership(Protocol):
 
     def still_leader(self) -> bool: ...
 
+    def is_leader(self) -> bool: ...
 
-class SoleLeader:
+
+class Elected:
+    def __init__(self) -> None:
+        self.election: Election | None = None
+
+    def won(self, election: Election) -> None:
+        self.election = election
+
+    def lost(self) -> None:
+        self.election = None
+
+    def is_leader(self) -> bool:
+        e = self.election
+        return e is not None and e.leading and not e.session.lost.is_set()
+
+    def still_leader(self) -> bool:
+        return self.is_leader()
+
     def fence(self) -> list[Cmp]:
-        return []
+        e = self.election
+        if e is None:
+            # not the leader: a compare that can never hold, so nothing is written
+            return [Cmp("election/-none-", -1, create=True)]
+        return e.fence()
+
+    @property
+    def term(self) -> int:
+        return self.election.revision if self.election else 0
+
+
+class Always:
+    """Test-only: lead without an election, with no fence."""
+
+    term = 0
+
+    def is_leader(self) -> bool:
+        return True
 
     def still_leader(self) -> bool:
         return True
+
+    def fence(self) -> list[Cmp]:
+        return []
+
+
+SoleLeader = Always

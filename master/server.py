@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from corral import logs
+from corral import __version__, logs
 from corral.v1 import api_pb2, api_pb2_grpc, nodelet_pb2, nodelet_pb2_grpc
 
 from . import metrics
@@ -27,7 +27,8 @@ from .api_templates import TemplateServicer
 from .auth import Authenticator, ensure_bootstrap_admin
 from .cache import Cache
 from .gateway import Gateway
-from .leadership import SoleLeader
+from .leader import LeaderLoops
+from .leadership import Always, Elected
 from .liveness import Liveness
 from .scheduling import Scheduler
 from .store import EtcdStore
@@ -52,6 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heartbeat-interval", type=float, default=float(env("CORRAL_HEARTBEAT_INTERVAL", "1")), help="seconds between nodelet heartbeats")
     p.add_argument("--heartbeat-timeout", type=float, default=float(env("CORRAL_HEARTBEAT_TIMEOUT", "10")), help="seconds of silence before a node is DOWN")
     p.add_argument("--http", default=env("CORRAL_HTTP", "127.0.0.1:7071"), help="address of the /metrics and /healthz endpoint; empty to disable")
+    p.add_argument("--lease-ttl", type=int, default=int(env("CORRAL_LEASE_TTL", "2")), help="leader lease in whole seconds: how fast a dead leader is replaced")
+    p.add_argument("--test-force-leader", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ready-file", default="", help="write the bound address here once serving (for scripts and tests)")
     p.add_argument("--log-level", default=env("CORRAL_LOG_LEVEL", "info"))
 
@@ -63,7 +66,7 @@ class Master:
         self.args = args
         self.store = EtcdStore(args.etcd, args.prefix)
         self.cache = Cache(self.store)
-        self.leadership = SoleLeader()
+        self.leadership: Elected | Always = Always() if args.test_force_leader else Elected()
         self.auth = Authenticator(self.cache)
         from .taskops import TaskWriter
 
@@ -78,6 +81,7 @@ class Master:
             self.store, self.cache, self.writer, self.gateway, self.leadership, timeout=args.heartbeat_timeout
         )
         self.server = grpc.aio.server(options=GRPC_OPTIONS)
+        self.leader: LeaderLoops | None = None
         self.address = ""
         self.http_address = ""
 
@@ -88,10 +92,8 @@ class Master:
             TaskServicer(self.store, self.cache, self.auth, self.writer, self.gateway), s
         )
         api_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(self.store, self.cache, self.auth, self.gateway), s)
-        api_pb2_grpc.add_ClusterServiceServicer_to_server(
-            ClusterServicer(self.cache, self.auth, self.leadership, name=self.args.name, address=address, etcd=[self.args.etcd]),
-            s,
-        )
+        self.cluster = ClusterServicer(self.store, self.cache, self.auth, self.leadership, name=self.args.name, address=address, etcd=[self.args.etcd])
+        api_pb2_grpc.add_ClusterServiceServicer_to_server(self.cluster, s)
         nodelet_pb2_grpc.add_NodeletServiceServicer_to_server(self.gateway, s)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, s)
@@ -119,8 +121,18 @@ class Master:
                 tg.create_task(self.cache.run())
                 await self.cache.ready.wait()
                 await _set_serving(self.health)
-                tg.create_task(self.scheduler.run())
-                tg.create_task(self.liveness.run())
+                member = api_pb2.Member(name=self.args.name, address=self.address, pid=os.getpid(), version=__version__)
+                if isinstance(self.leadership, Elected):
+                    self.leader = LeaderLoops(
+                        self.store, self.leadership, member, [self.scheduler.run, self.liveness.run],
+                        lease_ttl=self.args.lease_ttl, on_lost=self.gateway.close_all,
+                    )
+                    self.cluster.leader_loops = self.leader
+                    tg.create_task(self.leader.run())
+                else:
+                    log.warning("--test-force-leader: running the leader loops without an election")
+                    tg.create_task(self.scheduler.run())
+                    tg.create_task(self.liveness.run())
                 http = await metrics.serve(self.args.http, self.cache, self.gateway, self.scheduler) if self.args.http else None
                 if http is not None:
                     host, port = http.sockets[0].getsockname()[:2]
@@ -130,6 +142,8 @@ class Master:
                     await asyncio.to_thread(_write_ready, self.args.ready_file, self.address, self.http_address)
                 await stop.wait()
                 log.info("master stopping")
+                if self.leader is not None:
+                    await self.leader.resign()
                 await self.server.stop(grace=1.0)
                 raise _Stop
         except* _Stop:

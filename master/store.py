@@ -42,6 +42,7 @@ class Event:
 class Put:
     key: str
     value: bytes
+    lease: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +52,14 @@ class Delete:
 
 @dataclass(frozen=True, slots=True)
 class Cmp:
-    """A transaction guard: the key's mod revision equals `mod_revision` (0 = key absent)."""
+    """A transaction guard: the key's mod revision equals `mod_revision` (0 = key absent).
+
+    With `create=True` the compare is on the key's create revision instead: the fencing
+    token of a leader (its election key is unchanged since it won)."""
 
     key: str
     mod_revision: int
+    create: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,22 +160,56 @@ class EtcdStore:
         """Apply `ops` atomically if every compare holds."""
         cmp = []
         for c in compares:
-            cmp.append(
-                rpc.Compare(
-                    key=self._k(c.key),
-                    target=rpc.Compare.MOD,
-                    result=rpc.Compare.EQUAL,
-                    mod_revision=c.mod_revision,
-                )
-            )
+            if c.create:
+                cmp.append(rpc.Compare(key=self._k(c.key), target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=c.mod_revision))
+            else:
+                cmp.append(rpc.Compare(key=self._k(c.key), target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=c.mod_revision))
         success = []
         for op in ops:
             if isinstance(op, Put):
-                success.append(rpc.RequestOp(request_put=rpc.PutRequest(key=self._k(op.key), value=op.value)))
+                success.append(rpc.RequestOp(request_put=rpc.PutRequest(key=self._k(op.key), value=op.value, lease=op.lease)))
             else:
                 success.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=self._k(op.key))))
         resp = await self._call(self._kv().Txn, rpc.TxnRequest(compare=cmp, success=success))
         return TxnResult(resp.succeeded, resp.header.revision)
+
+    async def first_created(self, prefix: str, before: int = 0) -> tuple[KV | None, int]:
+        """The key under `prefix` with the lowest create revision; with `before`, the key
+        created last before that revision (an election candidate's predecessor)."""
+        start = self._k(prefix)
+        req = rpc.RangeRequest(
+            key=start, range_end=_prefix_end(start), limit=1, sort_target=rpc.RangeRequest.CREATE,
+            sort_order=rpc.RangeRequest.DESCEND if before else rpc.RangeRequest.ASCEND,
+            max_create_revision=before - 1 if before else 0,
+        )
+        resp = await self._call(self._kv().Range, req)
+        if not resp.kvs:
+            return None, resp.header.revision
+        kv = resp.kvs[0]
+        return KV(self._strip(kv.key), kv.value, kv.mod_revision, kv.create_revision), resp.header.revision
+
+    async def grant_lease(self, ttl: int) -> int:
+        resp = await self._call(self._client.leasestub.LeaseGrant, rpc.LeaseGrantRequest(TTL=ttl))
+        return int(resp.ID)
+
+    async def keepalive(self, lease_id: int) -> int:
+        """Refresh a lease once; returns the remaining TTL (0 when the lease is gone)."""
+        try:
+            async for reply in self._client.leasestub.LeaseKeepAlive(
+                iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]), timeout=self._timeout
+            ):
+                return int(reply.TTL)
+        except grpc.aio.AioRpcError as e:
+            raise Unavailable(f"etcd keepalive: {e.code().name}: {e.details()}") from e
+        return 0
+
+    async def revoke_lease(self, lease_id: int) -> None:
+        await self._call(self._client.leasestub.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease_id))
+
+    async def status(self) -> dict[str, object]:
+        """etcd's own view: version, database size, raft leader and term."""
+        resp = await self._call(self._client.maintenancestub.Status, rpc.StatusRequest())
+        return {"version": resp.version, "db_size": resp.dbSize, "leader": resp.leader, "raft_term": resp.raftTerm}
 
     async def put(self, key: str, value: bytes) -> int:
         return (await self.txn([], [Put(key, value)])).revision

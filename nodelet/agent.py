@@ -87,14 +87,21 @@ class Nodelet:
         await self.recover_all()
         backoff = 0.1
         i = 0
+        redirect = ""
         while True:
-            addr = self.masters[i % len(self.masters)]
+            addr = redirect or self.masters[i % len(self.masters)]
+            redirect = ""
             started = time.monotonic()
             try:
                 await self._session(addr)
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as e:
+                leader = dict(e.trailing_metadata() or ()).get("corral-leader", "")
+                if e.code() == grpc.StatusCode.FAILED_PRECONDITION and leader and leader != addr:
+                    log.info("%s is not the leader; connecting to %s", addr, leader)
+                    redirect = str(leader)
+                    continue
                 log.warning("stream to %s ended: %s %s", addr, e.code().name, e.details())
                 if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT):
                     backoff = MAX_BACKOFF
