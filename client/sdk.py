@@ -29,6 +29,7 @@ from corral.v1 import types_pb2 as pb
 TERMINAL = {pb.SUCCEEDED, pb.FAILED, pb.OOM_KILLED, pb.TIMED_OUT, pb.STOPPED, pb.LOST}
 DEFAULT_ADDR = "127.0.0.1:7070"
 RETRIES = 4
+ATTEMPT_TIMEOUT = 5.0  # one master may hang (paused, partitioned): try the next after this
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 
 
@@ -85,9 +86,15 @@ def _addresses(addr: str | Sequence[str] | None) -> list[str]:
 def _translate(e: grpc.RpcError, addr: str) -> CorralError:
     code = e.code()  # type: ignore[attr-defined]
     details = e.details() or code.name  # type: ignore[attr-defined]
-    if code == grpc.StatusCode.UNAVAILABLE and ("connect" in details.lower() or "unreachable" in details.lower()):
+    low = details.lower()
+    if code == grpc.StatusCode.UNAVAILABLE and ("failed to connect" in low or "connection refused" in low or "unreachable" in low):
         details = f"cannot reach a master at {addr} ({details})"
     return from_code(code, details)
+
+
+def _retryable(err: CorralError, masters: int) -> bool:
+    """UNAVAILABLE always; a deadline too when another master may answer (a hung master)."""
+    return isinstance(err, Unavailable) or (isinstance(err, DeadlineExceeded) and masters > 1)
 
 
 def _build(method: RpcMethod, request: Message | None, fields: dict[str, Any]) -> Message:
@@ -129,6 +136,10 @@ class Client:
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
+    def _attempt_timeout(self, timeout: float | None) -> float:
+        total = timeout or self.timeout
+        return min(total, ATTEMPT_TIMEOUT) if len(self.addresses) > 1 else total
+
     def call(self, method: RpcMethod, request: Message | None = None, *, timeout: float | None = None, **fields: Any) -> Any:
         req = _build(method, request, fields)
         delay = 0.1
@@ -141,10 +152,10 @@ class Client:
                     stream = ch.unary_stream(method.path, request_serializer=method.input.SerializeToString, response_deserializer=method.output.FromString)
                     return _SyncStream(stream(req, metadata=self._metadata(), timeout=timeout), addr)
                 unary = ch.unary_unary(method.path, request_serializer=method.input.SerializeToString, response_deserializer=method.output.FromString)
-                return unary(req, metadata=self._metadata(), timeout=timeout or self.timeout)
+                return unary(req, metadata=self._metadata(), timeout=self._attempt_timeout(timeout))
             except grpc.RpcError as e:
                 last = _translate(e, addr)
-                if not isinstance(last, Unavailable):
+                if not _retryable(last, len(self.addresses)):
                     raise last from None
                 self._current += 1
                 if attempt + 1 < RETRIES * len(self.addresses):
@@ -165,6 +176,7 @@ class Client:
             except DeadlineExceeded:
                 raise DeadlineExceeded(f"task {task_id} did not finish within {timeout}s") from None
             except Unavailable:
+                self._current += 1  # that master is gone: follow from the next one
                 time.sleep(0.2)
             if deadline is not None and time.monotonic() >= deadline:
                 raise DeadlineExceeded(f"task {task_id} did not finish within {timeout}s")
@@ -216,6 +228,10 @@ class AsyncClient:
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
+    def _attempt_timeout(self, timeout: float | None) -> float:
+        total = timeout or self.timeout
+        return min(total, ATTEMPT_TIMEOUT) if len(self.addresses) > 1 else total
+
     async def call(self, method: RpcMethod, request: Message | None = None, *, timeout: float | None = None, **fields: Any) -> Any:
         req = _build(method, request, fields)
         if method.server_streaming:
@@ -226,10 +242,10 @@ class AsyncClient:
             addr = self.addresses[self._current % len(self.addresses)]
             unary = self._channel(addr).unary_unary(method.path, request_serializer=method.input.SerializeToString, response_deserializer=method.output.FromString)
             try:
-                return await unary(req, metadata=self._metadata(), timeout=timeout or self.timeout)
+                return await unary(req, metadata=self._metadata(), timeout=self._attempt_timeout(timeout))
             except grpc.RpcError as e:
                 last = _translate(e, addr)
-                if not isinstance(last, Unavailable):
+                if not _retryable(last, len(self.addresses)):
                     raise last from None
                 self._current += 1
                 if attempt + 1 < RETRIES * len(self.addresses):
@@ -255,6 +271,7 @@ class AsyncClient:
                         if ev.task.state in TERMINAL:
                             return ev.task  # type: ignore[no-any-return]
                 except Unavailable:
+                    self._current += 1
                     await asyncio.sleep(0.2)
 
         try:

@@ -6,9 +6,10 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
+import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from corral.errors import FailedPrecondition, InvalidArgument, NotFound
+from corral.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable, from_code
 from corral.v1 import api_pb2, api_pb2_grpc
 from corral.v1 import types_pb2 as pb
 
@@ -16,7 +17,9 @@ from . import keys, records, validate
 from .api_templates import resolve_template
 from .auth import Authenticator, api_method, api_stream
 from .cache import Cache
+from .election import current_leader
 from .gateway import Gateway
+from .leadership import Leadership
 from .store import Cmp, EtcdStore, Put
 from .taskops import TaskWriter
 
@@ -26,13 +29,14 @@ LOG_CHUNK = 64 * 1024
 
 class TaskServicer(api_pb2_grpc.TaskServiceServicer):
     def __init__(
-        self, store: EtcdStore, cache: Cache, auth: Authenticator, writer: TaskWriter, gateway: Gateway
+        self, store: EtcdStore, cache: Cache, auth: Authenticator, writer: TaskWriter, gateway: Gateway, leadership: Leadership
     ) -> None:
         self.store = store
         self.cache = cache
         self.auth = auth
         self.writer = writer
         self.gateway = gateway
+        self.leadership = leadership
 
     def build_task(self, request: api_pb2.SubmitTaskRequest, user: pb.User) -> pb.TaskExecution:
         if request.template_id:
@@ -182,13 +186,33 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
         finally:
             unlisten()
 
+    async def _logs_from_leader(self, request: api_pb2.TaskLogsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[api_pb2.LogChunk]:
+        current = await current_leader(self.store)
+        if current is None:
+            raise Unavailable("no leader elected right now; try again")
+        member = api_pb2.Member()
+        member.ParseFromString(current[0])
+        auth = [(k, v) for k, v in (context.invocation_metadata() or ()) if k == "authorization"]
+        async with grpc.aio.insecure_channel(member.address) as ch:
+            stub = api_pb2_grpc.TaskServiceStub(ch)
+            try:
+                async for chunk in stub.TaskLogs(request, metadata=auth):
+                    yield chunk
+            except grpc.aio.AioRpcError as e:
+                raise from_code(e.code(), e.details() or "") from None
+
     @api_stream
     async def TaskLogs(self, request, context, user) -> AsyncIterator[api_pb2.LogChunk]:  # type: ignore[override]
         validate.check_id("task_id", request.task_id)
         if request.offset < 0:
             raise InvalidArgument("offset: must not be negative")
         offset = request.offset
-        await self.writer.load(request.task_id)  # NOT_FOUND early
+        first, _ = await self.writer.load(request.task_id)  # NOT_FOUND early
+        if first.node_id and not self.gateway.connected(first.node_id) and not self.leadership.is_leader():
+            # the node's stream is held by the leader: read through it
+            async for chunk in self._logs_from_leader(request, context):
+                yield chunk
+            return
         while True:
             task = self.cache.tasks[request.task_id].msg
             finished = task.state in records.TERMINAL

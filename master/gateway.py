@@ -79,11 +79,14 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
         cache.listen(self._on_cache_change)
 
     def _on_cache_change(self, prefix: str, ident: str, msg: object) -> None:
-        """Carry a committed stop request to the node running the task (whichever master
-        took the request, the one holding the node's stream acts on it)."""
+        """Dispatch follows committed state: a task committed ASSIGNED to a node whose
+        stream this master holds is sent there, and a committed stop request is carried
+        to the node running the task, whichever master wrote it."""
         if prefix == keys.TASKS and isinstance(msg, pb.TaskExecution):
             if msg.stop_requested and msg.state in records.ACTIVE:
                 self.send_stop(msg, pb.STOPPED, "stopped by user")
+            elif msg.state == pb.ASSIGNED:
+                self.send_start(msg)
 
     def close_all(self) -> None:
         """Drop every nodelet stream (leadership lost): nodelets find the new leader."""
@@ -203,6 +206,7 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
             self.last_seen[session.node_id] = time.monotonic()
             kind = msg.WhichOneof("msg")
             if kind == "heartbeat":
+                session.send(npb.MasterMessage(heartbeat_ack=npb.HeartbeatAck()))
                 session.used.CopyFrom(msg.heartbeat.used)
                 session.task_usage = {u.task_id: u for u in msg.heartbeat.tasks}
             elif kind == "status":

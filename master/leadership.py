@@ -21,6 +21,8 @@ class Leadership(Protocol):
 
     def is_leader(self) -> bool: ...
 
+    def step_down(self) -> None: ...
+
 
 class Elected:
     def __init__(self) -> None:
@@ -31,6 +33,11 @@ class Elected:
 
     def lost(self) -> None:
         self.election = None
+
+    def step_down(self) -> None:
+        """A fenced write found another leader: end this term now."""
+        if self.election is not None:
+            self.election.session.lost.set()
 
     def is_leader(self) -> bool:
         e = self.election
@@ -65,5 +72,5 @@ class Always:
     def fence(self) -> list[Cmp]:
         return []
 
-
-SoleLeader = Always
+    def step_down(self) -> None:
+        pass

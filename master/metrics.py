@@ -15,12 +15,14 @@ from corral.v1 import types_pb2 as pb
 
 from .cache import Cache
 from .gateway import Gateway
+from .leadership import Leadership
 from .scheduling import Scheduler
+from .taskops import TaskWriter
 
 log = logging.getLogger("corral.metrics")
 
 
-def render(cache: Cache, gateway: Gateway, scheduler: Scheduler) -> str:
+def render(cache: Cache, gateway: Gateway, scheduler: Scheduler, writer: TaskWriter, leadership: Leadership) -> str:
     lines = [
         "# HELP corral_tasks Tasks in the store by state.",
         "# TYPE corral_tasks gauge",
@@ -39,6 +41,13 @@ def render(cache: Cache, gateway: Gateway, scheduler: Scheduler) -> str:
         "# HELP corral_scheduler_passes_total Scheduling passes run by this master.",
         "# TYPE corral_scheduler_passes_total counter",
         f"corral_scheduler_passes_total {scheduler.passes}",
+        "# HELP corral_leader_writes_total Fenced leader writes by outcome (fenced = refused: another master leads).",
+        "# TYPE corral_leader_writes_total counter",
+        f'corral_leader_writes_total{{result="committed"}} {writer.fenced_committed}',
+        f'corral_leader_writes_total{{result="fenced"}} {writer.fenced_rejected}',
+        "# HELP corral_is_leader Whether this master runs the leader loops now.",
+        "# TYPE corral_is_leader gauge",
+        f"corral_is_leader {int(leadership.is_leader())}",
         "# HELP corral_store_revision Last etcd revision applied to the cache.",
         "# TYPE corral_store_revision gauge",
         f"corral_store_revision {cache.revision}",
@@ -49,7 +58,9 @@ def render(cache: Cache, gateway: Gateway, scheduler: Scheduler) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def serve(address: str, cache: Cache, gateway: Gateway, scheduler: Scheduler) -> asyncio.Server | None:
+async def serve(
+    address: str, cache: Cache, gateway: Gateway, scheduler: Scheduler, tasks: TaskWriter, leadership: Leadership
+) -> asyncio.Server | None:
     """Start the endpoint; returns None (with a warning) when the address cannot be bound."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -60,7 +71,7 @@ async def serve(address: str, cache: Cache, gateway: Gateway, scheduler: Schedul
             parts = request.decode("latin-1").split()
             path = parts[1] if len(parts) > 1 else "/"
             if path == "/metrics":
-                status, body, ctype = "200 OK", render(cache, gateway, scheduler), "text/plain; version=0.0.4"
+                status, body, ctype = "200 OK", render(cache, gateway, scheduler, tasks, leadership), "text/plain; version=0.0.4"
             elif path == "/healthz":
                 ok = cache.ready.is_set()
                 status, body, ctype = ("200 OK" if ok else "503 Service Unavailable"), ("ok\n" if ok else "starting\n"), "text/plain"

@@ -12,6 +12,7 @@ import logging
 import time
 
 import corral.scheduler_core as sc
+from corral.errors import Aborted
 from corral.v1 import types_pb2 as pb
 
 from . import records
@@ -115,6 +116,10 @@ class Scheduler:
                     await self.pass_once()
                 except asyncio.CancelledError:
                     raise
+                except Aborted as e:
+                    log.info("scheduling pass stopped: %s", e)
+                    await asyncio.sleep(0.5)
+                    self._wake.set()
                 except Exception:
                     log.exception("scheduling pass failed")
                     await asyncio.sleep(0.5)
@@ -176,9 +181,8 @@ class Scheduler:
 
         self._ready.discard(p.task_id)
         async with self._sem:
-            task = await self.writer.update(p.task_id, mutate, fenced=True)
-        if task is not None and not self.gateway.send_start(task):
-            log.info("node %s went away before task %s could be sent; it will be resent on reconnect", p.node_id, p.task_id)
+            # the gateway sends the committed assignment to the node (see Gateway._on_cache_change)
+            await self.writer.update(p.task_id, mutate, fenced=True)
 
 
 def _set_reason(t: pb.TaskExecution, reason: str) -> pb.TaskExecution | None:

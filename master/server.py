@@ -89,7 +89,7 @@ class Master:
         s = self.server
         api_pb2_grpc.add_TemplateServiceServicer_to_server(TemplateServicer(self.store, self.cache, self.auth), s)
         api_pb2_grpc.add_TaskServiceServicer_to_server(
-            TaskServicer(self.store, self.cache, self.auth, self.writer, self.gateway), s
+            TaskServicer(self.store, self.cache, self.auth, self.writer, self.gateway, self.leadership), s
         )
         api_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(self.store, self.cache, self.auth, self.gateway), s)
         self.cluster = ClusterServicer(self.store, self.cache, self.auth, self.leadership, name=self.args.name, address=address, etcd=[self.args.etcd])
@@ -133,7 +133,7 @@ class Master:
                     log.warning("--test-force-leader: running the leader loops without an election")
                     tg.create_task(self.scheduler.run())
                     tg.create_task(self.liveness.run())
-                http = await metrics.serve(self.args.http, self.cache, self.gateway, self.scheduler) if self.args.http else None
+                http = await metrics.serve(self.args.http, self.cache, self.gateway, self.scheduler, self.writer, self.leadership) if self.args.http else None
                 if http is not None:
                     host, port = http.sockets[0].getsockname()[:2]
                     self.http_address = f"{host}:{port}"

@@ -28,6 +28,8 @@ class TaskWriter:
         self.store = store
         self.cache = cache
         self.leadership = leadership
+        self.fenced_committed = 0  # leader writes that went through
+        self.fenced_rejected = 0   # leader writes refused because another master leads
 
     async def load(self, task_id: str) -> tuple[pb.TaskExecution, int]:
         rec = self.cache.tasks.get(task_id)
@@ -39,6 +41,14 @@ class TaskWriter:
         msg = pb.TaskExecution()
         msg.ParseFromString(kv.value)
         return msg, kv.mod_revision
+
+    async def fence_holds(self) -> bool:
+        """Is this master's fencing token still the leader's? (checked after a failed write)"""
+        for cmp in self.leadership.fence():
+            kv = await self.store.get(cmp.key)
+            if kv is None or kv.create_revision != cmp.mod_revision:
+                return False
+        return self.leadership.still_leader()
 
     async def update(
         self, task_id: str, mutate: Mutator, *, fenced: bool = False, attempts: int = 8
@@ -70,9 +80,13 @@ class TaskWriter:
                 compares += self.leadership.fence()
             result = await self.store.txn(compares, [Put(keys.task(task_id), new.SerializeToString())])
             if result.succeeded:
+                if fenced:
+                    self.fenced_committed += 1
                 await self.cache.wait_revision(result.revision)
                 return new
-            if fenced and not self.leadership.still_leader():
+            if fenced and not await self.fence_holds():
+                self.fenced_rejected += 1
+                self.leadership.step_down()
                 raise Aborted("no longer the leader")
             fresh = True
         raise Aborted(f"task {task_id}: too many concurrent changes, try again")

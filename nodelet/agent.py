@@ -16,6 +16,7 @@ import os
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psutil
@@ -31,7 +32,8 @@ log = logging.getLogger("corral.nodelet")
 
 TERMINAL = {pb.SUCCEEDED, pb.FAILED, pb.OOM_KILLED, pb.TIMED_OUT, pb.STOPPED, pb.LOST}
 TIMEOUT_GRACE = 5.0
-MAX_BACKOFF = 3.0  # seconds; the master's liveness grace after a restart covers it
+MAX_BACKOFF = 3.0
+MASTER_SILENCE_BEATS = 3  # heartbeats unanswered before the nodelet drops the stream  # seconds; the master's liveness grace after a restart covers it
 
 
 def _ts(seconds: float) -> object:
@@ -40,6 +42,10 @@ def _ts(seconds: float) -> object:
     t = Timestamp()
     t.FromNanoseconds(int(seconds * 1e9))
     return t
+
+
+class MasterSilent(Exception):
+    """The master stopped answering heartbeats (dead, paused or cut off)."""
 
 
 def _dir_name(task_id: str, attempt: int) -> str:
@@ -78,6 +84,7 @@ class Nodelet:
         self._monitors: dict[str, asyncio.Task[None]] = {}  # handle key → its watcher
         self.connected = asyncio.Event()
         self._last_cpu: dict[str, tuple[float, int]] = {}
+        self._last_heard = time.monotonic()
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -179,6 +186,7 @@ class Nodelet:
         return npb.NodeletMessage(register=reg)
 
     async def _session(self, addr: str) -> None:
+        """One stream to one master, until it breaks or the master falls silent."""
         async with grpc.aio.insecure_channel(addr) as channel:
             stub = nodelet_pb2_grpc.NodeletServiceStub(channel)
             queue: asyncio.Queue[npb.NodeletMessage] = asyncio.Queue()
@@ -189,37 +197,52 @@ class Nodelet:
                     yield await queue.get()
 
             call = stub.Connect(outgoing(), metadata=(("authorization", f"Bearer {self.token}"),))
-            beat: asyncio.Task[None] | None = None
+            self._last_heard = time.monotonic()
+            reader = asyncio.create_task(self._read_stream(call, queue, addr))
+            beats = asyncio.create_task(self._heartbeats(queue))
             try:
-                async for msg in call:
-                    kind = msg.WhichOneof("msg")
-                    if kind == "registered":
-                        hb = msg.registered.heartbeat_interval
-                        self.heartbeat_interval = max(0.05, hb.seconds + hb.nanos / 1e9) or 1.0
-                        self._queue = queue
-                        self.connected.set()
-                        # statuses that changed after the Register was built; duplicates are harmless
-                        for st in list(self.outbox.values()):
-                            queue.put_nowait(npb.NodeletMessage(status=st))
-                        log.info("registered with %s as %s", addr, self.node_id)
-                        beat = asyncio.create_task(self._heartbeats(queue))
-                    elif kind == "start":
-                        await self._start(msg.start.task)
-                    elif kind == "stop":
-                        await self._stop(msg.stop)
-                    elif kind == "ack":
-                        self._ack(msg.ack)
-                    elif kind == "read_logs":
-                        await queue.put(npb.NodeletMessage(log_data=await asyncio.to_thread(self._read_logs, msg.read_logs)))
+                done, _ = await asyncio.wait({reader, beats}, return_when=asyncio.FIRST_COMPLETED)
+                if reader in done:
+                    reader.result()
+                else:
+                    beats.result()
             finally:
-                if beat is not None:
-                    beat.cancel()
+                for t in (reader, beats):
+                    t.cancel()
                 call.cancel()
 
+    async def _read_stream(self, call: Any, queue: asyncio.Queue[npb.NodeletMessage], addr: str) -> None:
+        async for msg in call:
+            self._last_heard = time.monotonic()
+            kind = msg.WhichOneof("msg")
+            if kind == "registered":
+                hb = msg.registered.heartbeat_interval
+                self.heartbeat_interval = max(0.05, hb.seconds + hb.nanos / 1e9) or 1.0
+                self._queue = queue
+                self.connected.set()
+                # statuses that changed after the Register was built; duplicates are harmless
+                for st in list(self.outbox.values()):
+                    queue.put_nowait(npb.NodeletMessage(status=st))
+                log.info("registered with %s as %s", addr, self.node_id)
+            elif kind == "start":
+                await self._start(msg.start.task)
+            elif kind == "stop":
+                await self._stop(msg.stop)
+            elif kind == "ack":
+                self._ack(msg.ack)
+            elif kind == "read_logs":
+                await queue.put(npb.NodeletMessage(log_data=await asyncio.to_thread(self._read_logs, msg.read_logs)))
+
     async def _heartbeats(self, queue: asyncio.Queue[npb.NodeletMessage]) -> None:
+        """Beat once registered; end (raising MasterSilent) when the master stops answering."""
         psutil.cpu_percent(None)
         while True:
             await asyncio.sleep(self.heartbeat_interval)
+            silent = time.monotonic() - self._last_heard
+            if silent > max(3.0, MASTER_SILENCE_BEATS * self.heartbeat_interval):
+                raise MasterSilent(f"master silent for {silent:.1f}s")
+            if not self.connected.is_set():
+                continue
             hb = await asyncio.to_thread(self._heartbeat)
             await queue.put(npb.NodeletMessage(heartbeat=hb))
 

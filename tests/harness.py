@@ -37,26 +37,40 @@ class Cluster:
         self.run_dir = run_dir
         self.name = name
         self.prefix = f"/t-{name}-{secrets.token_hex(3)}/"
-        self.masters: list[procs.Proc] = []
+        self.masters: list[procs.Proc] = []       # every master process started, in order
+        self.by_slot: dict[int, procs.Proc] = {}   # slot → its latest process
         self.nodelets: dict[str, procs.Proc] = {}
         self.node_ids: set[str] = set()
-        self.master_port = procs.free_port()
+        self.ports: list[int] = [procs.free_port()]
         self._clients: list[Client] = []
 
     # -- processes ----------------------------------------------------------------------------
 
-    def start_master(self, *, heartbeat_timeout: float = 3.0, extra: list[str] | None = None) -> procs.Proc:
+    def start_master(self, slot: int = 0, *, heartbeat_timeout: float = 3.0, extra: list[str] | None = None) -> procs.Proc:
+        """Start (or restart) the master of `slot`; each slot keeps its port."""
+        while len(self.ports) <= slot:
+            self.ports.append(procs.free_port())
         m = procs.start_master(
-            self.etcd, TOKEN, self.run_dir, name=f"master-{len(self.masters)}",
-            listen=f"127.0.0.1:{self.master_port}",
+            self.etcd, TOKEN, self.run_dir, name=f"master-{slot}-{len(self.masters)}",
+            listen=f"127.0.0.1:{self.ports[slot]}",
             extra=["--prefix", self.prefix, "--heartbeat-timeout", str(heartbeat_timeout), "--log-level", "debug", *(extra or [])],
         )
         self.masters.append(m)
+        self.by_slot[slot] = m
         return m
 
     @property
     def addr(self) -> str:
-        return f"127.0.0.1:{self.master_port}"
+        """Every master's address, comma-separated (what CORRAL_ADDR takes)."""
+        return ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def leader(self) -> procs.Proc:
+        """The master process that currently leads (asked through the API)."""
+        st = self.client().cluster_status()  # type: ignore[attr-defined]
+        for m in self.by_slot.values():
+            if m.alive() and m.info["address"] == st.leader.address:
+                return m
+        raise AssertionError(f"leader {st.leader.address} is none of ours")
 
     def node_id(self, short: str) -> str:
         return f"{self.name[:20]}-{short}-{self.prefix[-7:-1]}"

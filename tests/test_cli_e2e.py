@@ -123,7 +123,9 @@ def test_corral_dev_starts_and_stops_everything(tmp_path: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
     )
     try:
-        wait_for(lambda: (data / "env").exists(), 60, what="env file")
+        wait_for(lambda: (data / "env").exists() or p.poll() is not None, 60, what="env file")
+        if p.poll() is not None:
+            pytest.fail(f"corral dev exited early: {p.communicate()[0]}")
         lines = (data / "env").read_text().splitlines()
         assert lines[0] == f"export CORRAL_ADDR=127.0.0.1:{port}"
         token = lines[1].split("=", 1)[1]
