@@ -33,6 +33,7 @@ lint: $(STAMP)
 
 bench: deps
 	$(PY) bench/e2e.py --quick
+	$(PY) bench/failover.py --quick
 
 clean:
 	rm -rf $(VENV) .corral-dev

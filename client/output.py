@@ -133,7 +133,8 @@ def cluster_detail(s: api_pb2.ClusterStatusResponse) -> str:
     return _kv([
         ("Leader", f"{s.leader.name} {s.leader.address} (pid {s.leader.pid})"),
         ("Members", ", ".join(f"{m.name}@{m.address}" for m in s.members)),
-        ("etcd", ", ".join(s.etcd_endpoints)),
+        ("Term", str(s.leader_term) if s.leader_term else ""),
+        ("etcd", ", ".join(f"{e.endpoint} ({'leader, ' if e.is_leader else ''}{'healthy ' + e.version + ', db ' + units.format_memory(e.db_size) if e.healthy else 'DOWN: ' + e.error})" for e in s.etcd) or ", ".join(s.etcd_endpoints)),
         ("Nodes", ", ".join(f"{k} {v}" for k, v in sorted(s.nodes_by_state.items())) or "none"),
         ("Tasks", ", ".join(f"{k} {v}" for k, v in sorted(s.tasks_by_state.items())) or "none"),
         ("Version", s.version),

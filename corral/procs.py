@@ -120,6 +120,30 @@ def start_etcd(data_dir: Path, log_dir: Path, *, name: str = "etcd", client_port
     return p
 
 
+def start_etcd_cluster(data_dir: Path, log_dir: Path, *, members: int = 3) -> list[Proc]:
+    """A real multi-member etcd cluster on loopback (for failure tests)."""
+    names = [f"etcd{i}" for i in range(members)]
+    client = [free_port() for _ in names]
+    peer = [free_port() for _ in names]
+    initial = ",".join(f"{n}=http://127.0.0.1:{p}" for n, p in zip(names, peer, strict=True))
+    out = []
+    for n, c, p in zip(names, client, peer, strict=True):
+        argv = [
+            etcd_binary(), "--name", n, "--data-dir", str(data_dir / n),
+            "--listen-client-urls", f"http://127.0.0.1:{c}", "--advertise-client-urls", f"http://127.0.0.1:{c}",
+            "--listen-peer-urls", f"http://127.0.0.1:{p}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{p}",
+            "--initial-cluster", initial, "--initial-cluster-state", "new",
+            "--auto-compaction-mode", "periodic", "--auto-compaction-retention", "5m",
+            "--quota-backend-bytes", str(4 * 1024**3), "--max-txn-ops", "1024", "--log-level", "warn",
+        ]
+        proc = _spawn(n, argv, log_dir)
+        proc.info["endpoint"] = f"127.0.0.1:{c}"
+        out.append(proc)
+    for proc in out:
+        wait_port("127.0.0.1", int(proc.info["endpoint"].rsplit(":", 1)[1]), proc, 30)
+    return out
+
+
 def wait_port(host: str, port: int, proc: Proc, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -104,7 +104,7 @@ class ClusterServicer(api_pb2_grpc.ClusterServiceServicer):
         nodes = Counter(pb.NodeState.Name(r.msg.state) for r in self.cache.nodes.values())
         tasks = {pb.TaskState.Name(s): len(ids) for s, ids in self.cache.by_state.items() if ids}
         resp = api_pb2.ClusterStatusResponse(
-            etcd_endpoints=self.etcd, nodes_by_state=dict(nodes), tasks_by_state=tasks, version=__version__,
+            etcd_endpoints=self.store.endpoints, nodes_by_state=dict(nodes), tasks_by_state=tasks, version=__version__,
         )
         current = await current_leader(self.store)
         if current is not None:
@@ -112,6 +112,8 @@ class ClusterServicer(api_pb2_grpc.ClusterServiceServicer):
             resp.leader_term = current[1]
         elif isinstance(self.leadership, Always):
             resp.leader.CopyFrom(self.me)
+        for ep in await self.store.endpoint_health():
+            resp.etcd.add(**ep)  # type: ignore[arg-type]
         kvs, _ = await self.store.range(keys.MEMBERS)
         for kv in kvs:
             resp.members.add().ParseFromString(kv.value)

@@ -144,6 +144,7 @@ class Master:
                 log.info("master stopping")
                 if self.leader is not None:
                     await self.leader.resign()
+                    self.gateway.close_all()  # nodelets go to the next leader now, not after the grace
                 await self.server.stop(grace=1.0)
                 raise _Stop
         except* _Stop:

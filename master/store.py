@@ -14,7 +14,6 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-import aetcd
 import grpc
 from aetcd import rpc
 
@@ -77,26 +76,40 @@ def _prefix_end(prefix: bytes) -> bytes:
     return b"\x00"
 
 
-class EtcdStore:
-    """`Store` over one etcd endpoint `host:port`, every key under `prefix`."""
+def channel_target(endpoints: str) -> str:
+    """gRPC target for one `host:port`, or for a comma-separated list of `ip:port` members
+    (gRPC then fails over between them by itself)."""
+    eps = [e.strip() for e in endpoints.split(",") if e.strip()]
+    if len(eps) == 1:
+        return eps[0]
+    return "ipv4:" + ",".join(eps)
 
-    def __init__(self, endpoint: str, prefix: str = "/corral/", timeout: float = 5.0) -> None:
-        host, _, port = endpoint.rpartition(":")
-        self.endpoint = endpoint
+
+class EtcdStore:
+    """The master's storage over etcd (aetcd's generated stubs on our own channel), every key
+    under `prefix`. `endpoints` is `host:port` or a comma-separated list of members."""
+
+    def __init__(self, endpoints: str, prefix: str = "/corral/", timeout: float = 5.0) -> None:
+        self.endpoint = endpoints
+        self.endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
         self.prefix = prefix
         self._timeout = timeout
-        self._client = aetcd.Client(
-            host=host or "127.0.0.1",
-            port=int(port),
-            options={
-                "grpc.max_receive_message_length": 256 * 1024 * 1024,
-                "grpc.max_send_message_length": 64 * 1024 * 1024,
-            },
-        )
+        self._channel: grpc.aio.Channel | None = None
 
     async def connect(self, wait: float = 30.0) -> None:
         """Connect and wait until etcd answers (raises Unavailable after `wait` seconds)."""
-        await self._client.connect()
+        self._channel = grpc.aio.insecure_channel(
+            channel_target(self.endpoint),
+            options=[
+                ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.keepalive_time_ms", 10_000),
+                ("grpc.keepalive_timeout_ms", 5_000),
+            ],
+        )
+        self._kvstub = rpc.KVStub(self._channel)
+        self._leasestub = rpc.LeaseStub(self._channel)
+        self._maintenance = rpc.MaintenanceStub(self._channel)
         deadline = asyncio.get_running_loop().time() + wait
         while True:
             try:
@@ -110,10 +123,11 @@ class EtcdStore:
                 await asyncio.sleep(0.2)
 
     async def close(self) -> None:
-        await self._client.close()
+        if self._channel is not None:
+            await self._channel.close()
 
     def _kv(self) -> rpc.KVStub:
-        return self._client.kvstub
+        return self._kvstub
 
     def _k(self, key: str) -> bytes:
         return (self.prefix + key).encode()
@@ -189,13 +203,13 @@ class EtcdStore:
         return KV(self._strip(kv.key), kv.value, kv.mod_revision, kv.create_revision), resp.header.revision
 
     async def grant_lease(self, ttl: int) -> int:
-        resp = await self._call(self._client.leasestub.LeaseGrant, rpc.LeaseGrantRequest(TTL=ttl))
+        resp = await self._call(self._leasestub.LeaseGrant, rpc.LeaseGrantRequest(TTL=ttl))
         return int(resp.ID)
 
     async def keepalive(self, lease_id: int) -> int:
         """Refresh a lease once; returns the remaining TTL (0 when the lease is gone)."""
         try:
-            async for reply in self._client.leasestub.LeaseKeepAlive(
+            async for reply in self._leasestub.LeaseKeepAlive(
                 iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]), timeout=self._timeout
             ):
                 return int(reply.TTL)
@@ -204,12 +218,20 @@ class EtcdStore:
         return 0
 
     async def revoke_lease(self, lease_id: int) -> None:
-        await self._call(self._client.leasestub.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease_id))
+        await self._call(self._leasestub.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease_id))
 
-    async def status(self) -> dict[str, object]:
-        """etcd's own view: version, database size, raft leader and term."""
-        resp = await self._call(self._client.maintenancestub.Status, rpc.StatusRequest())
-        return {"version": resp.version, "db_size": resp.dbSize, "leader": resp.leader, "raft_term": resp.raftTerm}
+    async def endpoint_health(self, timeout: float = 1.0) -> list[dict[str, object]]:
+        """Ask each configured member for its status, one short connection each."""
+
+        async def one(ep: str) -> dict[str, object]:
+            async with grpc.aio.insecure_channel(ep) as ch:
+                try:
+                    r = await rpc.MaintenanceStub(ch).Status(rpc.StatusRequest(), timeout=timeout)
+                except grpc.aio.AioRpcError as e:
+                    return {"endpoint": ep, "healthy": False, "error": f"{e.code().name}: {e.details()}"}
+                return {"endpoint": ep, "healthy": True, "version": r.version, "db_size": r.dbSize, "is_leader": r.leader == r.header.member_id}
+
+        return list(await asyncio.gather(*(one(ep) for ep in self.endpoints)))
 
     async def put(self, key: str, value: bytes) -> int:
         return (await self.txn([], [Put(key, value)])).revision
@@ -223,7 +245,7 @@ class EtcdStore:
         create = rpc.WatchCreateRequest(
             key=key, range_end=_prefix_end(key), start_revision=start_revision, progress_notify=True
         )
-        stub = rpc.WatchStub(self._client.channel)
+        stub = rpc.WatchStub(self._channel)
         queue: asyncio.Queue[rpc.WatchRequest | None] = asyncio.Queue()
         await queue.put(rpc.WatchRequest(create_request=create))
 

@@ -32,8 +32,8 @@ log = logging.getLogger("corral.nodelet")
 
 TERMINAL = {pb.SUCCEEDED, pb.FAILED, pb.OOM_KILLED, pb.TIMED_OUT, pb.STOPPED, pb.LOST}
 TIMEOUT_GRACE = 5.0
-MAX_BACKOFF = 3.0
-MASTER_SILENCE_BEATS = 3  # heartbeats unanswered before the nodelet drops the stream  # seconds; the master's liveness grace after a restart covers it
+MAX_BACKOFF = 1.0  # seconds; short, so a nodelet finds a newly elected leader soon
+MASTER_SILENCE_BEATS = 3  # heartbeats unanswered before the nodelet drops the stream
 
 
 def _ts(seconds: float) -> object:
@@ -85,6 +85,7 @@ class Nodelet:
         self.connected = asyncio.Event()
         self._last_cpu: dict[str, tuple[float, int]] = {}
         self._last_heard = time.monotonic()
+        self._registered_once = False
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -92,24 +93,31 @@ class Nodelet:
         self.tasks_dir.mkdir(parents=True, exist_ok=True)
         self.tasks_dir.chmod(0o711)  # tasks may traverse to their own folder, not list others
         await self.recover_all()
+        await self._connect_forever()
+
+    async def _connect_forever(self) -> None:
+        """Hold a stream to the leader: try each master in turn, follow redirects, and back
+        off (with jitter) only after a whole round of masters has failed."""
         backoff = 0.1
         i = 0
+        failed_in_round = 0
         redirect = ""
         while True:
             addr = redirect or self.masters[i % len(self.masters)]
             redirect = ""
-            started = time.monotonic()
+            self._registered_once = False
             try:
                 await self._session(addr)
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as e:
-                leader = dict(e.trailing_metadata() or ()).get("corral-leader", "")
+                leader = str(dict(e.trailing_metadata() or ()).get("corral-leader", ""))
                 if e.code() == grpc.StatusCode.FAILED_PRECONDITION and leader and leader != addr:
                     log.info("%s is not the leader; connecting to %s", addr, leader)
-                    redirect = str(leader)
+                    redirect = leader
                     continue
-                log.warning("stream to %s ended: %s %s", addr, e.code().name, e.details())
+                if e.code() != grpc.StatusCode.FAILED_PRECONDITION:  # (no leader yet: quietly retry)
+                    log.warning("stream to %s ended: %s %s", addr, e.code().name, e.details())
                 if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT):
                     backoff = MAX_BACKOFF
             except Exception as e:  # noqa: BLE001 - keep reconnecting whatever broke
@@ -117,9 +125,14 @@ class Nodelet:
             finally:
                 self.connected.clear()
                 self._queue = None
-            if time.monotonic() - started > 10:
-                backoff = 0.1
             i += 1
+            if self._registered_once:
+                backoff, failed_in_round = 0.1, 0
+            failed_in_round += 1
+            if failed_in_round < len(self.masters):
+                await asyncio.sleep(0.05)  # the next master may be fine
+                continue
+            failed_in_round = 0
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, MAX_BACKOFF)
 
@@ -219,6 +232,7 @@ class Nodelet:
                 hb = msg.registered.heartbeat_interval
                 self.heartbeat_interval = max(0.05, hb.seconds + hb.nanos / 1e9) or 1.0
                 self._queue = queue
+                self._registered_once = True
                 self.connected.set()
                 # statuses that changed after the Register was built; duplicates are harmless
                 for st in list(self.outbox.values()):

@@ -184,3 +184,31 @@ def _has_other_leader(cluster: Cluster, dead) -> bool:  # type: ignore[no-untype
     except Exception:  # noqa: BLE001
         return False
     return bool(st.leader.address) and st.leader.address != dead.info["address"]
+
+
+def test_three_member_etcd_survives_losing_a_member(tmp_path: Path) -> None:
+    from corral import procs
+
+    members = procs.start_etcd_cluster(tmp_path / "etcd", tmp_path / "logs")
+    endpoints = ",".join(m.info["endpoint"] for m in members)
+    cluster = Cluster(endpoints, tmp_path, "etcd3")
+    try:
+        cluster.start_master(0)
+        cluster.start_master(1)
+        cluster.start_nodelet("a")
+        c = cluster.client()
+        st = c.cluster_status()
+        assert len(st.etcd) == 3 and all(e.healthy for e in st.etcd)
+        ids = [c.submit_task(spec=pb.TaskTemplate(run_script="true")).task_id for _ in range(30)]
+        # kill the etcd member the masters most likely talk to (the first) mid-stream
+        members[0].kill9()
+        ids += [c.submit_task(spec=pb.TaskTemplate(run_script="true")).task_id for _ in range(30)]
+        for i in ids:
+            assert c.wait_task(i, timeout=60).state == pb.SUCCEEDED
+        assert len(all_tasks(c)) == 60
+        st = c.cluster_status()
+        assert sum(e.healthy for e in st.etcd) == 2
+    finally:
+        cluster.stop()
+        for m in members:
+            m.stop()

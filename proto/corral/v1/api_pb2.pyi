@@ -197,8 +197,24 @@ class Member(_message.Message):
     version: str
     def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., pid: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
 
+class EtcdEndpoint(_message.Message):
+    __slots__ = ("endpoint", "healthy", "version", "db_size", "is_leader", "error")
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    IS_LEADER_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    endpoint: str
+    healthy: bool
+    version: str
+    db_size: int
+    is_leader: bool
+    error: str
+    def __init__(self, endpoint: _Optional[str] = ..., healthy: _Optional[bool] = ..., version: _Optional[str] = ..., db_size: _Optional[int] = ..., is_leader: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
 class ClusterStatusResponse(_message.Message):
-    __slots__ = ("leader", "members", "leader_term", "etcd_endpoints", "nodes_by_state", "tasks_by_state", "version")
+    __slots__ = ("leader", "members", "leader_term", "etcd_endpoints", "nodes_by_state", "tasks_by_state", "version", "etcd")
     class NodesByStateEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -220,6 +236,7 @@ class ClusterStatusResponse(_message.Message):
     NODES_BY_STATE_FIELD_NUMBER: _ClassVar[int]
     TASKS_BY_STATE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    ETCD_FIELD_NUMBER: _ClassVar[int]
     leader: Member
     members: _containers.RepeatedCompositeFieldContainer[Member]
     leader_term: int
@@ -227,4 +244,5 @@ class ClusterStatusResponse(_message.Message):
     nodes_by_state: _containers.ScalarMap[str, int]
     tasks_by_state: _containers.ScalarMap[str, int]
     version: str
-    def __init__(self, leader: _Optional[_Union[Member, _Mapping]] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., leader_term: _Optional[int] = ..., etcd_endpoints: _Optional[_Iterable[str]] = ..., nodes_by_state: _Optional[_Mapping[str, int]] = ..., tasks_by_state: _Optional[_Mapping[str, int]] = ..., version: _Optional[str] = ...) -> None: ...
+    etcd: _containers.RepeatedCompositeFieldContainer[EtcdEndpoint]
+    def __init__(self, leader: _Optional[_Union[Member, _Mapping]] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., leader_term: _Optional[int] = ..., etcd_endpoints: _Optional[_Iterable[str]] = ..., nodes_by_state: _Optional[_Mapping[str, int]] = ..., tasks_by_state: _Optional[_Mapping[str, int]] = ..., version: _Optional[str] = ..., etcd: _Optional[_Iterable[_Union[EtcdEndpoint, _Mapping]]] = ...) -> None: ...

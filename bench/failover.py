@@ -1,0 +1,158 @@
+"""Failover benchmark: 3 masters, 1 nodelet, one etcd (processes on this machine).
+
+  * kill -9 of the leader → first task started under the new leader (p50/p99 over N kills);
+  * SIGTERM of the leader (it resigns) → first task started under the new leader;
+  * kill -9 of a nodelet → its node marked DOWN, at the default heartbeat timeout.
+A task is submitted to a surviving master right after each kill; the figure is that task's
+recorded start_time minus the kill instant. Targets (issue): kill ≤ lease TTL + 0.5 s,
+hand-off ≤ 200 ms. `--quick` takes 3 samples of each; `--json` prints the figures last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from corral import procs
+from corral.client import Client
+from corral.v1 import types_pb2 as pb
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else float("nan")
+
+
+class Bench:
+    def __init__(self, tmp: Path, lease_ttl: int) -> None:
+        self.tmp = tmp
+        self.token = secrets.token_urlsafe(16)
+        self.etcd = procs.start_etcd(tmp / "etcd", tmp / "logs")
+        self.ports = [procs.free_port() for _ in range(3)]
+        self.lease_ttl = lease_ttl
+        self.masters: dict[int, procs.Proc] = {}
+        for i in range(3):
+            self.start_master(i)
+        self.addr = ",".join(f"127.0.0.1:{p}" for p in self.ports)
+        self.nodelet = self.start_nodelet()
+        self.client = Client(self.addr, self.token)
+        self.wait_ready()
+
+    def start_master(self, i: int) -> None:
+        self.masters[i] = procs.start_master(
+            self.etcd.info["endpoint"], self.token, self.tmp, name=f"m{i}-{secrets.token_hex(2)}",
+            listen=f"127.0.0.1:{self.ports[i]}", extra=["--lease-ttl", str(self.lease_ttl), "--log-level", "warning"],
+        )
+
+    def start_nodelet(self) -> procs.Proc:
+        return procs.start_nodelet(",".join(f"127.0.0.1:{p}" for p in self.ports), self.token, self.tmp, node_id="bench-node", extra=["--log-level", "warning"])
+
+    def leader_slot(self) -> int:
+        st = self.client.cluster_status()  # type: ignore[attr-defined]
+        for i, m in self.masters.items():
+            if m.alive() and m.info["address"] == st.leader.address:
+                return i
+        raise RuntimeError("no leader")
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                t = self.client.submit_task(spec=pb.TaskTemplate(run_script="true"))  # type: ignore[attr-defined]
+                if self.client.wait_task(t.task_id, timeout=20).state == pb.SUCCEEDED:
+                    return
+            except Exception:  # noqa: BLE001 - settling
+                time.sleep(0.2)
+        raise RuntimeError("cluster did not settle")
+
+    def failover(self, hard: bool) -> float:
+        slot = self.leader_slot()
+        victim = self.masters[slot]
+        others = [f"127.0.0.1:{p}" for i, p in enumerate(self.ports) if i != slot]
+        c = Client(",".join(others), self.token)
+        t0 = time.time()
+        if hard:
+            victim.kill9()
+        else:
+            victim.stop()
+        task = c.submit_task(spec=pb.TaskTemplate(run_script="true"))  # type: ignore[attr-defined]
+        final = c.wait_task(task.task_id, timeout=60)
+        c.close()
+        took = final.start_time.ToNanoseconds() / 1e9 - t0
+        self.start_master(slot)
+        self.wait_ready()
+        return took
+
+    def dead_node(self) -> float:
+        self.nodelet.kill9()
+        t0 = time.monotonic()
+        while self.client.get_node(node_id="bench-node").state != pb.DOWN:  # type: ignore[attr-defined]
+            time.sleep(0.05)
+            if time.monotonic() - t0 > 120:
+                raise RuntimeError("node never marked DOWN")
+        took = time.monotonic() - t0
+        self.nodelet = self.start_nodelet()
+        self.wait_ready()
+        return took
+
+    def stop(self) -> None:
+        self.client.close()
+        self.nodelet.stop()
+        for m in self.masters.values():
+            m.stop()
+        self.etcd.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--kills", type=int, default=0, help="samples of each failover kind (default 10, quick 3)")
+    ap.add_argument("--lease-ttl", type=int, default=2)
+    args = ap.parse_args()
+    n = args.kills or (3 if args.quick else 10)
+    nodes_n = 1 if args.quick else 3
+    b = Bench(Path(tempfile.mkdtemp(prefix="corral-failover-")), args.lease_ttl)
+    try:
+        kill = []
+        term = []
+        for i in range(n):
+            kill.append(b.failover(hard=True))
+            term.append(b.failover(hard=False))
+            print(f"  sample {i + 1}: kill -9 → start {kill[-1] * 1000:.0f} ms, SIGTERM → start {term[-1] * 1000:.0f} ms", file=sys.stderr)
+        down = [b.dead_node() for _ in range(nodes_n)]
+    finally:
+        b.stop()
+    figures = {
+        "samples": n,
+        "lease_ttl_s": args.lease_ttl,
+        "kill9_to_first_start_ms_p50": round(pct(kill, 50) * 1000, 1),
+        "kill9_to_first_start_ms_p99": round(pct(kill, 99) * 1000, 1),
+        "sigterm_to_first_start_ms_p50": round(pct(term, 50) * 1000, 1),
+        "sigterm_to_first_start_ms_p99": round(pct(term, 99) * 1000, 1),
+        "dead_nodelet_detection_s_median": round(statistics.median(down), 2),
+        "dead_nodelet_detection_s_runs": [round(x, 2) for x in down],
+        "heartbeat_timeout_s": 10,
+    }
+    rows = [
+        (f"kill -9 leader → first start ({n} kills)", f"p50 {figures['kill9_to_first_start_ms_p50']:.0f} ms", f"p99 {figures['kill9_to_first_start_ms_p99']:.0f} ms", f"target ≤ {args.lease_ttl * 1000 + 500} ms"),
+        (f"SIGTERM leader → first start ({n})", f"p50 {figures['sigterm_to_first_start_ms_p50']:.0f} ms", f"p99 {figures['sigterm_to_first_start_ms_p99']:.0f} ms", "target ≤ 200 ms"),
+        (f"dead nodelet → DOWN ({nodes_n})", f"median {figures['dead_nodelet_detection_s_median']:.2f} s", f"runs {figures['dead_nodelet_detection_s_runs']}", "timeout 10 s"),
+    ]
+    w = max(len(r[0]) for r in rows)
+    print(f"{'figure':<{w}}  {'value':<14}  {'spread':<16}  goal")
+    for r in rows:
+        print(f"{r[0]:<{w}}  {r[1]:<14}  {r[2]:<16}  {r[3]}")
+    if args.json:
+        print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
