@@ -21,7 +21,7 @@ from corral.errors import Unavailable
 from corral.v1 import types_pb2 as pb
 
 from . import keys
-from .store import EtcdStore
+from .store import KV, Compacted, EtcdStore
 
 log = logging.getLogger("corral.cache")
 
@@ -79,21 +79,49 @@ class Cache:
 
     async def run(self) -> None:
         """Keep the cache in step with etcd until cancelled; re-list after a broken watch."""
+        relist = True
         while True:
             try:
-                kvs, revision = await self.store.range("")
-                self._reset()
-                for kv in kvs:
-                    self._apply(kv.key, kv.value, kv.mod_revision, notify=False)
-                await self._advance(revision)
-                self.ready.set()
-                async for rev, events in self.store.watch("", revision + 1):
+                if relist:
+                    kvs, revision = await self.store.range("")
+                    self._resync(kvs, notify=self.ready.is_set())
+                    await self._advance(revision)
+                    self.ready.set()
+                    relist = False
+                # resume right after the last applied revision: no event is missed
+                async for rev, events in self.store.watch("", self.revision + 1):
                     for ev in events:
                         self._apply(ev.key, ev.value, ev.mod_revision, notify=True)
                     await self._advance(rev)
-            except Unavailable as e:
+            except Compacted as e:
                 log.warning("cache: %s; re-listing", e)
-                await asyncio.sleep(0.5)
+                relist = True
+            except Unavailable as e:
+                log.warning("cache: %s; resuming the watch", e)
+                await asyncio.sleep(0.2)
+
+    def _resync(self, kvs: list[KV], *, notify: bool) -> None:
+        """Make the cache equal a fresh listing, telling listeners about every difference."""
+        if not notify:
+            self._reset()
+            for kv in kvs:
+                self._apply(kv.key, kv.value, kv.mod_revision, notify=False)
+            return
+        listed = {kv.key for kv in kvs}
+        for kv in kvs:
+            if self._rev_of(kv.key) != kv.mod_revision:
+                self._apply(kv.key, kv.value, kv.mod_revision, notify=True)
+        for prefix, table in ((keys.TEMPLATES, self.templates), (keys.TASKS, self.tasks), (keys.NODES, self.nodes), (keys.USERS, self.users)):
+            for ident in list(table):
+                if prefix + ident not in listed:
+                    self._apply(prefix + ident, None, 0, notify=True)
+
+    def _rev_of(self, key: str) -> int:
+        for prefix, table in ((keys.TEMPLATES, self.templates), (keys.TASKS, self.tasks), (keys.NODES, self.nodes), (keys.USERS, self.users)):
+            if key.startswith(prefix):
+                rec = table.get(key[len(prefix) :])
+                return rec.rev if rec is not None else -1
+        return -1
 
     async def _advance(self, revision: int) -> None:
         if revision > self.revision:

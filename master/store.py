@@ -67,6 +67,10 @@ class TxnResult:
     revision: int
 
 
+class Compacted(Unavailable):
+    """A watch asked for history etcd has compacted away: re-list, then watch again."""
+
+
 def _prefix_end(prefix: bytes) -> bytes:
     b = bytearray(prefix)
     for i in range(len(b) - 1, -1, -1):
@@ -260,7 +264,7 @@ class EtcdStore:
         try:
             async for resp in call:
                 if resp.compact_revision:
-                    raise Unavailable(f"watch fell behind compaction at {resp.compact_revision}")
+                    raise Compacted(f"watch fell behind compaction at {resp.compact_revision}")
                 if resp.canceled:
                     raise Unavailable(f"watch canceled: {resp.cancel_reason}")
                 events = [
