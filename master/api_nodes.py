@@ -50,10 +50,14 @@ class NodeServicer(api_pb2_grpc.NodeServiceServicer):
 
     @api_method
     async def ListNodes(self, request, context, user):  # type: ignore[override]
+        if request.consistent:
+            await self.cache.sync()
         return api_pb2.ListNodesResponse(nodes=[node_view(self.cache, self.gateway, n) for n in sorted(self.cache.nodes)])
 
     @api_method
     async def GetNode(self, request, context, user):  # type: ignore[override]
+        if request.consistent:
+            await self.cache.sync()
         validate.check_id("node_id", request.node_id)
         return node_view(self.cache, self.gateway, request.node_id)
 

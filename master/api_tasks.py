@@ -89,12 +89,16 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
 
     @api_method
     async def GetTask(self, request, context, user):  # type: ignore[override]
+        if request.consistent:
+            await self.cache.sync()
         validate.check_id("task_id", request.task_id)
         task, _ = await self.writer.load(request.task_id)
         return task
 
     @api_method
     async def ListTasks(self, request, context, user):  # type: ignore[override]
+        if request.consistent:
+            await self.cache.sync()
         if request.state:
             ids = list(self.cache.tasks_in(request.state))
             recs = [self.cache.tasks[i].msg for i in ids if i in self.cache.tasks]

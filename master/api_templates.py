@@ -65,6 +65,8 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
 
     @api_method
     async def GetTemplate(self, request, context, user):  # type: ignore[override]
+        if request.consistent:
+            await self.cache.sync()
         return resolve_template(self.cache, request.template_id)[0]
 
     @api_method
@@ -104,5 +106,7 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
 
     @api_method
     async def ListTemplates(self, request, context, user):  # type: ignore[override]
+        if request.consistent:
+            await self.cache.sync()
         items = sorted(self.cache.templates.values(), key=lambda r: r.msg.name)
         return api_pb2.ListTemplatesResponse(templates=[r.msg for r in items])

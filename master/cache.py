@@ -74,6 +74,10 @@ class Cache:
         heapq.heappush(self._waiters, (revision, self._seq, fut))
         await asyncio.wait_for(fut, timeout)
 
+    async def sync(self) -> None:
+        """Catch up with etcd's latest revision (what a `consistent` read waits for)."""
+        await self.wait_revision(await self.store.current_revision())
+
     def tasks_in(self, state: int) -> set[str]:
         return self.by_state.get(state, set())
 

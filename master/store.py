@@ -145,6 +145,11 @@ class EtcdStore:
         except grpc.aio.AioRpcError as e:
             raise Unavailable(f"etcd: {e.code().name}: {e.details()}") from e
 
+    async def current_revision(self) -> int:
+        """etcd's latest revision (a linearizable read of one key)."""
+        resp = await self._call(self._kv().Range, rpc.RangeRequest(key=self._k("\x00"), limit=1))
+        return int(resp.header.revision)
+
     async def get(self, key: str) -> KV | None:
         resp = await self._call(self._kv().Range, rpc.RangeRequest(key=self._k(key)))
         if not resp.kvs:

@@ -53,6 +53,15 @@ def test_three_masters_elect_one_leader_and_redirect_nodelets(cluster: Cluster) 
     for m in cluster.by_slot.values():
         if m is not leader:
             assert metric(m, "corral_is_leader") == 0 and metric(m, "corral_nodelet_streams") == 0
+    # a write through one master is visible at once through another with a consistent read
+    a = Client(f"127.0.0.1:{cluster.ports[0]}", TOKEN)
+    b = Client(f"127.0.0.1:{cluster.ports[1]}", TOKEN)
+    for _ in range(20):
+        t = a.submit_task(spec=pb.TaskTemplate(run_script="true"), run_at={"seconds": 2_000_000_000})  # type: ignore[attr-defined]
+        assert t.task_id in {x.task_id for x in b.list_tasks(consistent=True).tasks}  # type: ignore[attr-defined]
+        a.stop_task(task_id=t.task_id)  # type: ignore[attr-defined]
+    a.close()
+    b.close()
     # any master takes writes; the leader runs them
     for slot in range(3):
         one = Client(f"127.0.0.1:{cluster.ports[slot]}", TOKEN)

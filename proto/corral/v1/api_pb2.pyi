@@ -18,10 +18,12 @@ class CreateTemplateRequest(_message.Message):
     def __init__(self, template: _Optional[_Union[_types_pb2.TaskTemplate, _Mapping]] = ...) -> None: ...
 
 class GetTemplateRequest(_message.Message):
-    __slots__ = ("template_id",)
+    __slots__ = ("template_id", "consistent")
     TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENT_FIELD_NUMBER: _ClassVar[int]
     template_id: str
-    def __init__(self, template_id: _Optional[str] = ...) -> None: ...
+    consistent: bool
+    def __init__(self, template_id: _Optional[str] = ..., consistent: _Optional[bool] = ...) -> None: ...
 
 class UpdateTemplateRequest(_message.Message):
     __slots__ = ("template",)
@@ -42,12 +44,14 @@ class DeleteTemplateResponse(_message.Message):
     def __init__(self, template_id: _Optional[str] = ...) -> None: ...
 
 class ListTemplatesRequest(_message.Message):
-    __slots__ = ("page_size", "page_token")
+    __slots__ = ("page_size", "page_token", "consistent")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENT_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    consistent: bool
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., consistent: _Optional[bool] = ...) -> None: ...
 
 class ListTemplatesResponse(_message.Message):
     __slots__ = ("templates", "next_page_token")
@@ -80,24 +84,28 @@ class StopTaskRequest(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., grace_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class GetTaskRequest(_message.Message):
-    __slots__ = ("task_id",)
+    __slots__ = ("task_id", "consistent")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENT_FIELD_NUMBER: _ClassVar[int]
     task_id: str
-    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+    consistent: bool
+    def __init__(self, task_id: _Optional[str] = ..., consistent: _Optional[bool] = ...) -> None: ...
 
 class ListTasksRequest(_message.Message):
-    __slots__ = ("state", "template_id", "node_id", "page_size", "page_token")
+    __slots__ = ("state", "template_id", "node_id", "page_size", "page_token", "consistent")
     STATE_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENT_FIELD_NUMBER: _ClassVar[int]
     state: _types_pb2.TaskState
     template_id: str
     node_id: str
     page_size: int
     page_token: str
-    def __init__(self, state: _Optional[_Union[_types_pb2.TaskState, str]] = ..., template_id: _Optional[str] = ..., node_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    consistent: bool
+    def __init__(self, state: _Optional[_Union[_types_pb2.TaskState, str]] = ..., template_id: _Optional[str] = ..., node_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., consistent: _Optional[bool] = ...) -> None: ...
 
 class ListTasksResponse(_message.Message):
     __slots__ = ("tasks", "next_page_token")
@@ -148,8 +156,10 @@ class RetryTaskRequest(_message.Message):
     def __init__(self, task_id: _Optional[str] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("consistent",)
+    CONSISTENT_FIELD_NUMBER: _ClassVar[int]
+    consistent: bool
+    def __init__(self, consistent: _Optional[bool] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes",)
@@ -158,10 +168,12 @@ class ListNodesResponse(_message.Message):
     def __init__(self, nodes: _Optional[_Iterable[_Union[_types_pb2.NodeInfo, _Mapping]]] = ...) -> None: ...
 
 class GetNodeRequest(_message.Message):
-    __slots__ = ("node_id",)
+    __slots__ = ("node_id", "consistent")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENT_FIELD_NUMBER: _ClassVar[int]
     node_id: str
-    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+    consistent: bool
+    def __init__(self, node_id: _Optional[str] = ..., consistent: _Optional[bool] = ...) -> None: ...
 
 class CordonNodeRequest(_message.Message):
     __slots__ = ("node_id",)
