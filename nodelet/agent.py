@@ -33,6 +33,7 @@ log = logging.getLogger("corral.nodelet")
 TERMINAL = {pb.SUCCEEDED, pb.FAILED, pb.OOM_KILLED, pb.TIMED_OUT, pb.STOPPED, pb.LOST}
 TIMEOUT_GRACE = 5.0
 MAX_BACKOFF = 1.0  # seconds; short, so a nodelet finds a newly elected leader soon
+FINGERPRINT_EVERY = 10.0  # seconds between driver health checks
 MASTER_SILENCE_BEATS = 3  # heartbeats unanswered before the nodelet drops the stream
 
 
@@ -45,7 +46,8 @@ def _ts(seconds: float) -> object:
 
 
 class MasterSilent(Exception):
-    """The master stopped answering heartbeats (dead, paused or cut off)."""
+    """The stream must be dropped and opened again: the master stopped answering heartbeats
+    (dead, paused or cut off), or what this node offers changed."""
 
 
 def _dir_name(task_id: str, attempt: int) -> str:
@@ -86,6 +88,7 @@ class Nodelet:
         self._last_cpu: dict[str, tuple[float, int]] = {}
         self._last_heard = time.monotonic()
         self._registered_once = False
+        self._offered: list[str] = []
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -93,6 +96,7 @@ class Nodelet:
         self.tasks_dir.mkdir(parents=True, exist_ok=True)
         self.tasks_dir.chmod(0o711)  # tasks may traverse to their own folder, not list others
         await self.recover_all()
+        await asyncio.to_thread(self._remove_orphan_containers)
         await self._connect_forever()
 
     async def _connect_forever(self) -> None:
@@ -136,6 +140,21 @@ class Nodelet:
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, MAX_BACKOFF)
 
+    def _remove_orphan_containers(self) -> None:
+        """Containers labelled for this node that no task directory knows are removed."""
+        driver = self.drivers.get("docker")
+        if driver is None or not driver.fingerprint()[0]:
+            return
+        known = set()
+        for d in self.tasks_dir.glob("*"):
+            try:
+                known.add(Handle.load(d).container_id)
+            except (OSError, ValueError, TypeError):
+                continue
+        for cid in driver.orphans(known):  # type: ignore[attr-defined]
+            log.warning("removing container %s: no task of this node knows it", cid[:12])
+            driver.remove(cid)  # type: ignore[attr-defined]
+
     async def recover_all(self) -> None:
         """Re-adopt running tasks and queue unacknowledged outcomes found on disk."""
         for d in sorted(self.tasks_dir.glob("*")):
@@ -175,7 +194,7 @@ class Nodelet:
             pid_max = 32768
         return pb.Resources(cpu=int(cpus * 1000), memory=int(mem), pids=pid_max)
 
-    def _register(self) -> npb.NodeletMessage:
+    def _fingerprint(self) -> tuple[list[str], dict[str, str]]:
         drivers, health = [], {}
         for name, d in self.drivers.items():
             ok, why = d.fingerprint()
@@ -183,6 +202,11 @@ class Nodelet:
                 drivers.append(name)
             else:
                 health[name] = why
+        return drivers, health
+
+    def _register(self, fingerprint: tuple[list[str], dict[str, str]]) -> npb.NodeletMessage:
+        drivers, health = fingerprint
+        self._offered = drivers
         reg = npb.Register(
             node_id=self.node_id,
             address=self.address,
@@ -203,7 +227,7 @@ class Nodelet:
         async with grpc.aio.insecure_channel(addr) as channel:
             stub = nodelet_pb2_grpc.NodeletServiceStub(channel)
             queue: asyncio.Queue[npb.NodeletMessage] = asyncio.Queue()
-            await queue.put(self._register())
+            await queue.put(self._register(await asyncio.to_thread(self._fingerprint)))
 
             async def outgoing():  # type: ignore[no-untyped-def]
                 while True:
@@ -250,8 +274,14 @@ class Nodelet:
     async def _heartbeats(self, queue: asyncio.Queue[npb.NodeletMessage]) -> None:
         """Beat once registered; end (raising MasterSilent) when the master stops answering."""
         psutil.cpu_percent(None)
+        next_fingerprint = time.monotonic() + FINGERPRINT_EVERY
         while True:
             await asyncio.sleep(self.heartbeat_interval)
+            if time.monotonic() >= next_fingerprint:
+                next_fingerprint = time.monotonic() + FINGERPRINT_EVERY
+                drivers, _ = await asyncio.to_thread(self._fingerprint)
+                if drivers != self._offered:
+                    raise MasterSilent(f"drivers changed from {self._offered} to {drivers}; registering again")
             silent = time.monotonic() - self._last_heard
             if silent > max(3.0, MASTER_SILENCE_BEATS * self.heartbeat_interval):
                 raise MasterSilent(f"master silent for {silent:.1f}s")

@@ -11,6 +11,8 @@ from pathlib import Path
 from corral import logs, units
 
 from .agent import Nodelet, default_node_id
+from .docker_driver import DockerDriver
+from .driver import Driver
 from .process_driver import ProcessDriver
 
 
@@ -24,18 +26,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus", default=env("CORRAL_CPUS", ""), help="cpu capacity to offer, e.g. 2 or 1500m (default: all)")
     p.add_argument("--memory", default=env("CORRAL_MEMORY", ""), help="memory capacity to offer, e.g. 4Gi (default: all)")
     p.add_argument("--max-log-size", default=env("CORRAL_MAX_LOG_SIZE", "16Mi"), help="output kept per task; the rest is discarded (default 16Mi)")
+    p.add_argument("--drivers", default=env("CORRAL_DRIVERS", "process,docker"), help="task drivers to offer (default process,docker; docker only while its engine answers)")
     p.add_argument("--label", action="append", default=[], help="node label key=value (repeatable)")
     p.add_argument("--log-level", default=env("CORRAL_LOG_LEVEL", "info"))
     args = p.parse_args(argv)
     logs.setup(args.log_level)
     data_dir = Path(args.data_dir or f"/var/lib/corral/nodelet-{args.node_id}")
     labels = dict(kv.split("=", 1) for kv in args.label)
+    cap = units.parse_memory(args.max_log_size)
+    wanted = {d.strip() for d in args.drivers.split(",") if d.strip()}
+    unknown = wanted - {"process", "docker"}
+    if unknown:
+        p.error(f"--drivers: unknown driver(s) {', '.join(sorted(unknown))} (process, docker)")
+    drivers: dict[str, Driver] = {}
+    if "process" in wanted:
+        drivers["process"] = ProcessDriver(args.node_id, log_cap=cap)
+    if "docker" in wanted:
+        drivers["docker"] = DockerDriver(args.node_id, log_cap=cap)
     nodelet = Nodelet(
         args.node_id,
         [m.strip() for m in args.masters.split(",") if m.strip()],
         args.token,
         data_dir,
-        {"process": ProcessDriver(args.node_id, log_cap=units.parse_memory(args.max_log_size))},
+        drivers,
         cpus=units.parse_cpu(args.cpus) / 1000 if args.cpus else None,
         memory=units.parse_memory(args.memory) if args.memory else None,
         labels=labels,

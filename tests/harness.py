@@ -46,7 +46,7 @@ class Cluster:
 
     # -- processes ----------------------------------------------------------------------------
 
-    def start_master(self, slot: int = 0, *, heartbeat_timeout: float = 3.0, extra: list[str] | None = None) -> procs.Proc:
+    def start_master(self, slot: int = 0, *, heartbeat_timeout: float = 6.0, extra: list[str] | None = None) -> procs.Proc:
         """Start (or restart) the master of `slot`; each slot keeps its port."""
         while len(self.ports) <= slot:
             self.ports.append(procs.free_port())
