@@ -134,6 +134,9 @@ class DockerDriver:
         except Exception as e:  # noqa: BLE001 - docker errors: a clear reason for the task
             raise DriverError(f"container start failed: {_short(e)}") from None
         handle.container_id = container.id
+        handle.start_time = time.time()  # RUNNING from the moment the engine started it
+        if timeout:
+            handle.deadline = handle.start_time + timeout
         await asyncio.to_thread(handle.save)
         problem = await asyncio.to_thread(self._check_limits, container, cpu, mem, pids)
         if problem:
@@ -207,6 +210,7 @@ class DockerDriver:
         try:
             container = await asyncio.to_thread(self.client().containers.get, handle.container_id)
             result = await asyncio.to_thread(container.wait)
+            finished = time.time()  # it ended here; what follows is clean-up
             await asyncio.to_thread(container.reload)
         except NotFound:
             return Outcome(handle.stop_state or pb.LOST, -1, handle.stop_reason or "the container disappeared", time.time())
@@ -216,7 +220,7 @@ class DockerDriver:
         if t is not None:
             await asyncio.to_thread(t.join, 10)
         await asyncio.to_thread(self._remove, handle.container_id)
-        now = time.time()
+        now = finished
         if handle.stop_state:
             return Outcome(handle.stop_state, code, handle.stop_reason, now)
         if oom:
