@@ -7,6 +7,7 @@ import io
 import shutil
 import subprocess
 import tarfile
+from typing import Any
 
 TAG = "corral-test/busybox:1"
 
@@ -42,17 +43,17 @@ def rootfs_tar() -> bytes:
     return buf.getvalue()
 
 
-def ensure_image(client: object | None = None, tag: str = TAG) -> str:
+def ensure_image(client: Any = None, tag: str = TAG) -> str:
     """Import the image unless it is already there; returns its tag."""
     import docker
     from docker.errors import ImageNotFound
 
-    c = client or docker.from_env()
+    c: Any = client or docker.from_env()
     try:
-        c.images.get(tag)  # type: ignore[attr-defined]
+        c.images.get(tag)
         return tag
     except ImageNotFound:
         pass
     repo, _, version = tag.partition(":")
-    c.api.import_image_from_data(rootfs_tar(), repository=repo, tag=version or "latest", changes=["ENV PATH=/bin", 'CMD ["/bin/sh"]'])  # type: ignore[attr-defined]
+    c.api.import_image_from_data(rootfs_tar(), repository=repo, tag=version or "latest", changes=["ENV PATH=/bin", 'CMD ["/bin/sh"]'])
     return tag
