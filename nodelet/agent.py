@@ -89,6 +89,8 @@ class Nodelet:
         self._last_heard = time.monotonic()
         self._registered_once = False
         self._offered: list[str] = []
+        self._starting: dict[str, asyncio.Task[None]] = {}
+        self._bg: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -263,9 +265,13 @@ class Nodelet:
                     queue.put_nowait(npb.NodeletMessage(status=st))
                 log.info("registered with %s as %s", addr, self.node_id)
             elif kind == "start":
-                await self._start(msg.start.task)
+                # starts run side by side (a container start takes a while); a stop that
+                # arrives meanwhile waits for its start first (see _stop)
+                task_id = msg.start.task.task_id
+                if task_id not in self._starting:
+                    self._starting[task_id] = asyncio.create_task(self._start_guarded(msg.start.task))
             elif kind == "stop":
-                await self._stop(msg.stop)
+                self._background(self._stop(msg.stop))
             elif kind == "ack":
                 self._ack(msg.ack)
             elif kind == "read_logs":
@@ -349,6 +355,19 @@ class Nodelet:
             )
         )
 
+    def _background(self, coro: Any) -> None:
+        t = asyncio.create_task(coro)
+        self._bg.add(t)
+        t.add_done_callback(self._bg.discard)
+
+    async def _start_guarded(self, task: pb.TaskExecution) -> None:
+        try:
+            await self._start(task)
+        except Exception:  # noqa: BLE001 - one task's failure must not end the stream
+            log.exception("starting task %s failed", task.task_id)
+        finally:
+            self._starting.pop(task.task_id, None)
+
     async def _start(self, task: pb.TaskExecution) -> None:
         current = self.handles.get(task.task_id)
         if current is not None and current.attempt >= task.attempt:
@@ -405,6 +424,9 @@ class Nodelet:
         log.info("task %s attempt %d ended: %s %s", handle.task_id, handle.attempt, pb.TaskState.Name(outcome.state), outcome.reason)
 
     async def _stop(self, stop: npb.StopTask) -> None:
+        starting = self._starting.get(stop.task_id)
+        if starting is not None:
+            await asyncio.shield(starting)
         h = self.handles.get(stop.task_id)
         if h is None or h.attempt != stop.attempt:
             return
