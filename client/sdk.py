@@ -97,6 +97,14 @@ def _retryable(err: CorralError, masters: int) -> bool:
     return isinstance(err, Unavailable) or (isinstance(err, DeadlineExceeded) and masters > 1)
 
 
+MUTATIONS = ("Create", "Update", "Delete", "Submit", "Stop", "Retry", "Cordon", "Uncordon", "Drain")
+
+
+def _request_metadata(method: RpcMethod) -> tuple[tuple[str, str], ...]:
+    """One id per call, kept across retries: the master does a creation once per id."""
+    return (("corral-request-id", uuid.uuid4().hex),) if method.name.startswith(MUTATIONS) else ()
+
+
 def _build(method: RpcMethod, request: Message | None, fields: dict[str, Any]) -> Message:
     if request is None:
         request = method.input(**fields)
@@ -142,6 +150,7 @@ class Client:
 
     def call(self, method: RpcMethod, request: Message | None = None, *, timeout: float | None = None, **fields: Any) -> Any:
         req = _build(method, request, fields)
+        extra = _request_metadata(method)
         delay = 0.1
         last: CorralError | None = None
         for attempt in range(RETRIES * len(self.addresses)):
@@ -152,7 +161,7 @@ class Client:
                     stream = ch.unary_stream(method.path, request_serializer=method.input.SerializeToString, response_deserializer=method.output.FromString)
                     return _SyncStream(stream(req, metadata=self._metadata(), timeout=timeout), addr)
                 unary = ch.unary_unary(method.path, request_serializer=method.input.SerializeToString, response_deserializer=method.output.FromString)
-                return unary(req, metadata=self._metadata(), timeout=self._attempt_timeout(timeout))
+                return unary(req, metadata=self._metadata() + extra, timeout=self._attempt_timeout(timeout))
             except grpc.RpcError as e:
                 last = _translate(e, addr)
                 if not _retryable(last, len(self.addresses)):
@@ -236,13 +245,14 @@ class AsyncClient:
         req = _build(method, request, fields)
         if method.server_streaming:
             return self._stream(method, req, timeout)
+        extra = _request_metadata(method)
         delay = 0.1
         last: CorralError | None = None
         for attempt in range(RETRIES * len(self.addresses)):
             addr = self.addresses[self._current % len(self.addresses)]
             unary = self._channel(addr).unary_unary(method.path, request_serializer=method.input.SerializeToString, response_deserializer=method.output.FromString)
             try:
-                return await unary(req, metadata=self._metadata(), timeout=self._attempt_timeout(timeout))
+                return await unary(req, metadata=self._metadata() + extra, timeout=self._attempt_timeout(timeout))
             except grpc.RpcError as e:
                 last = _translate(e, addr)
                 if not _retryable(last, len(self.addresses)):

@@ -20,6 +20,7 @@ from .cache import Cache
 from .election import current_leader
 from .gateway import Gateway
 from .leadership import Leadership
+from .request_ids import RequestIds, request_id
 from .store import Cmp, EtcdStore, Put
 from .taskops import TaskWriter
 
@@ -37,6 +38,7 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
         self.writer = writer
         self.gateway = gateway
         self.leadership = leadership
+        self.requests = RequestIds(store)
 
     def build_task(self, request: api_pb2.SubmitTaskRequest, user: pb.User) -> pb.TaskExecution:
         if request.template_id:
@@ -143,6 +145,9 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
     @api_method
     async def RetryTask(self, request, context, user):  # type: ignore[override]
         validate.check_id("task_id", request.task_id)
+        rid = request_id(context)
+        if await self.requests.seen(user.user_id, rid):
+            return (await self.writer.load(request.task_id))[0]
 
         def mutate(t: pb.TaskExecution) -> pb.TaskExecution | None:
             if t.state not in records.TERMINAL:
@@ -155,7 +160,13 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
             new.due_time.CopyFrom(records.ts(time.time()))
             return new
 
-        return await self.writer.update(request.task_id, mutate)
+        guard = await self.requests.guard(user.user_id, rid, request.task_id)
+        try:
+            return await self.writer.update(request.task_id, mutate, guard=guard)
+        except FailedPrecondition:
+            if await self.requests.seen(user.user_id, rid):  # a concurrent copy of this call won
+                return (await self.writer.load(request.task_id))[0]
+            raise
 
     @api_stream
     async def WatchTasks(self, request, context, user) -> AsyncIterator[api_pb2.TaskEvent]:  # type: ignore[override]

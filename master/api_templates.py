@@ -13,6 +13,7 @@ from corral.v1 import types_pb2 as pb
 from . import keys, records, validate
 from .auth import Authenticator, api_method
 from .cache import Cache
+from .request_ids import RequestIds, request_id
 from .store import Cmp, Delete, EtcdStore, Put
 
 
@@ -33,6 +34,7 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
         self.store = store
         self.cache = cache
         self.auth = auth
+        self.requests = RequestIds(store)
 
     @api_method
     async def CreateTemplate(self, request, context: grpc.aio.ServicerContext, user: pb.User):  # type: ignore[override]
@@ -51,14 +53,21 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
         now = records.ts(time.time())
         t.create_time.CopyFrom(now)
         t.update_time.CopyFrom(now)
+        rid = request_id(context)
+        guard = await self.requests.guard(user.user_id, rid, t.template_id)
         result = await self.store.txn(
-            [Cmp(keys.template(t.template_id), 0), Cmp(keys.template_name(t.name), 0)],
+            [Cmp(keys.template(t.template_id), 0), Cmp(keys.template_name(t.name), 0), *guard[0]],
             [
                 Put(keys.template(t.template_id), t.SerializeToString()),
                 Put(keys.template_name(t.name), t.template_id.encode()),
+                *guard[1],
             ],
         )
         if not result.succeeded:
+            first = await self.requests.seen(user.user_id, rid)
+            if first is not None:  # this same request already created it
+                await self.cache.sync()
+                return resolve_template(self.cache, first)[0]
             raise AlreadyExists(f"a template named {t.name!r} (or with id {t.template_id!r}) already exists")
         await self.cache.wait_revision(result.revision)
         return t

@@ -7,6 +7,7 @@ USERS = "users/"
 CRON = "cron/"
 IDEMPOTENCY = "idem/"
 MEMBERS = "members/"
+REQUESTS = "requests/"
 
 
 def template(template_id: str) -> str:

@@ -51,13 +51,20 @@ class TaskWriter:
         return self.leadership.still_leader()
 
     async def update(
-        self, task_id: str, mutate: Mutator, *, fenced: bool = False, attempts: int = 8
+        self,
+        task_id: str,
+        mutate: Mutator,
+        *,
+        fenced: bool = False,
+        attempts: int = 8,
+        guard: tuple[list[Cmp], list[Put]] = ([], []),
     ) -> pb.TaskExecution | None:
         """Apply `mutate` to a copy of the task and commit it if nobody changed it meanwhile.
 
         `mutate` returns the new record, or None to leave the task as it is (the change no
         longer applies). Returns the committed record, or None when nothing was written.
-        `fenced` adds the leader's fencing compare (leader-loop writes).
+        `fenced` adds the leader's fencing compare (leader-loop writes); `guard` adds
+        compares and puts that commit with the change (a request id, see request_ids).
         """
         fresh = False
         for _ in range(attempts):
@@ -75,10 +82,10 @@ class TaskWriter:
             new = mutate(copy)
             if new is None:
                 return None
-            compares = [Cmp(keys.task(task_id), rev)]
+            compares = [Cmp(keys.task(task_id), rev), *guard[0]]
             if fenced:
                 compares += self.leadership.fence()
-            result = await self.store.txn(compares, [Put(keys.task(task_id), new.SerializeToString())])
+            result = await self.store.txn(compares, [Put(keys.task(task_id), new.SerializeToString()), *guard[1]])
             if result.succeeded:
                 if fenced:
                     self.fenced_committed += 1

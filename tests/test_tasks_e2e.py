@@ -279,3 +279,36 @@ def test_retry_on_failure_policy(cluster: Cluster) -> None:
     assert (final.state, final.attempt) == (pb.SUCCEEDED, 2)
     assert [h.state for h in final.history] == [pb.FAILED]
     assert logs(c, t.task_id) == b"attempt 2\n"
+
+
+def test_a_repeated_request_id_creates_and_retries_once(cluster: Cluster) -> None:
+    import grpc
+
+    from corral.client.sdk import METHODS
+    from corral.v1 import api_pb2
+
+    from harness import TOKEN
+
+    cluster.start_master()
+    cluster.start_nodelet("a")
+    c = cluster.client()
+    t = c.submit_task(spec=spec("false"))
+    c.wait_task(t.task_id, timeout=30)
+    with grpc.insecure_channel(cluster.addr) as ch:
+
+        def call(name: str, req: object, rid: str) -> object:
+            m = METHODS[name]
+            fn = ch.unary_unary(m.path, request_serializer=m.input.SerializeToString, response_deserializer=m.output.FromString)
+            return fn(req, metadata=(("authorization", f"Bearer {TOKEN}"), ("corral-request-id", rid)), timeout=10)
+
+        first = call("retry_task", api_pb2.RetryTaskRequest(task_id=t.task_id), "r-1")
+        again = call("retry_task", api_pb2.RetryTaskRequest(task_id=t.task_id), "r-1")
+        assert first.attempt == again.attempt == 2  # type: ignore[attr-defined]
+        tpl = api_pb2.CreateTemplateRequest(template=pb.TaskTemplate(name="once", run_script="true"))
+        a = call("create_template", tpl, "r-2")
+        b = call("create_template", tpl, "r-2")
+        assert a.template_id == b.template_id  # type: ignore[attr-defined]
+        with pytest.raises(grpc.RpcError) as info:
+            call("create_template", tpl, "r-3")
+        assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert c.wait_task(t.task_id, timeout=30).attempt == 2
