@@ -20,15 +20,12 @@ import threading
 import time
 from pathlib import Path
 
+from _common import pct, print_table
+
 from corral import procs
 from corral.client import Client
 from corral.testimage import ensure_image
 from corral.v1 import types_pb2 as pb
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else float("nan")
 
 
 def secs(ts: object) -> float:
@@ -120,10 +117,7 @@ def main() -> int:
         ("ratio corral SUCCEEDED / docker run", f"p50 {figures['ratio_succeeded_vs_docker_run_p50']:.2f}", f"p99 {figures['ratio_succeeded_vs_docker_run_p99']:.2f}"),
         ("containers/s, 4 concurrent (corral)", f"{figures['containers_per_s_4_concurrent']:.2f}", f"{burst} containers"),
     ]
-    w = max(len(r[0]) for r in rows)
-    print(f"{'figure':<{w}}  {'value':<14}  spread")
-    for r in rows:
-        print(f"{r[0]:<{w}}  {r[1]:<14}  {r[2]}")
+    print_table(("figure", "value", "spread"), rows)
     if args.json:
         print(json.dumps(figures))
     return 0

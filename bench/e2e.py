@@ -23,17 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import pct, print_table
+
 from corral import procs
 from corral.client import AsyncClient, Client
 from corral.v1 import api_pb2
 from corral.v1 import types_pb2 as pb
-
-
-def pct(xs: list[float], q: float) -> float:
-    if not xs:
-        return float("nan")
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
 
 
 def sequential(addr: str, token: str, n: int) -> tuple[list[float], list[float]]:
@@ -186,10 +181,7 @@ def main() -> int:
         ("raw etcd puts/s, 64 concurrent", f"median {figures['raw_etcd_puts_per_s_median']:,.0f}", f"runs {spread(raw_rates)}"),
         ("ratio corral / raw etcd", f"{figures['ratio_submits_to_raw_puts']:.2f}", ""),
     ]
-    w = max(len(r[0]) for r in rows)
-    print(f"{'figure':<{w}}  {'value':<18}  spread")
-    for name, a, b in rows:
-        print(f"{name:<{w}}  {a:<18}  {b}")
+    print_table(("figure", "value", "spread"), rows)
     if args.json:
         print(json.dumps(figures))
     return 0

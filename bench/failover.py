@@ -19,14 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import pct, print_table
+
 from corral import procs
 from corral.client import Client
 from corral.v1 import types_pb2 as pb
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else float("nan")
 
 
 class Bench:
@@ -145,10 +142,7 @@ def main() -> int:
         (f"SIGTERM leader → first start ({n})", f"p50 {figures['sigterm_to_first_start_ms_p50']:.0f} ms", f"p99 {figures['sigterm_to_first_start_ms_p99']:.0f} ms", "target ≤ 200 ms"),
         (f"dead nodelet → DOWN ({nodes_n})", f"median {figures['dead_nodelet_detection_s_median']:.2f} s", f"runs {figures['dead_nodelet_detection_s_runs']}", "timeout 10 s"),
     ]
-    w = max(len(r[0]) for r in rows)
-    print(f"{'figure':<{w}}  {'value':<14}  {'spread':<16}  goal")
-    for r in rows:
-        print(f"{r[0]:<{w}}  {r[1]:<14}  {r[2]:<16}  {r[3]}")
+    print_table(("figure", "value", "spread", "goal"), rows)
     if args.json:
         print(json.dumps(figures))
     return 0

@@ -115,14 +115,28 @@ def _build(method: RpcMethod, request: Message | None, fields: dict[str, Any]) -
     return request
 
 
-class Client:
-    """Blocking client. `Client("a:7070,b:7070", token="...")`; defaults from CORRAL_ADDR/CORRAL_TOKEN."""
+class _Masters:
+    """What both clients share: the master list, the token, and the per-attempt deadline."""
 
     def __init__(self, addr: str | Sequence[str] | None = None, token: str | None = None, timeout: float = 30.0) -> None:
         self.addresses = _addresses(addr)
         self.token = token if token is not None else os.environ.get("CORRAL_TOKEN", "")
         self.timeout = timeout
         self._current = 0
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    def _attempt_timeout(self, timeout: float | None) -> float:
+        total = timeout or self.timeout
+        return min(total, ATTEMPT_TIMEOUT) if len(self.addresses) > 1 else total
+
+
+class Client(_Masters):
+    """Blocking client. `Client("a:7070,b:7070", token="...")`; defaults from CORRAL_ADDR/CORRAL_TOKEN."""
+
+    def __init__(self, addr: str | Sequence[str] | None = None, token: str | None = None, timeout: float = 30.0) -> None:
+        super().__init__(addr, token, timeout)
         self._channels: dict[str, grpc.Channel] = {}
 
     def _channel(self, addr: str) -> grpc.Channel:
@@ -140,13 +154,6 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
-
-    def _attempt_timeout(self, timeout: float | None) -> float:
-        total = timeout or self.timeout
-        return min(total, ATTEMPT_TIMEOUT) if len(self.addresses) > 1 else total
 
     def call(self, method: RpcMethod, request: Message | None = None, *, timeout: float | None = None, **fields: Any) -> Any:
         req = _build(method, request, fields)
@@ -208,14 +215,11 @@ class _SyncStream:
         self._call.cancel()
 
 
-class AsyncClient:
+class AsyncClient(_Masters):
     """asyncio client with the same methods as `Client`, as coroutines (streams: async iterators)."""
 
     def __init__(self, addr: str | Sequence[str] | None = None, token: str | None = None, timeout: float = 30.0) -> None:
-        self.addresses = _addresses(addr)
-        self.token = token if token is not None else os.environ.get("CORRAL_TOKEN", "")
-        self.timeout = timeout
-        self._current = 0
+        super().__init__(addr, token, timeout)
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def _channel(self, addr: str) -> grpc.aio.Channel:
@@ -233,13 +237,6 @@ class AsyncClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    def _metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
-
-    def _attempt_timeout(self, timeout: float | None) -> float:
-        total = timeout or self.timeout
-        return min(total, ATTEMPT_TIMEOUT) if len(self.addresses) > 1 else total
 
     async def call(self, method: RpcMethod, request: Message | None = None, *, timeout: float | None = None, **fields: Any) -> Any:
         req = _build(method, request, fields)

@@ -19,7 +19,7 @@ from typing import Any
 
 from corral.v1 import types_pb2 as pb
 
-from .driver import DriverError, Handle, Outcome
+from .driver import DriverError, Handle, Outcome, classify
 
 log = logging.getLogger("corral.docker")
 
@@ -220,14 +220,7 @@ class DockerDriver:
         if t is not None:
             await asyncio.to_thread(t.join, 10)
         await asyncio.to_thread(self._remove, handle.container_id)
-        now = finished
-        if handle.stop_state:
-            return Outcome(handle.stop_state, code, handle.stop_reason, now)
-        if oom:
-            return Outcome(pb.OOM_KILLED, code, "out of memory: killed at its memory limit", now)
-        if code == 0:
-            return Outcome(pb.SUCCEEDED, 0, "", now)
-        return Outcome(pb.FAILED, code, f"exit code {code}", now)
+        return classify(handle, code, oom, finished)
 
     def _remove(self, container_id: str) -> None:
         from docker.errors import APIError, NotFound

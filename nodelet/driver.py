@@ -8,6 +8,7 @@ to an `Outcome` once the task has ended and its resources are cleaned up.
 from __future__ import annotations
 
 import json
+import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -64,6 +65,27 @@ class Outcome:
             return cls(**json.loads((directory / "outcome.json").read_text()))
         except (OSError, ValueError):
             return None
+
+
+def classify(handle: Handle, code: int, oom: bool, finished: float) -> Outcome:
+    """The one mapping of how a task ended to its terminal state, for every driver:
+    our own kill (stop, timeout, stale copy) first, then OOM, then the exit code."""
+    if handle.stop_state:
+        return Outcome(handle.stop_state, code, handle.stop_reason, finished)
+    if oom:
+        return Outcome(pb.OOM_KILLED, code, "out of memory: killed at its memory limit", finished)
+    if code == 0:
+        return Outcome(pb.SUCCEEDED, 0, "", finished)
+    if code == -1:
+        return Outcome(pb.FAILED, -1, "the task ended without an exit code (killed)", finished)
+    if code > 128:
+        sig = code - 128
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        return Outcome(pb.FAILED, code, f"killed by {name}", finished)
+    return Outcome(pb.FAILED, code, f"exit code {code}", finished)
 
 
 class DriverError(Exception):

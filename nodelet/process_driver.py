@@ -22,7 +22,7 @@ from pathlib import Path
 from corral.v1 import types_pb2 as pb
 
 from .cgroups import Limits, TaskCgroup, detect
-from .driver import DriverError, Handle, Outcome
+from .driver import DriverError, Handle, Outcome, classify
 
 NOBODY = 65534
 LOG_CAP = 16 * 1024 * 1024
@@ -177,23 +177,7 @@ class ProcessDriver:
             code = int((directory / "exit").read_text().strip())
         except (OSError, ValueError):
             code = -1
-        now = time.time()
-        if handle.stop_state:
-            return Outcome(handle.stop_state, code, handle.stop_reason, now)
-        if oom:
-            return Outcome(pb.OOM_KILLED, code, "out of memory: killed at its memory limit", now)
-        if code == 0:
-            return Outcome(pb.SUCCEEDED, 0, "", now)
-        if code == -1:
-            return Outcome(pb.FAILED, -1, "the task's process ended without an exit code (killed)", now)
-        if code > 128:
-            sig = code - 128
-            try:
-                name = signal.Signals(sig).name
-            except ValueError:
-                name = f"signal {sig}"
-            return Outcome(pb.FAILED, code, f"killed by {name}", now)
-        return Outcome(pb.FAILED, code, f"exit code {code}", now)
+        return classify(handle, code, oom, time.time())
 
     async def signal_stop(self, handle: Handle) -> None:
         cg = self._cgroup(handle)
