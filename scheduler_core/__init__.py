@@ -6,23 +6,29 @@ from .model import (
     PlaceConfig,
     Placement,
     Plan,
+    Preemption,
     Resources,
+    Running,
     Snapshot,
     TaskRequest,
     Unplaced,
 )
-from .place import explain, place
+from .place import Placer, explain, place, queue_order
 
 __all__ = [
     "Constraint",
     "Node",
     "PlaceConfig",
     "Placement",
+    "Placer",
     "Plan",
+    "Preemption",
     "Resources",
+    "Running",
     "Snapshot",
     "TaskRequest",
     "Unplaced",
     "explain",
     "place",
+    "queue_order",
 ]

@@ -19,6 +19,9 @@ class Resources:
     def __sub__(self, other: Resources) -> Resources:
         return Resources(self.cpu - other.cpu, self.memory - other.memory, self.pids - other.pids)
 
+    def fits_in(self, other: Resources) -> bool:
+        return self.cpu <= other.cpu and self.memory <= other.memory and self.pids <= other.pids
+
 
 @dataclass(frozen=True, slots=True)
 class Constraint:
@@ -30,6 +33,16 @@ class Constraint:
 
 
 @dataclass(frozen=True, slots=True)
+class Running:
+    """A task already on a node: what preemption may evict and anti-affinity counts."""
+
+    task_id: str
+    request: Resources
+    priority: int = 0
+    template_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Node:
     node_id: str
     allocatable: Resources
@@ -38,6 +51,7 @@ class Node:
     schedulable: bool = True  # False when cordoned or draining
     drivers: frozenset[str] = frozenset({"process"})
     labels: tuple[tuple[str, str], ...] = ()
+    running: tuple[Running, ...] = ()
 
     @property
     def free(self) -> Resources:
@@ -56,8 +70,15 @@ class TaskRequest:
     request: Resources
     driver: str = "process"
     constraints: tuple[Constraint, ...] = ()
-    priority: int = 0
+    priority: int = 0           # 0-100; higher goes first and may preempt lower
     template_id: str = ""
+    user_id: str = ""           # fair share is between users
+    distinct_nodes: bool = False  # never two tasks of this template on one node
+    gang: str = ""              # tasks sharing a gang id are placed all or none
+
+    def class_key(self) -> tuple[object, ...]:
+        """Tasks with equal keys are interchangeable for feasibility (equivalence class)."""
+        return (self.request, self.driver, self.constraints, self.template_id if self.distinct_nodes else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +88,14 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class PlaceConfig:
-    """Knobs of the pipeline. Weights live in pipeline.SCORERS."""
+    """Knobs of one pass. Check order and scorer weights live in pipeline.py."""
 
-    max_placements: int = 10_000
+    max_placements: int = 100_000
+    strategy: str = "binpack"        # or "spread"
+    exhaustive_below: int = 1000     # clusters this small are searched node by node
+    candidates: int = 0              # feasible nodes to score beyond that; 0 = max(2, log2 n)
+    preempt: bool = True
+    user_weights: tuple[tuple[str, float], ...] = ()  # fair-share weights (default 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +103,15 @@ class Placement:
     task_id: str
     node_id: str
     score: float
+
+
+@dataclass(frozen=True, slots=True)
+class Preemption:
+    """`victims` on `node_id` are evicted so that `for_task` fits there."""
+
+    node_id: str
+    for_task: str
+    victims: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,3 +128,4 @@ class Plan:
     placements: tuple[Placement, ...] = ()
     unplaced: tuple[Unplaced, ...] = ()
     rejections: dict[str, int] = field(default_factory=dict)
+    preemptions: tuple[Preemption, ...] = ()

@@ -1,80 +1,297 @@
 """`place(snapshot, pending)`: the pure, deterministic placement pass.
 
-Tasks are taken in priority order (higher first, then the order given). For each task every
-node runs the checks of `pipeline.CHECKS`; the first failing check's reason is counted; the
-feasible nodes are scored by `pipeline.SCORERS` and the best wins (ties: lowest node id).
-Placements made earlier in the pass live in an overlay of allocated resources, never in the
-snapshot, which is not mutated.
+Order: priority (higher first), then weighted fair share between users (a user's k-th
+task waits behind every other user's k-th, scaled by weight), then submission order; the
+members of a gang go together, all or none.
+
+For each task the checks of `pipeline` run node by node; the first failing check's reason
+is counted; feasible nodes are scored by the strategy's scorers and the best wins (ties:
+lowest node id). Work stays small on big clusters:
+  * equivalence classes: tasks with the same requirements share static verdicts, the set
+    of nodes already found too full (free capacity only shrinks within a pass), and a
+    "fits nowhere" verdict;
+  * a candidate limit: above `exhaustive_below` nodes, only the first max(2, log2 n)
+    feasible nodes are scored, taken in order of free memory from a sorted index (tightest
+    first for bin-packing, emptiest first for spread).
+A task that fits nowhere may preempt: the smallest set of strictly lower-priority tasks on
+one node is evicted (reported in the plan; the caller stops and requeues them).
+Placements made earlier in the pass live in an overlay; the snapshot is never mutated.
 """
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
-from .model import Node, PlaceConfig, Placement, Plan, Resources, Snapshot, TaskRequest, Unplaced
-from .pipeline import CHECKS, SCORERS
+from .checks import Use, use_of
+from .model import (
+    Node,
+    PlaceConfig,
+    Placement,
+    Plan,
+    Preemption,
+    Resources,
+    Snapshot,
+    TaskRequest,
+    Unplaced,
+)
+from .pipeline import DYNAMIC_CHECKS, SCORERS, STATIC_CHECKS
 from .units import cores, gib
+
+
+def queue_order(pending: Sequence[TaskRequest], config: PlaceConfig) -> list[int]:
+    """Indices of `pending` in placement order (see module doc)."""
+    weights = dict(config.user_weights)
+    seen: Counter[str] = Counter()
+    keys: list[tuple[int, float, int]] = []
+    for i, t in enumerate(pending):
+        seen[t.user_id] += 1
+        keys.append((-t.priority, seen[t.user_id] / max(weights.get(t.user_id, 1.0), 1e-9), i))
+    order = sorted(range(len(pending)), key=keys.__getitem__)
+    # a gang moves together, at its first member's place
+    out: list[int] = []
+    done: set[str] = set()
+    members: dict[str, list[int]] = {}
+    for i in order:
+        if pending[i].gang:
+            members.setdefault(pending[i].gang, []).append(i)
+    for i in order:
+        g = pending[i].gang
+        if not g:
+            out.append(i)
+        elif g not in done:
+            done.add(g)
+            out.extend(members[g])
+    return out
+
+
+class Placer:
+    """One pass over one snapshot: call `place_one` per task (or use `place`)."""
+
+    def __init__(self, snapshot: Snapshot, config: PlaceConfig | None = None) -> None:
+        self.config = config or PlaceConfig()
+        self.nodes: list[Node] = sorted(snapshot.nodes, key=lambda n: n.node_id)
+        self.uses: list[Use] = [use_of(n) for n in self.nodes]
+        self.evicted: list[set[str]] = [set() for _ in self.nodes]
+        n = len(self.nodes)
+        self.limited = n > self.config.exhaustive_below
+        self.k = self.config.candidates or max(2, math.ceil(math.log2(max(n, 2))))
+        self.scorers = SCORERS[self.config.strategy]
+        self._index: list[tuple[int, int]] = sorted((u.free.memory, i) for i, u in enumerate(self.uses))
+        self._static: dict[tuple[object, ...], list[str | None]] = {}
+        self._full: dict[tuple[object, ...], dict[int, str]] = {}
+        self._nowhere: dict[tuple[object, ...], Unplaced] = {}
+        self.placements: list[Placement] = []
+        self.unplaced: list[Unplaced] = []
+        self.preemptions: list[Preemption] = []
+        self.rejections: Counter[str] = Counter()
+
+    # -- the overlay --------------------------------------------------------------------------
+
+    def _set_free(self, i: int, free: Resources) -> None:
+        old = (self.uses[i].free.memory, i)
+        j = bisect.bisect_left(self._index, old)
+        if j < len(self._index) and self._index[j] == old:
+            del self._index[j]
+        bisect.insort(self._index, (free.memory, i))
+        self.uses[i].free = free
+
+    def _take(self, i: int, task: TaskRequest) -> None:
+        self._set_free(i, self.uses[i].free - task.request)
+        if task.template_id:
+            t = self.uses[i].templates
+            t[task.template_id] = t.get(task.template_id, 0) + 1
+
+    def _give_back(self, i: int, request: Resources, template_id: str) -> None:
+        self._set_free(i, self.uses[i].free + request)
+        if template_id and self.uses[i].templates.get(template_id):
+            self.uses[i].templates[template_id] -= 1
+        # room grew: verdicts cached on "too full" no longer hold
+        self._full.clear()
+        self._nowhere.clear()
+
+    # -- one task -----------------------------------------------------------------------------
+
+    def _static_verdicts(self, task: TaskRequest) -> list[str | None]:
+        key = (task.driver, task.constraints)
+        verdicts = self._static.get(key)
+        if verdicts is None:
+            verdicts = []
+            for node, use in zip(self.nodes, self.uses, strict=True):
+                reason = None
+                for _, check in STATIC_CHECKS:
+                    reason = check(node, task, use)
+                    if reason is not None:
+                        break
+                verdicts.append(reason)
+            self._static[key] = verdicts
+        return verdicts
+
+    def _candidates(self, task: TaskRequest) -> Iterator[int]:
+        if not self.limited:
+            yield from range(len(self.nodes))
+            return
+        if self.config.strategy == "spread":
+            for _, i in reversed(self._index):
+                yield i
+            return
+        start = bisect.bisect_left(self._index, (task.request.memory, -1))
+        for j in range(start, len(self._index)):
+            yield self._index[j][1]
+        for j in range(start):  # too small in memory: only to count rejections
+            yield self._index[j][1]
+
+    def _search(self, task: TaskRequest) -> tuple[int | None, float, Counter[str]]:
+        static = self._static_verdicts(task)
+        cls = task.class_key()
+        full = self._full.setdefault(cls, {})
+        rejected: Counter[str] = Counter()
+        best: tuple[float, int] | None = None
+        feasible = 0
+        for i in self._candidates(task):
+            reason = static[i] or full.get(i)
+            if reason is None:
+                node, use = self.nodes[i], self.uses[i]
+                for _, check in DYNAMIC_CHECKS:
+                    reason = check(node, task, use)
+                    if reason is not None:
+                        full[i] = reason
+                        break
+            if reason is not None:
+                rejected[reason] += 1
+                continue
+            score = sum(w * s(self.nodes[i], task, self.uses[i]) for _, s, w in self.scorers)
+            if best is None or score > best[0] or (score == best[0] and i < best[1]):
+                best = (score, i)
+            feasible += 1
+            if self.limited and feasible >= self.k:
+                break
+        if best is None:
+            return None, 0.0, rejected
+        return best[1], best[0], rejected
+
+    def place_one(self, task: TaskRequest) -> Placement | Unplaced:
+        """Place one task on the overlay (or explain why not, or preempt for it)."""
+        cls = task.class_key()
+        known = self._nowhere.get(cls)
+        if known is not None and not (self.config.preempt and task.priority > 0):
+            u = Unplaced(task.task_id, known.rejections, known.reason)
+            self.unplaced.append(u)
+            self.rejections.update(dict(u.rejections))
+            return u
+        i, score, rejected = self._search(task)
+        if i is None and self.config.preempt and task.priority > 0:
+            i = self._preempt_for(task)
+            if i is not None:
+                score = sum(w * s(self.nodes[i], task, self.uses[i]) for _, s, w in self.scorers)
+        if i is None:
+            u = Unplaced(task.task_id, tuple(sorted(rejected.items())), explain(task, self.nodes, self.uses, rejected))
+            self._nowhere[cls] = u
+            self.unplaced.append(u)
+            self.rejections.update(rejected)
+            return u
+        self._take(i, task)
+        p = Placement(task.task_id, self.nodes[i].node_id, score)
+        self.placements.append(p)
+        return p
+
+    def _preempt_for(self, task: TaskRequest) -> int | None:
+        """The node where evicting the fewest strictly lower-priority tasks makes room."""
+        static = self._static_verdicts(task)
+        best: tuple[int, int, str, int, list[str]] | None = None
+        for i, node in enumerate(self.nodes):
+            if static[i] is not None:
+                continue
+            use = self.uses[i]
+            lower = sorted(
+                (r for r in node.running if r.priority < task.priority and r.task_id not in self.evicted[i]),
+                key=lambda r: (r.priority, -r.request.memory, -r.request.cpu, r.task_id),
+            )
+            free = use.free
+            chosen: list[str] = []
+            prio_sum = 0
+            for r in lower:
+                if task.request.fits_in(free):
+                    break
+                free = free + r.request
+                chosen.append(r.task_id)
+                prio_sum += r.priority
+            if not chosen or not task.request.fits_in(free):
+                continue
+            cand = (len(chosen), prio_sum, node.node_id, i, chosen)
+            if best is None or cand[:3] < best[:3]:
+                best = cand
+        if best is None:
+            return None
+        _, _, node_id, i, victims = best
+        by_id = {r.task_id: r for r in self.nodes[i].running}
+        for v in victims:
+            self.evicted[i].add(v)
+            self._give_back(i, by_id[v].request, by_id[v].template_id)
+        self.preemptions.append(Preemption(node_id, task.task_id, tuple(victims)))
+        return i
+
+    def place_gang(self, members: Sequence[TaskRequest]) -> bool:
+        """All members, or none (the overlay is rolled back when one does not fit)."""
+        saved = [(i, u.free, dict(u.templates)) for i, u in enumerate(self.uses)]
+        saved_evicted = [set(e) for e in self.evicted]
+        marks = (len(self.placements), len(self.unplaced), len(self.preemptions), Counter(self.rejections))
+        results = [self.place_one(t) for t in members]
+        if all(isinstance(r, Placement) for r in results):
+            return True
+        # roll back: restore the overlay, keep one explanation per member
+        failed = next(r for r in results if isinstance(r, Unplaced))
+        del self.placements[marks[0] :]
+        del self.unplaced[marks[1] :]
+        del self.preemptions[marks[2] :]
+        self.rejections = marks[3]
+        for i, free, templates in saved:
+            if self.uses[i].free != free:
+                self._set_free(i, free)
+            self.uses[i].templates = templates
+        self.evicted = saved_evicted
+        self._full.clear()
+        self._nowhere.clear()
+        for t in members:
+            self.unplaced.append(Unplaced(t.task_id, failed.rejections, f"gang {t.gang}: not all {len(members)} tasks fit ({failed.reason})"))
+        return False
+
+    def plan(self) -> Plan:
+        return Plan(tuple(self.placements), tuple(self.unplaced), dict(self.rejections), tuple(self.preemptions))
 
 
 def place(
     snapshot: Snapshot, pending: Sequence[TaskRequest], *, config: PlaceConfig | None = None
 ) -> Plan:
-    config = config or PlaceConfig()
-    free: dict[str, Resources] = {n.node_id: n.free for n in snapshot.nodes}
-    nodes = sorted(snapshot.nodes, key=lambda n: n.node_id)
-    order = sorted(range(len(pending)), key=lambda i: (-pending[i].priority, i))
-    placements: list[Placement] = []
-    unplaced: list[Unplaced] = []
-    totals: Counter[str] = Counter()
-    for i in order:
-        task = pending[i]
-        if len(placements) >= config.max_placements:
+    placer = Placer(snapshot, config)
+    order = queue_order(pending, placer.config)
+    k = 0
+    while k < len(order):
+        if len(placer.placements) >= placer.config.max_placements:
             break
-        best: tuple[float, str] | None = None
-        rejected: Counter[str] = Counter()
-        for node in nodes:
-            f = free[node.node_id]
-            reason = _first_rejection(node, task, f)
-            if reason is not None:
-                rejected[reason] += 1
-                continue
-            score = sum(w * s(node, task, f) for _, s, w in SCORERS)
-            if best is None or score > best[0]:
-                best = (score, node.node_id)
-        if best is None:
-            totals.update(rejected)
-            unplaced.append(
-                Unplaced(task.task_id, tuple(sorted(rejected.items())), explain(task, nodes, free, rejected))
-            )
+        t = pending[order[k]]
+        if t.gang:
+            members = []
+            while k < len(order) and pending[order[k]].gang == t.gang:
+                members.append(pending[order[k]])
+                k += 1
+            placer.place_gang(members)
             continue
-        score, node_id = best
-        free[node_id] = free[node_id] - task.request
-        placements.append(Placement(task.task_id, node_id, score))
-    return Plan(tuple(placements), tuple(unplaced), dict(totals))
+        placer.place_one(t)
+        k += 1
+    return placer.plan()
 
 
-def _first_rejection(node: Node, task: TaskRequest, free: Resources) -> str | None:
-    for _, check in CHECKS:
-        reason = check(node, task, free)
-        if reason is not None:
-            return reason
-    return None
-
-
-def explain(
-    task: TaskRequest,
-    nodes: Iterable[Node],
-    free: dict[str, Resources],
-    rejected: Counter[str],
-) -> str:
+def explain(task: TaskRequest, nodes: Iterable[Node], uses: Sequence[Use], rejected: Counter[str]) -> str:
     """One sentence on why a task fits nowhere, e.g. "no node has 64 GiB free: largest has 23 GiB"."""
     nodes = list(nodes)
     if not nodes:
         return "no nodes registered"
     if len(rejected) == 1:
         (only,) = rejected
-        usable = [free[n.node_id] for n in nodes if n.ready and n.schedulable]
+        usable = [u.free for n, u in zip(nodes, uses, strict=True) if n.ready and n.schedulable]
         if only == "memory exhausted" and usable:
             largest = max(f.memory for f in usable)
             return f"no node has {gib(task.request.memory)} free: largest has {gib(max(largest, 0))}"
