@@ -34,6 +34,8 @@ lint: $(STAMP)
 bench: deps
 	$(PY) bench/e2e.py --quick
 	$(PY) bench/failover.py --quick
+	$(PY) bench/placement.py --quick
+	$(PY) bench/docker_start.py --quick
 
 clean:
 	rm -rf $(VENV) .corral-dev

@@ -296,7 +296,7 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
                 await self.writer.update(task_id, lost, fenced=True)
 
     async def _on_status(self, session: NodeSession, st: npb.TaskStatus) -> None:
-        if st.state not in (pb.RUNNING, *records.TERMINAL):
+        if st.state not in (pb.RUNNING, pb.PREEMPTED, *records.TERMINAL):
             log.warning("node %s sent status with state %s for %s", session.node_id, st.state, st.task_id)
             return
         rec = self.cache.tasks.get(st.task_id)

@@ -34,6 +34,7 @@ def to_request(task: pb.TaskExecution) -> sc.TaskRequest:
         constraints=tuple(sc.Constraint(c.key, c.op, tuple(c.values)) for c in s.constraints),
         priority=s.priority,
         template_id=task.template_id,
+        user_id=task.user_id,
     )
 
 
@@ -42,11 +43,14 @@ def snapshot(cache: Cache, gateway: Gateway) -> sc.Snapshot:
     for node_id, rec in cache.nodes.items():
         n = rec.msg
         allocated = sc.Resources()
+        running = []
         for task_id in cache.by_node.get(node_id, ()):
             t = cache.tasks.get(task_id)
             if t is not None and t.msg.state in records.ACTIVE:
                 s = t.msg.spec
-                allocated = allocated + sc.Resources(s.cpu_request, s.mem_request, s.pids_limit)
+                req = sc.Resources(s.cpu_request, s.mem_request, s.pids_limit)
+                allocated = allocated + req
+                running.append(sc.Running(task_id, req, s.priority, t.msg.template_id))
         nodes.append(
             sc.Node(
                 node_id=node_id,
@@ -56,6 +60,7 @@ def snapshot(cache: Cache, gateway: Gateway) -> sc.Snapshot:
                 schedulable=n.state == pb.READY,
                 drivers=frozenset(n.drivers),
                 labels=tuple(sorted(n.labels.items())),
+                running=tuple(running),
             )
         )
     return sc.Snapshot(tuple(nodes))
@@ -164,11 +169,31 @@ class Scheduler:
         due_tasks.sort(key=lambda t: (records.seconds(t.due_time), t.task_id))
         plan = sc.place(snapshot(self.cache, self.gateway), [to_request(t) for t in due_tasks])
         by_id = {t.task_id: t for t in due_tasks}
+        for pre in plan.preemptions:
+            await self._preempt(pre)
         await asyncio.gather(*(self._assign(p) for p in plan.placements))
         for u in plan.unplaced:
             t = by_id[u.task_id]
             if t.reason != u.reason:
                 await self.writer.update(u.task_id, functools.partial(_set_reason, reason=u.reason), fenced=True)
+
+    async def _preempt(self, pre: sc.Preemption) -> None:
+        """Requeue each victim as a new attempt (history: PREEMPTED), then kill its copy."""
+        for victim in pre.victims:
+            old = self.cache.tasks.get(victim)
+            if old is None or old.msg.state not in records.ACTIVE or old.msg.node_id != pre.node_id:
+                continue
+            stale = pb.TaskExecution()
+            stale.CopyFrom(old.msg)
+
+            def requeue(t: pb.TaskExecution, node_id: str = pre.node_id, by: str = pre.for_task) -> pb.TaskExecution | None:
+                if t.state not in records.ACTIVE or t.node_id != node_id:
+                    return None
+                return records.next_attempt(t, pb.PREEMPTED, f"preempted on {node_id} for {by}")
+
+            if await self.writer.update(victim, requeue, fenced=True) is not None:
+                self.gateway.send_stop(stale, pb.PREEMPTED, f"preempted for {pre.for_task}")
+                log.info("preempted %s on %s for %s", victim, pre.node_id, pre.for_task)
 
     async def _assign(self, p: sc.Placement) -> None:
         def mutate(t: pb.TaskExecution) -> pb.TaskExecution | None:

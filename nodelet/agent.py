@@ -30,7 +30,7 @@ from .driver import Driver, DriverError, Handle, Outcome
 
 log = logging.getLogger("corral.nodelet")
 
-TERMINAL = {pb.SUCCEEDED, pb.FAILED, pb.OOM_KILLED, pb.TIMED_OUT, pb.STOPPED, pb.LOST}
+TERMINAL = {pb.SUCCEEDED, pb.FAILED, pb.OOM_KILLED, pb.TIMED_OUT, pb.STOPPED, pb.LOST, pb.PREEMPTED}
 TIMEOUT_GRACE = 5.0
 MAX_BACKOFF = 1.0  # seconds; short, so a nodelet finds a newly elected leader soon
 FINGERPRINT_EVERY = 10.0  # seconds between driver health checks

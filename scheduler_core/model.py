@@ -92,7 +92,7 @@ class PlaceConfig:
 
     max_placements: int = 100_000
     strategy: str = "binpack"        # or "spread"
-    exhaustive_below: int = 1000     # clusters this small are searched node by node
+    exhaustive_below: int = 200      # clusters this small are searched node by node
     candidates: int = 0              # feasible nodes to score beyond that; 0 = max(2, log2 n)
     preempt: bool = True
     user_weights: tuple[tuple[str, float], ...] = ()  # fair-share weights (default 1)

@@ -83,6 +83,7 @@ class Placer:
         self._static: dict[tuple[object, ...], list[str | None]] = {}
         self._full: dict[tuple[object, ...], dict[int, str]] = {}
         self._nowhere: dict[tuple[object, ...], Unplaced] = {}
+        self._failed: dict[tuple[object, ...], list[tuple[Resources, Unplaced]]] = {}
         self.placements: list[Placement] = []
         self.unplaced: list[Unplaced] = []
         self.preemptions: list[Preemption] = []
@@ -111,6 +112,7 @@ class Placer:
         # room grew: verdicts cached on "too full" no longer hold
         self._full.clear()
         self._nowhere.clear()
+        self._failed.clear()
 
     # -- one task -----------------------------------------------------------------------------
 
@@ -150,25 +152,45 @@ class Placer:
         rejected: Counter[str] = Counter()
         best: tuple[float, int] | None = None
         feasible = 0
+        req = task.request
+        plain = not task.distinct_nodes  # the common case: resources decide alone
+        uses, nodes, scorers = self.uses, self.nodes, self.scorers
+        deferred: list[int] = []  # plain rejections, named only if the task fits nowhere
         for i in self._candidates(task):
             reason = static[i] or full.get(i)
             if reason is None:
-                node, use = self.nodes[i], self.uses[i]
-                for _, check in DYNAMIC_CHECKS:
-                    reason = check(node, task, use)
-                    if reason is not None:
-                        full[i] = reason
-                        break
+                use = uses[i]
+                f = use.free
+                if plain:
+                    # fast path: the dynamic checks pass exactly when every resource fits
+                    if not (req.cpu <= f.cpu and req.memory <= f.memory and req.pids <= f.pids):
+                        deferred.append(i)
+                        continue
+                else:
+                    for _, check in DYNAMIC_CHECKS:
+                        reason = check(nodes[i], task, use)
+                        if reason is not None:
+                            full[i] = reason
+                            break
             if reason is not None:
                 rejected[reason] += 1
                 continue
-            score = sum(w * s(self.nodes[i], task, self.uses[i]) for _, s, w in self.scorers)
+            score = 0.0
+            for _, s, w in scorers:
+                score += w * s(nodes[i], task, uses[i])
             if best is None or score > best[0] or (score == best[0] and i < best[1]):
                 best = (score, i)
             feasible += 1
             if self.limited and feasible >= self.k:
                 break
         if best is None:
+            for i in deferred:
+                for _, check in DYNAMIC_CHECKS:
+                    reason = check(nodes[i], task, uses[i])
+                    if reason is not None:
+                        full[i] = reason
+                        rejected[reason] += 1
+                        break
             return None, 0.0, rejected
         return best[1], best[0], rejected
 
@@ -176,6 +198,8 @@ class Placer:
         """Place one task on the overlay (or explain why not, or preempt for it)."""
         cls = task.class_key()
         known = self._nowhere.get(cls)
+        if known is None and not task.distinct_nodes:
+            known = self._dominated(task)
         if known is not None and not (self.config.preempt and task.priority > 0):
             u = Unplaced(task.task_id, known.rejections, known.reason)
             self.unplaced.append(u)
@@ -189,6 +213,10 @@ class Placer:
         if i is None:
             u = Unplaced(task.task_id, tuple(sorted(rejected.items())), explain(task, self.nodes, self.uses, rejected))
             self._nowhere[cls] = u
+            if not task.distinct_nodes:
+                failed = self._failed.setdefault((task.driver, task.constraints), [])
+                if len(failed) < 32:
+                    failed.append((task.request, u))
             self.unplaced.append(u)
             self.rejections.update(rejected)
             return u
@@ -196,6 +224,14 @@ class Placer:
         p = Placement(task.task_id, self.nodes[i].node_id, score)
         self.placements.append(p)
         return p
+
+    def _dominated(self, task: TaskRequest) -> Unplaced | None:
+        """A task at least as large as one that already fit nowhere fits nowhere either
+        (room only shrinks within a pass): reuse that verdict without a search."""
+        for request, verdict in self._failed.get((task.driver, task.constraints), ()):
+            if request.fits_in(task.request):
+                return verdict
+        return None
 
     def _preempt_for(self, task: TaskRequest) -> int | None:
         """The node where evicting the fewest strictly lower-priority tasks makes room."""
@@ -254,6 +290,7 @@ class Placer:
         self.evicted = saved_evicted
         self._full.clear()
         self._nowhere.clear()
+        self._failed.clear()
         for t in members:
             self.unplaced.append(Unplaced(t.task_id, failed.rejections, f"gang {t.gang}: not all {len(members)} tasks fit ({failed.reason})"))
         return False

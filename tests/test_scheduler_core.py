@@ -9,7 +9,17 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from corral.scheduler_core import Constraint, Node, PlaceConfig, Plan, Resources, Running, Snapshot, TaskRequest, place
+from corral.scheduler_core import (
+    Constraint,
+    Node,
+    PlaceConfig,
+    Plan,
+    Resources,
+    Running,
+    Snapshot,
+    TaskRequest,
+    place,
+)
 from corral.scheduler_core.checks import (
     check_constraints,
     check_cpu,

@@ -312,3 +312,18 @@ def test_a_repeated_request_id_creates_and_retries_once(cluster: Cluster) -> Non
             call("create_template", tpl, "r-3")
         assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert c.wait_task(t.task_id, timeout=30).attempt == 2
+
+
+def test_higher_priority_task_preempts_and_the_victim_runs_again(cluster: Cluster) -> None:
+    cluster.start_master()
+    cluster.start_nodelet("a", cpus="1", memory="1Gi")
+    c = cluster.client()
+    low = c.submit_task(spec=spec("sleep 2; echo low", cpu_request=800, priority=1))
+    wait_for(lambda: c.get_task(task_id=low.task_id).state == pb.RUNNING, 30, what="low RUNNING")
+    high = c.submit_task(spec=spec("echo high", cpu_request=500, priority=50))
+    assert c.wait_task(high.task_id, timeout=30).state == pb.SUCCEEDED
+    final = c.wait_task(low.task_id, timeout=60)
+    assert (final.state, final.attempt) == (pb.SUCCEEDED, 2)
+    assert [h.state for h in final.history] == [pb.PREEMPTED]
+    assert high.task_id in final.history[0].reason
+    assert logs(c, low.task_id) == b"low\n"

@@ -23,6 +23,7 @@ class TaskState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TIMED_OUT: _ClassVar[TaskState]
     STOPPED: _ClassVar[TaskState]
     LOST: _ClassVar[TaskState]
+    PREEMPTED: _ClassVar[TaskState]
 
 class Driver(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -68,6 +69,7 @@ OOM_KILLED: TaskState
 TIMED_OUT: TaskState
 STOPPED: TaskState
 LOST: TaskState
+PREEMPTED: TaskState
 DRIVER_UNSPECIFIED: Driver
 PROCESS: Driver
 DOCKER: Driver
