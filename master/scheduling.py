@@ -22,6 +22,7 @@ from .taskops import TaskWriter
 
 log = logging.getLogger("corral.scheduler")
 
+APPLY_RETRIES = 3  # placements refused by the re-check before the task says it is blocked
 DRIVER_NAMES = {pb.PROCESS: "process", pb.DOCKER: "docker", pb.DRIVER_UNSPECIFIED: "process"}
 
 
@@ -38,29 +39,47 @@ def to_request(task: pb.TaskExecution) -> sc.TaskRequest:
     )
 
 
-def snapshot(cache: Cache, gateway: Gateway) -> sc.Snapshot:
+class Tally:
+    """What runs where, kept up to date from cache changes (O(1) per change), so a pass
+    builds its snapshot from per-node totals instead of re-adding every task."""
+
+    def __init__(self) -> None:
+        self.by_node: dict[str, dict[str, sc.Running]] = {}
+        self.allocated: dict[str, sc.Resources] = {}
+        self._where: dict[str, str] = {}
+
+    def update(self, task_id: str, msg: pb.TaskExecution | None) -> None:
+        node = self._where.pop(task_id, None)
+        if node is not None:
+            r = self.by_node[node].pop(task_id)
+            self.allocated[node] = self.allocated[node] - r.request
+        if msg is not None and msg.state in records.ACTIVE and msg.node_id:
+            s = msg.spec
+            r = sc.Running(task_id, sc.Resources(s.cpu_request, s.mem_request, s.pids_limit), s.priority, msg.template_id)
+            self.by_node.setdefault(msg.node_id, {})[task_id] = r
+            self.allocated[msg.node_id] = self.allocated.get(msg.node_id, sc.Resources()) + r.request
+            self._where[task_id] = msg.node_id
+
+    def fits(self, node: pb.NodeInfo, request: sc.Resources) -> bool:
+        """The plan applier's re-check against the latest committed state."""
+        cap = sc.Resources(node.allocatable.cpu, node.allocatable.memory, node.allocatable.pids or 1 << 30)
+        return (self.allocated.get(node.node_id, sc.Resources()) + request).fits_in(cap)
+
+
+def snapshot(cache: Cache, gateway: Gateway, tally: Tally) -> sc.Snapshot:
     nodes = []
     for node_id, rec in cache.nodes.items():
         n = rec.msg
-        allocated = sc.Resources()
-        running = []
-        for task_id in cache.by_node.get(node_id, ()):
-            t = cache.tasks.get(task_id)
-            if t is not None and t.msg.state in records.ACTIVE:
-                s = t.msg.spec
-                req = sc.Resources(s.cpu_request, s.mem_request, s.pids_limit)
-                allocated = allocated + req
-                running.append(sc.Running(task_id, req, s.priority, t.msg.template_id))
         nodes.append(
             sc.Node(
                 node_id=node_id,
                 allocatable=sc.Resources(n.allocatable.cpu, n.allocatable.memory, n.allocatable.pids or 1 << 30),
-                allocated=allocated,
+                allocated=tally.allocated.get(node_id, sc.Resources()),
                 ready=n.state in (pb.READY, pb.CORDONED, pb.DRAINING) and gateway.connected(node_id),
                 schedulable=n.state == pb.READY,
                 drivers=frozenset(n.drivers),
                 labels=tuple(sorted(n.labels.items())),
-                running=tuple(running),
+                running=tuple(tally.by_node.get(node_id, {}).values()),
             )
         )
     return sc.Snapshot(tuple(nodes))
@@ -81,6 +100,8 @@ class Scheduler:
         self._sem = asyncio.Semaphore(concurrency)
         self._heap: list[tuple[float, str]] = []
         self._ready: set[str] = set()
+        self.tally = Tally()
+        self._apply_retries: dict[str, int] = {}
         self.passes = 0
 
     def wake(self) -> None:
@@ -100,6 +121,7 @@ class Scheduler:
         if prefix == "nodes/":
             self._wake.set()
         elif prefix == "tasks/":
+            self.tally.update(ident, msg if isinstance(msg, pb.TaskExecution) else None)
             if isinstance(msg, pb.TaskExecution) and msg.state == pb.PENDING:
                 self._track(msg)
             else:
@@ -111,6 +133,9 @@ class Scheduler:
         unlisten = self.cache.listen(self.on_cache_change)
         try:
             await self.cache.ready.wait()
+            self.tally = Tally()
+            for task_id, rec in list(self.cache.tasks.items()):
+                self.tally.update(task_id, rec.msg)
             for task_id in list(self.cache.tasks_in(pb.PENDING)):
                 self._track(self.cache.tasks[task_id].msg)
             self._wake.set()
@@ -167,7 +192,7 @@ class Scheduler:
         if not due_tasks:
             return
         due_tasks.sort(key=lambda t: (records.seconds(t.due_time), t.task_id))
-        plan = sc.place(snapshot(self.cache, self.gateway), [to_request(t) for t in due_tasks])
+        plan = sc.place(snapshot(self.cache, self.gateway, self.tally), [to_request(t) for t in due_tasks])
         by_id = {t.task_id: t for t in due_tasks}
         for pre in plan.preemptions:
             await self._preempt(pre)
@@ -196,15 +221,29 @@ class Scheduler:
                 log.info("preempted %s on %s for %s", victim, pre.node_id, pre.for_task)
 
     async def _assign(self, p: sc.Placement) -> None:
+        """The plan applier: re-check the node against the latest committed state, commit
+        what still fits; a task refused too often is left PENDING with its reason."""
+
         def mutate(t: pb.TaskExecution) -> pb.TaskExecution | None:
             if t.state != pb.PENDING or t.stop_requested:
                 return None
+            node = self.cache.nodes.get(p.node_id)
+            request = sc.Resources(t.spec.cpu_request, t.spec.mem_request, t.spec.pids_limit)
+            if node is None or node.msg.state != pb.READY or not self.tally.fits(node.msg, request):
+                tries = self._apply_retries.get(t.task_id, 0) + 1
+                self._apply_retries[t.task_id] = tries
+                if tries < APPLY_RETRIES:
+                    self._wake.set()
+                    return None
+                t.reason = f"blocked: node {p.node_id} no longer has room (plan refused {tries} times)"
+                self._apply_retries.pop(t.task_id, None)
+                return t
+            self._apply_retries.pop(t.task_id, None)
             t.state = pb.ASSIGNED
             t.node_id = p.node_id
             t.reason = ""
             return t
 
-        self._ready.discard(p.task_id)
         async with self._sem:
             # the gateway sends the committed assignment to the node (see Gateway._on_cache_change)
             await self.writer.update(p.task_id, mutate, fenced=True)

@@ -213,7 +213,10 @@ def test_three_member_etcd_survives_losing_a_member(tmp_path: Path) -> None:
         members[0].kill9()
         ids += [c.submit_task(spec=pb.TaskTemplate(run_script="true")).task_id for _ in range(30)]
         for i in ids:
-            assert c.wait_task(i, timeout=60).state == pb.SUCCEEDED
+            try:
+                assert c.wait_task(i, timeout=60).state == pb.SUCCEEDED
+            except Exception as e:  # noqa: BLE001 - say where it is stuck
+                raise AssertionError(f"{i} did not finish: {c.get_task(task_id=i)}") from e
         assert len(all_tasks(c)) == 60
         st = c.cluster_status()
         assert sum(e.healthy for e in st.etcd) == 2
