@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 
 from corral.errors import Unavailable
 
@@ -96,6 +97,28 @@ class Election:
 
     def fence(self) -> list[Cmp]:
         return [Cmp(self.key, self.revision, create=True)]
+
+    async def proclaim(self, value: bytes) -> bool:
+        """Change the leader's announced value without another election (False if no
+        longer the leader)."""
+        if not self.leading:
+            return False
+        result = await self.store.txn(self.fence(), [Put(self.key, value, lease=self.session.lease)])
+        return result.succeeded
+
+    async def observe(self) -> AsyncIterator[tuple[bytes, int] | None]:
+        """Yield the leader (value, create revision) now and after every change; None while
+        there is none."""
+        last: tuple[bytes, int] | None = None
+        first = True
+        while True:
+            kv, rev = await self.store.first_created(self.prefix)
+            current = None if kv is None else (kv.value, kv.create_revision)
+            if first or current != last:
+                yield current
+                first, last = False, current
+            async for _ in self.store.watch(self.prefix, rev + 1):
+                break  # any change under the prefix: look again
 
     async def resign(self) -> None:
         """Give up leadership now (the next candidate takes over without waiting for a lease)."""

@@ -36,6 +36,7 @@ def to_request(task: pb.TaskExecution) -> sc.TaskRequest:
         priority=s.priority,
         template_id=task.template_id,
         user_id=task.user_id,
+        distinct_nodes=s.distinct_nodes,
     )
 
 

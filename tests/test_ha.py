@@ -224,3 +224,43 @@ def test_three_member_etcd_survives_losing_a_member(tmp_path: Path) -> None:
         cluster.stop()
         for m in members:
             m.stop()
+
+
+def test_election_proclaim_and_observe(etcd: str) -> None:
+    import asyncio
+
+    from corral.master.election import Election, Session
+    from corral.master.store import EtcdStore
+
+    async def run() -> list[bytes | None]:
+        store = EtcdStore(etcd, prefix=f"/t-elect-{time.time_ns()}/")
+        await store.connect()
+        seen: list[bytes | None] = []
+        a = Session(store, 2)
+        b = Session(store, 2)
+        await a.start()
+        await b.start()
+        ea, eb = Election(store, a), Election(store, b)
+        await ea.campaign(b"a")
+        waiting = asyncio.create_task(eb.campaign(b"b"))
+
+        async def watch() -> None:
+            async for leader in ea.observe():
+                seen.append(leader[0] if leader else None)
+                if len(seen) == 3:
+                    return
+
+        observer = asyncio.create_task(watch())
+        await asyncio.sleep(0.2)
+        assert await ea.proclaim(b"a2")
+        await asyncio.sleep(0.2)
+        await ea.resign()
+        await asyncio.wait_for(waiting, 10)
+        assert eb.leading and not await ea.proclaim(b"late")
+        await asyncio.wait_for(observer, 10)
+        await a.close()
+        await b.close()
+        await store.close()
+        return seen
+
+    assert asyncio.run(run()) == [b"a", b"a2", b"b"]

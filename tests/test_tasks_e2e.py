@@ -327,3 +327,19 @@ def test_higher_priority_task_preempts_and_the_victim_runs_again(cluster: Cluste
     assert [h.state for h in final.history] == [pb.PREEMPTED]
     assert high.task_id in final.history[0].reason
     assert logs(c, low.task_id) == b"low\n"
+
+
+def test_distinct_nodes_template_spreads_and_explains(cluster: Cluster) -> None:
+    cluster.start_master()
+    cluster.start_nodelet("a")
+    cluster.start_nodelet("b")
+    c = cluster.client()
+    c.create_template(template=pb.TaskTemplate(name="one-per-node", run_script="sleep 30", distinct_nodes=True))
+    ids = [c.submit_task(template_id="one-per-node").task_id for _ in range(3)]
+    wait_for(lambda: sum(c.get_task(task_id=i).state == pb.RUNNING for i in ids) == 2, 30, what="two RUNNING")
+    tasks = [c.get_task(task_id=i) for i in ids]
+    assert len({t.node_id for t in tasks if t.state == pb.RUNNING}) == 2
+    waiting = wait_for(lambda: next((x for x in (c.get_task(task_id=i) for i in ids) if x.reason.startswith("no node")), None), 15, what="reason")
+    assert "already runs a task of template" in waiting.reason
+    for i in ids:
+        c.stop_task(task_id=i, grace_period={"seconds": 0})
