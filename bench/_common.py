@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import secrets
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from corral import procs
+from corral.client import Client
 
 
 def pct(xs: Sequence[float], q: float) -> float:
@@ -17,3 +25,31 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
     for r in [headers, *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+@contextmanager
+def local_cluster(node_id: str, *, driver: str = "process") -> Iterator[tuple[str, str, str]]:
+    """etcd, one master and one nodelet (as `corral dev` runs them), until the nodelet offers
+    `driver`. Yields (master address, token, etcd endpoint); stops everything by PID."""
+    tmp = Path(tempfile.mkdtemp(prefix="corral-bench-"))
+    token = secrets.token_urlsafe(16)
+    started: list[procs.Proc] = []
+    try:
+        etcd = procs.start_etcd(tmp / "etcd", tmp / "logs")
+        started.append(etcd)
+        m = procs.start_master(etcd.info["endpoint"], token, tmp, name="master", extra=["--log-level", "warning"])
+        started.append(m)
+        addr = m.info["address"]
+        started.append(procs.start_nodelet(addr, token, tmp, node_id=node_id, extra=["--log-level", "warning"]))
+        c = Client(addr, token)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            nodes = c.list_nodes().nodes  # type: ignore[attr-defined]
+            if nodes and driver in nodes[0].drivers:
+                break
+            time.sleep(0.1)
+        c.close()
+        yield addr, token, etcd.info["endpoint"]
+    finally:
+        for p in reversed(started):
+            p.stop()

@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import secrets
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
-from _common import pct, print_table
+from _common import local_cluster, pct, print_table
 
-from corral import procs
 from corral.client import Client
 from corral.testimage import ensure_image
 from corral.v1 import types_pb2 as pb
@@ -41,24 +37,9 @@ def main() -> int:
     n = args.samples or (8 if args.quick else 30)
     burst = 12 if args.quick else 40
     image = ensure_image()
-    tmp = Path(tempfile.mkdtemp(prefix="corral-docker-bench-"))
-    token = secrets.token_urlsafe(16)
-    started: list[procs.Proc] = []
-    try:
-        etcd = procs.start_etcd(tmp / "etcd", tmp / "logs")
-        started.append(etcd)
-        m = procs.start_master(etcd.info["endpoint"], token, tmp, name="master", extra=["--log-level", "warning"])
-        started.append(m)
-        addr = m.info["address"]
-        started.append(procs.start_nodelet(addr, token, tmp, node_id="bench-docker", extra=["--log-level", "warning"]))
+    with local_cluster("bench-docker", driver="docker") as (addr, token, _):
         c = Client(addr, token)
         spec = pb.TaskTemplate(driver=pb.DOCKER, image=image, run_script="true")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            nodes = c.list_nodes().nodes  # type: ignore[attr-defined]
-            if nodes and "docker" in nodes[0].drivers:
-                break
-            time.sleep(0.2)
         c.wait_task(c.submit_task(spec=spec).task_id, timeout=60)  # type: ignore[attr-defined]  # warm-up
         to_running, to_done, bare = [], [], []
         for i in range(n):
@@ -93,9 +74,6 @@ def main() -> int:
             th.join()
         rate = len(ids) / (time.perf_counter() - t0)
         c.close()
-    finally:
-        for p in reversed(started):
-            p.stop()
     figures = {
         "samples": n,
         "corral_submit_to_running_ms_p50": round(pct(to_running, 50) * 1000, 1),

@@ -19,13 +19,10 @@ import os
 import secrets
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from _common import pct, print_table
+from _common import local_cluster, pct, print_table
 
-from corral import procs
 from corral.client import AsyncClient, Client
 from corral.v1 import api_pb2
 from corral.v1 import types_pb2 as pb
@@ -126,34 +123,17 @@ def main() -> int:
     secs = args.seconds or (3.0 if args.quick else 10.0)
     rounds = args.rounds or (2 if args.quick else 3)
 
-    tmp = Path(tempfile.mkdtemp(prefix="corral-bench-"))
-    token = secrets.token_urlsafe(16)
-    started: list[procs.Proc] = []
-    try:
-        etcd = procs.start_etcd(tmp / "etcd", tmp / "logs")
-        started.append(etcd)
-        m = procs.start_master(etcd.info["endpoint"], token, tmp, name="master", extra=["--log-level", "warning"])
-        started.append(m)
-        addr = m.info["address"]
-        started.append(procs.start_nodelet(addr, token, tmp, node_id="bench-node", extra=["--log-level", "warning"]))
-        c = Client(addr, token)
-        deadline = time.monotonic() + 30
-        while not c.list_nodes().nodes and time.monotonic() < deadline:  # type: ignore[attr-defined]
-            time.sleep(0.1)
-        c.close()
+    with local_cluster("bench-node") as (addr, token, etcd_endpoint):
         print(f"corral bench e2e: {n} sequential tasks, {rounds} × {secs:.0f}s throughput rounds", file=sys.stderr)
         submit_ms, start_ms = sequential(addr, token, n)
         rates, raw_rates, lat_all = [], [], []
         for r in range(rounds):
             rate, lat = concurrent_submits(addr, token, secs)
-            raw = etcd_puts(etcd.info["endpoint"], secs)
+            raw = etcd_puts(etcd_endpoint, secs)
             rates.append(rate)
             raw_rates.append(raw)
             lat_all += lat
             print(f"  round {r + 1}: corral {rate:,.0f} submits/s, raw etcd {raw:,.0f} puts/s", file=sys.stderr)
-    finally:
-        for p in reversed(started):
-            p.stop()
 
     def spread(xs: list[float]) -> str:
         return f"{min(xs):,.0f}–{max(xs):,.0f}"
