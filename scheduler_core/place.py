@@ -21,6 +21,8 @@ Placements made earlier in the pass live in an overlay; the snapshot is never mu
 from __future__ import annotations
 
 import bisect
+import heapq
+import itertools
 import math
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -39,6 +41,12 @@ from .model import (
 )
 from .pipeline import DYNAMIC_CHECKS, SCORERS, STATIC_CHECKS
 from .units import cores, gib
+
+
+def _cpu_bucket(cpu: int) -> int:
+    """Bucket b holds 2^b - 1 <= cpu < 2^(b+1) - 1; a task needing c looks at buckets
+    >= _cpu_bucket(c) (the lowest of them may still hold nodes short of c)."""
+    return max(cpu + 1, 1).bit_length() - 1
 
 
 def queue_order(pending: Sequence[TaskRequest], config: PlaceConfig) -> list[int]:
@@ -79,7 +87,13 @@ class Placer:
         self.limited = n > self.config.exhaustive_below
         self.k = self.config.candidates or max(2, math.ceil(math.log2(max(n, 2))))
         self.scorers = SCORERS[self.config.strategy]
-        self._index: list[tuple[int, int]] = sorted((u.free.memory, i) for i, u in enumerate(self.uses))
+        # the free-memory index, split into buckets by free cpu (bucket b holds nodes with
+        # 2^b - 1 <= free cpu < 2^(b+1) - 1): a task skips whole buckets without the cpu it needs
+        self._index: dict[int, list[tuple[int, int]]] = {}
+        for i, u in enumerate(self.uses):
+            self._index.setdefault(_cpu_bucket(u.free.cpu), []).append((u.free.memory, i))
+        for lst in self._index.values():
+            lst.sort()
         self._static: dict[tuple[object, ...], list[str | None]] = {}
         self._full: dict[tuple[object, ...], dict[int, str]] = {}
         self._nowhere: dict[tuple[object, ...], Unplaced] = {}
@@ -92,11 +106,13 @@ class Placer:
     # -- the overlay --------------------------------------------------------------------------
 
     def _set_free(self, i: int, free: Resources) -> None:
-        old = (self.uses[i].free.memory, i)
-        j = bisect.bisect_left(self._index, old)
-        if j < len(self._index) and self._index[j] == old:
-            del self._index[j]
-        bisect.insort(self._index, (free.memory, i))
+        before = self.uses[i].free
+        old = (before.memory, i)
+        lst = self._index.get(_cpu_bucket(before.cpu), [])
+        j = bisect.bisect_left(lst, old)
+        if j < len(lst) and lst[j] == old:
+            del lst[j]
+        bisect.insort(self._index.setdefault(_cpu_bucket(free.cpu), []), (free.memory, i))
         self.uses[i].free = free
 
     def _take(self, i: int, task: TaskRequest) -> None:
@@ -135,15 +151,24 @@ class Placer:
         if not self.limited:
             yield from range(len(self.nodes))
             return
+        need = _cpu_bucket(task.request.cpu)
+        buckets = sorted(self._index)
         if self.config.strategy == "spread":
-            for _, i in reversed(self._index):
+            merged = heapq.merge(*(reversed(self._index[b]) for b in buckets if b >= need), key=lambda e: -e[0])
+            for _, i in merged:
                 yield i
-            return
-        start = bisect.bisect_left(self._index, (task.request.memory, -1))
-        for j in range(start, len(self._index)):
-            yield self._index[j][1]
-        for j in range(start):  # too small in memory: only to count rejections
-            yield self._index[j][1]
+        else:
+            starts = {b: bisect.bisect_left(self._index[b], (task.request.memory, -1)) for b in buckets if b >= need}
+            # tightest memory first across the buckets with enough cpu (best fit)
+            for _, i in heapq.merge(*(itertools.islice(self._index[b], s, None) for b, s in starts.items())):
+                yield i
+            for b, s in starts.items():  # too little memory: only to count rejections
+                for _, i in itertools.islice(self._index[b], s):
+                    yield i
+        for b in buckets:  # too little cpu: only to count rejections
+            if b < need:
+                for _, i in self._index[b]:
+                    yield i
 
     def _search(self, task: TaskRequest) -> tuple[int | None, float, Counter[str]]:
         static = self._static_verdicts(task)
