@@ -37,6 +37,7 @@ def to_request(task: pb.TaskExecution) -> sc.TaskRequest:
         template_id=task.template_id,
         user_id=task.user_id,
         distinct_nodes=s.distinct_nodes,
+        gang=f"{task.user_id}/{s.gang}" if s.gang else "",
     )
 
 
@@ -91,7 +92,10 @@ class Scheduler:
     due-but-unplaced tasks is retried whenever something changes that could make room
     (a node joins or changes, a task ends, a new task arrives)."""
 
-    def __init__(self, cache: Cache, writer: TaskWriter, gateway: Gateway, *, concurrency: int = 64) -> None:
+    def __init__(
+        self, cache: Cache, writer: TaskWriter, gateway: Gateway, *, concurrency: int = 64, config: sc.PlaceConfig | None = None
+    ) -> None:
+        self.config = config or sc.PlaceConfig()
         self.cache = cache
         self.writer = writer
         self.gateway = gateway
@@ -193,7 +197,10 @@ class Scheduler:
         if not due_tasks:
             return
         due_tasks.sort(key=lambda t: (records.seconds(t.due_time), t.task_id))
-        plan = sc.place(snapshot(self.cache, self.gateway, self.tally), [to_request(t) for t in due_tasks])
+        due_tasks = await self._hold_incomplete_gangs(due_tasks)
+        if not due_tasks:
+            return
+        plan = sc.place(snapshot(self.cache, self.gateway, self.tally), [to_request(t) for t in due_tasks], config=self.config)
         by_id = {t.task_id: t for t in due_tasks}
         for pre in plan.preemptions:
             await self._preempt(pre)
@@ -202,6 +209,23 @@ class Scheduler:
             t = by_id[u.task_id]
             if t.reason != u.reason:
                 await self.writer.update(u.task_id, functools.partial(_set_reason, reason=u.reason), fenced=True)
+
+    async def _hold_incomplete_gangs(self, tasks: list[pb.TaskExecution]) -> list[pb.TaskExecution]:
+        """Leave out gangs with fewer members pending than their size (they wait, saying so)."""
+        members: dict[tuple[str, str], list[pb.TaskExecution]] = {}
+        for t in tasks:
+            if t.spec.gang:
+                members.setdefault((t.user_id, t.spec.gang), []).append(t)
+        held: set[str] = set()
+        for (_, gang), ms in members.items():
+            size = ms[0].spec.gang_size
+            if len(ms) < size:
+                reason = f"waiting for gang {gang}: {len(ms)} of {size} tasks pending"
+                for t in ms:
+                    held.add(t.task_id)
+                    if t.reason != reason:
+                        await self.writer.update(t.task_id, functools.partial(_set_reason, reason=reason), fenced=True)
+        return [t for t in tasks if t.task_id not in held]
 
     async def _preempt(self, pre: sc.Preemption) -> None:
         """Requeue each victim as a new attempt (history: PREEMPTED), then kill its copy."""

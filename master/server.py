@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+import corral.scheduler_core as sc
 from corral import __version__, logs
 from corral.v1 import api_pb2, api_pb2_grpc, nodelet_pb2, nodelet_pb2_grpc
 
@@ -53,6 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heartbeat-interval", type=float, default=float(env("CORRAL_HEARTBEAT_INTERVAL", "1")), help="seconds between nodelet heartbeats")
     p.add_argument("--heartbeat-timeout", type=float, default=float(env("CORRAL_HEARTBEAT_TIMEOUT", "10")), help="seconds of silence before a node is DOWN")
     p.add_argument("--http", default=env("CORRAL_HTTP", "127.0.0.1:7071"), help="address of the /metrics and /healthz endpoint; empty to disable")
+    p.add_argument("--placement", choices=["binpack", "spread"], default=env("CORRAL_PLACEMENT", "binpack"), help="placement strategy: binpack (fill nodes, default) or spread (even out)")
+    p.add_argument("--user-weights", default=env("CORRAL_USER_WEIGHTS", ""), help="fair-share weights, e.g. alice=3,bob=1 (default 1 each)")
     p.add_argument("--lease-ttl", type=int, default=int(env("CORRAL_LEASE_TTL", "2")), help="leader lease in whole seconds: how fast a dead leader is replaced")
     p.add_argument("--test-force-leader", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ready-file", default="", help="write the bound address here once serving (for scripts and tests)")
@@ -75,7 +78,7 @@ class Master:
             self.store, self.cache, self.writer, self.auth, self.leadership,
             heartbeat_interval=args.heartbeat_interval,
         )
-        self.scheduler = Scheduler(self.cache, self.writer, self.gateway)
+        self.scheduler = Scheduler(self.cache, self.writer, self.gateway, config=placement_config(args))
         self.gateway.on_change = self.scheduler.wake
         self.liveness = Liveness(
             self.store, self.cache, self.writer, self.gateway, self.leadership, timeout=args.heartbeat_timeout
@@ -152,6 +155,17 @@ class Master:
         finally:
             await self.server.stop(grace=None)
             await self.store.close()
+
+
+def placement_config(args: argparse.Namespace) -> sc.PlaceConfig:
+    weights = []
+    for item in filter(None, (x.strip() for x in args.user_weights.split(","))):
+        user, _, w = item.partition("=")
+        try:
+            weights.append((user, float(w)))
+        except ValueError:
+            raise SystemExit(f"--user-weights: {item!r} is not user=weight") from None
+    return sc.PlaceConfig(strategy=args.placement, user_weights=tuple(weights))
 
 
 def _write_ready(path: str, address: str, http: str) -> None:

@@ -105,6 +105,10 @@ def check_run_spec(spec: pb.TaskTemplate, field: str = "spec") -> None:
             raise _bad(f + "constraints", f"op {c.op[:20]!r} is not one of {sorted(CONSTRAINT_OPS)}")
         if not c.key:
             raise _bad(f + "constraints", "key must not be empty")
+    if spec.gang and not 2 <= spec.gang_size <= 10_000:
+        raise _bad(f + "gang_size", "a gang needs between 2 and 10000 tasks")
+    if len(spec.gang) > 128:
+        raise _bad(f + "gang", "at most 128 characters")
     if spec.retry.max_attempts < 0 or spec.retry.max_attempts > 100:
         raise _bad(f + "retry.max_attempts", "must be between 0 and 100")
     check_schedule(spec)

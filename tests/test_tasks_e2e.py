@@ -343,3 +343,25 @@ def test_distinct_nodes_template_spreads_and_explains(cluster: Cluster) -> None:
     assert "already runs a task of template" in waiting.reason
     for i in ids:
         c.stop_task(task_id=i, grace_period={"seconds": 0})
+
+
+def test_gang_waits_for_its_members_and_places_all_or_none(cluster: Cluster) -> None:
+    cluster.start_master()
+    cluster.start_nodelet("a", cpus="1", memory="1Gi")
+    c = cluster.client()
+
+    def member(gang: str, size: int) -> str:
+        return c.submit_task(spec=spec("sleep 1", cpu_request=400, gang=gang, gang_size=size)).task_id
+
+    big = [member("big", 3), member("big", 3)]
+    wait_for(lambda: c.get_task(task_id=big[0]).reason == "waiting for gang big: 2 of 3 tasks pending", 15, what="gang wait")
+    big.append(member("big", 3))
+    wait_for(lambda: all(c.get_task(task_id=i).reason.startswith("gang admin/big: not all 3 tasks fit") for i in big), 15, what="gang refused")
+    assert all(c.get_task(task_id=i).state == pb.PENDING for i in big), "none of a gang that does not fit runs"
+    small = [member("small", 2), member("small", 2)]
+    for i in small:
+        assert c.wait_task(i, timeout=30).state == pb.SUCCEEDED
+    for i in big:
+        c.stop_task(task_id=i)
+    with pytest.raises(errors.InvalidArgument, match="gang_size"):
+        c.submit_task(spec=spec("true", gang="x", gang_size=1))
