@@ -38,6 +38,7 @@ def to_request(task: pb.TaskExecution) -> sc.TaskRequest:
         user_id=task.user_id,
         distinct_nodes=s.distinct_nodes,
         gang=f"{task.user_id}/{s.gang}" if s.gang else "",
+        strategy=s.placement,
     )
 
 

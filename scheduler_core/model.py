@@ -75,10 +75,11 @@ class TaskRequest:
     user_id: str = ""           # fair share is between users
     distinct_nodes: bool = False  # never two tasks of this template on one node
     gang: str = ""              # tasks sharing a gang id are placed all or none
+    strategy: str = ""          # "binpack" or "spread"; "" = the pass's PlaceConfig.strategy
 
     def class_key(self) -> tuple[object, ...]:
         """Tasks with equal keys are interchangeable for feasibility (equivalence class)."""
-        return (self.request, self.driver, self.constraints, self.template_id if self.distinct_nodes else "")
+        return (self.request, self.driver, self.constraints, self.template_id if self.distinct_nodes else "", self.strategy)
 
 
 @dataclass(frozen=True, slots=True)

@@ -153,7 +153,7 @@ class Placer:
             return
         need = _cpu_bucket(task.request.cpu)
         buckets = sorted(self._index)
-        if self.config.strategy == "spread":
+        if (task.strategy or self.config.strategy) == "spread":
             merged = heapq.merge(*(reversed(self._index[b]) for b in buckets if b >= need), key=lambda e: -e[0])
             for _, i in merged:
                 yield i
@@ -179,7 +179,8 @@ class Placer:
         feasible = 0
         req = task.request
         plain = not task.distinct_nodes  # the common case: resources decide alone
-        uses, nodes, scorers = self.uses, self.nodes, self.scorers
+        uses, nodes = self.uses, self.nodes
+        scorers = SCORERS[task.strategy] if task.strategy else self.scorers
         deferred: list[int] = []  # plain rejections, named only if the task fits nowhere
         for i in self._candidates(task):
             reason = static[i] or full.get(i)
@@ -234,7 +235,7 @@ class Placer:
         if i is None and self.config.preempt and task.priority > 0:
             i = self._preempt_for(task)
             if i is not None:
-                score = sum(w * s(self.nodes[i], task, self.uses[i]) for _, s, w in self.scorers)
+                score = sum(w * s(self.nodes[i], task, self.uses[i]) for _, s, w in SCORERS[task.strategy or self.config.strategy])
         if i is None:
             u = Unplaced(task.task_id, tuple(sorted(rejected.items())), explain(task, self.nodes, self.uses, rejected))
             self._nowhere[cls] = u

@@ -284,3 +284,11 @@ def test_candidate_limit_keeps_the_guarantees(nodes: list[Node], tasks: list[Tas
     if len(tasks) == 1 and not plan.placements:
         t = tasks[0]
         assert not any(n.ready and t.request.fits_in(n.free) for n in nodes)
+
+
+def test_per_task_strategy_overrides_the_pass() -> None:
+    snap = Snapshot(tuple(node(f"n{i}") for i in range(3)))
+    plan = place(snap, [task(f"s{i}", template_id="", strategy="spread") for i in range(3)] + [task(f"b{i}") for i in range(2)])
+    spread_nodes = {p.node_id for p in plan.placements if p.task_id.startswith("s")}
+    assert len(spread_nodes) == 3
+    assert len({p.node_id for p in plan.placements if p.task_id.startswith("b")}) == 1, "the rest still bin-pack"
