@@ -1,0 +1,92 @@
+"""Cron calendar math: the UTC instants a schedule fires at in its IANA time zone.
+
+The dialect is croniter's: five fields, or six with seconds as the trailing sixth, or the
+@hourly/@daily/... macros. Candidates are wall-clock times in the schedule's zone (never
+the host's). The daylight-saving rule, written once and tested against a brute-force scan:
+
+1. A wall time that does not exist (a spring-forward gap) fires once, at the first valid
+   instant after it: the end of the gap.
+2. A wall time that exists twice (a fall-back) fires once, at its first occurrence —
+   unless the schedule runs every hour (hour field `*`): then it fires at both, once per
+   real hour.
+3. Fires are strictly increasing in UTC; wall times that land on one instant fire once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+
+from croniter import croniter
+
+from corral.errors import InvalidArgument
+
+UTC = dt.UTC
+MARGIN = dt.timedelta(hours=4)  # larger than any zone's DST shift
+
+
+class Schedule:
+    def __init__(self, expr: str, zone: str = "") -> None:
+        if not expr or not croniter.is_valid(expr):
+            raise InvalidArgument(f"cron_schedule: {expr[:80]!r} is not a valid cron expression")
+        try:
+            self.tz = zoneinfo.ZoneInfo(zone or "UTC")
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise InvalidArgument(f"time_zone: {zone[:80]!r} is not a known IANA time zone") from None
+        self.expr = expr
+        self.every_hour = croniter(expr, dt.datetime(2000, 1, 1)).expanded[1] == ["*"]
+
+    def instants(self, wall: dt.datetime) -> list[dt.datetime]:
+        """The UTC instants one naive wall-clock time fires at (rules 1 and 2)."""
+        first = wall.replace(tzinfo=self.tz, fold=0).astimezone(UTC)
+        second = wall.replace(tzinfo=self.tz, fold=1).astimezone(UTC)
+        if first == second:
+            return [first]
+        if first.astimezone(self.tz).replace(tzinfo=None) != wall:
+            return [self._gap_end(min(first, second), max(first, second))]
+        a, b = sorted((first, second))
+        return [a, b] if self.every_hour else [a]
+
+    def _gap_end(self, lo: dt.datetime, hi: dt.datetime) -> dt.datetime:
+        """The transition instant between lo and hi (where the offset takes its later value)."""
+        after = hi.astimezone(self.tz).utcoffset()
+        lo_s, hi_s = int(lo.timestamp()), int(hi.timestamp())
+        while hi_s - lo_s > 1:
+            mid = (lo_s + hi_s) // 2
+            if dt.datetime.fromtimestamp(mid, UTC).astimezone(self.tz).utcoffset() == after:
+                hi_s = mid
+            else:
+                lo_s = mid
+        return dt.datetime.fromtimestamp(hi_s, UTC)
+
+    def next_after(self, after: dt.datetime, n: int = 1) -> list[dt.datetime]:
+        """The next `n` fire instants strictly after `after` (an aware datetime), in UTC."""
+        after = after.astimezone(UTC)
+        start = after.astimezone(self.tz).replace(tzinfo=None) - MARGIN
+        it = croniter(self.expr, start)
+        found: set[dt.datetime] = set()
+        stop_at: dt.datetime | None = None
+        for _ in range(1_000_000):
+            wall = it.get_next(dt.datetime)
+            if stop_at is not None and wall > stop_at:
+                break
+            for inst in self.instants(wall):
+                if inst > after:
+                    found.add(inst)
+            if stop_at is None and len(found) >= n:
+                stop_at = wall + 2 * MARGIN  # later wall times can still map earlier (folds)
+        return sorted(found)[:n]
+
+    def between(self, start: dt.datetime, end: dt.datetime) -> list[dt.datetime]:
+        """Every fire instant in (start, end]."""
+        out: list[dt.datetime] = []
+        cursor = start
+        while True:
+            batch = self.next_after(cursor, 64)
+            for inst in batch:
+                if inst > end:
+                    return out
+                out.append(inst)
+            if not batch:
+                return out
+            cursor = batch[-1]
