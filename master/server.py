@@ -27,6 +27,7 @@ from .api_tasks import TaskServicer
 from .api_templates import TemplateServicer
 from .auth import Authenticator, ensure_bootstrap_admin
 from .cache import Cache
+from .cron_loop import CronLoop
 from .gateway import Gateway
 from .leader import LeaderLoops
 from .leadership import Always, Elected
@@ -83,6 +84,7 @@ class Master:
         self.liveness = Liveness(
             self.store, self.cache, self.writer, self.gateway, self.leadership, timeout=args.heartbeat_timeout
         )
+        self.cron = CronLoop(self.store, self.cache, self.leadership)
         self.server = grpc.aio.server(options=GRPC_OPTIONS)
         self.leader: LeaderLoops | None = None
         self.address = ""
@@ -127,7 +129,7 @@ class Master:
                 member = api_pb2.Member(name=self.args.name, address=self.address, pid=os.getpid(), version=__version__)
                 if isinstance(self.leadership, Elected):
                     self.leader = LeaderLoops(
-                        self.store, self.leadership, member, [self.scheduler.run, self.liveness.run],
+                        self.store, self.leadership, member, [self.scheduler.run, self.liveness.run, self.cron.run],
                         lease_ttl=self.args.lease_ttl, on_lost=self.gateway.close_all,
                     )
                     self.cluster.leader_loops = self.leader
@@ -136,6 +138,7 @@ class Master:
                     log.warning("--test-force-leader: running the leader loops without an election")
                     tg.create_task(self.scheduler.run())
                     tg.create_task(self.liveness.run())
+                    tg.create_task(self.cron.run())
                 http = await metrics.serve(self.args.http, self.cache, self.gateway, self.scheduler, self.writer, self.leadership) if self.args.http else None
                 if http is not None:
                     host, port = http.sockets[0].getsockname()[:2]

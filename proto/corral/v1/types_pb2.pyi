@@ -315,6 +315,18 @@ class NodeInfo(_message.Message):
     driver_health: _containers.ScalarMap[str, str]
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., allocatable: _Optional[_Union[Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., drivers: _Optional[_Iterable[str]] = ..., state: _Optional[_Union[NodeState, str]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[str] = ..., allocated: _Optional[_Union[Resources, _Mapping]] = ..., used: _Optional[_Union[Resources, _Mapping]] = ..., running_tasks: _Optional[int] = ..., driver_health: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
+class CronState(_message.Message):
+    __slots__ = ("last_scheduled", "fired", "skipped", "last_skip_reason")
+    LAST_SCHEDULED_FIELD_NUMBER: _ClassVar[int]
+    FIRED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    LAST_SKIP_REASON_FIELD_NUMBER: _ClassVar[int]
+    last_scheduled: int
+    fired: int
+    skipped: int
+    last_skip_reason: str
+    def __init__(self, last_scheduled: _Optional[int] = ..., fired: _Optional[int] = ..., skipped: _Optional[int] = ..., last_skip_reason: _Optional[str] = ...) -> None: ...
+
 class User(_message.Message):
     __slots__ = ("user_id", "name", "roles", "token_hash")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
