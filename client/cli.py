@@ -44,7 +44,12 @@ def group_of(m: RpcMethod) -> str:
     return kebab(m.service.removesuffix("Service"))
 
 
+VERB_OVERRIDES = {"NextTemplateFires": "next"}
+
+
 def verb_of(m: RpcMethod) -> str:
+    if m.name in VERB_OVERRIDES:
+        return VERB_OVERRIDES[m.name]
     noun = m.service.removesuffix("Service")
     verb = m.name
     for n in (noun + "s", noun):
@@ -403,6 +408,10 @@ def build_parser(extra: dict[str, tuple[str, Callable[[list[str]], int]]] | None
             p.add_argument("-f", "--follow", action="store_true", help="keep streaming until the task ends")
             p.add_argument("--offset", type=int, default=0, help="start at this byte offset")
             handler = cmd_logs
+        elif (group, verb) == ("template", "next"):
+            p.add_argument("template_id", nargs="?", metavar="TEMPLATE_ID", help="template id or name")
+            p.add_argument("-n", "--count", type=int, default=5, help="how many instants (default 5)")
+            handler = generic(m)
         elif (group, verb) == ("task", "stop"):
             add_request_flags(p, m)
             p.add_argument("--no-wait", action="store_true", help="return once the stop is recorded")
@@ -450,6 +459,10 @@ _HELP = {
     "UncordonNode": "allow placing tasks on a node again",
     "DrainNode": "cordon a node and let its tasks finish",
     "ClusterStatus": "leader, members, node and task counts",
+    "PauseTemplate": "stop firing a cron template",
+    "ResumeTemplate": "fire again (missed instants are skipped unless --run-missed)",
+    "NextTemplateFires": "the next instants a schedule fires at, in its zone and UTC",
+    "TemplateHistory": "a cron template's recent runs, counters and next fire",
 }
 
 

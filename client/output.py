@@ -156,6 +156,17 @@ def table(msg: Message) -> str:
         return node_rows([msg])
     if isinstance(msg, api_pb2.ClusterStatusResponse):
         return cluster_detail(msg)
+    if isinstance(msg, api_pb2.NextTemplateFiresResponse):
+        return _grid([f"LOCAL ({msg.time_zone})", "UTC"], [[loc, u.ToJsonString()] for loc, u in zip(msg.local, msg.utc, strict=True)])
+    if isinstance(msg, api_pb2.TemplateHistoryResponse):
+        head = _kv([
+            ("Fired", str(msg.state.fired)), ("Skipped", str(msg.state.skipped)),
+            ("Last skip", msg.state.last_skip_reason),
+            ("Last fire", msg.last_fire.ToJsonString() if msg.last_fire.seconds else "-"),
+            ("Last success", msg.last_success.ToJsonString() if msg.last_success.seconds else "-"),
+            ("Next fire", msg.next_fire.ToJsonString() if msg.next_fire.seconds else "-"),
+        ])
+        return head + "\n\n" + task_rows(msg.runs)
     if isinstance(msg, api_pb2.TaskEvent):
         t = msg.task
         return f"{time.strftime('%H:%M:%S')}  {t.task_id}  {'DELETED' if msg.deleted else pb.TaskState.Name(t.state)}  {t.node_id or '-'}  {t.reason}"

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 
 import grpc
 
-from corral.errors import AlreadyExists, InvalidArgument, NotFound
+from corral.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from corral.v1 import api_pb2, api_pb2_grpc
 from corral.v1 import types_pb2 as pb
 
 from . import keys, records, validate
 from .auth import Authenticator, api_method
 from .cache import Cache
+from .cron import Schedule
 from .request_ids import RequestIds, request_id
 from .store import Cmp, Delete, EtcdStore, Put
+
+
+def with_next_fires(t: pb.TaskTemplate, count: int = 5) -> pb.TaskTemplate:
+    """The template with its next fire instants filled in (output only)."""
+    del t.next_fires[:]
+    if t.cron_schedule and not t.suspended:
+        for f in Schedule(t.cron_schedule, t.time_zone).next_after(dt.datetime.now(dt.UTC), count):
+            t.next_fires.add().FromDatetime(f)
+    return t
 
 
 def resolve_template(cache: Cache, ref: str) -> tuple[pb.TaskTemplate, int]:
@@ -40,6 +51,7 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
     async def CreateTemplate(self, request, context: grpc.aio.ServicerContext, user: pb.User):  # type: ignore[override]
         t = pb.TaskTemplate()
         t.CopyFrom(request.template)
+        del t.next_fires[:]  # output only
         if not t.name:
             raise InvalidArgument("template.name: must not be empty")
         validate.check_name("template.name", t.name)
@@ -70,13 +82,15 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
                 return resolve_template(self.cache, first)[0]
             raise AlreadyExists(f"a template named {t.name!r} (or with id {t.template_id!r}) already exists")
         await self.cache.wait_revision(result.revision)
-        return t
+        return with_next_fires(t)
 
     @api_method
     async def GetTemplate(self, request, context, user):  # type: ignore[override]
         if request.consistent:
             await self.cache.sync()
-        return resolve_template(self.cache, request.template_id)[0]
+        t = pb.TaskTemplate()
+        t.CopyFrom(resolve_template(self.cache, request.template_id)[0])
+        return with_next_fires(t)
 
     @api_method
     async def UpdateTemplate(self, request, context, user):  # type: ignore[override]
@@ -84,6 +98,7 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
         old, rev = resolve_template(self.cache, ref)
         t = pb.TaskTemplate()
         t.CopyFrom(request.template)
+        del t.next_fires[:]  # output only
         t.template_id = old.template_id
         if t.name and t.name != old.name:
             raise InvalidArgument("template.name: a template cannot be renamed; create a new one")
@@ -99,7 +114,7 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
         if not result.succeeded:
             raise InvalidArgument("template changed concurrently; get it again and retry")
         await self.cache.wait_revision(result.revision)
-        return t
+        return with_next_fires(t)
 
     @api_method
     async def DeleteTemplate(self, request, context, user):  # type: ignore[override]
@@ -112,6 +127,83 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
             raise NotFound(f"template {request.template_id!r} changed or was deleted meanwhile")
         await self.cache.wait_revision(result.revision)
         return api_pb2.DeleteTemplateResponse(template_id=t.template_id)
+
+    async def _set_suspended(self, ref: str, suspended: bool, cron_put: list[Put]) -> pb.TaskTemplate:
+        for _ in range(5):
+            old, rev = resolve_template(self.cache, ref)
+            t = pb.TaskTemplate()
+            t.CopyFrom(old)
+            t.suspended = suspended
+            t.update_time.CopyFrom(records.ts(time.time()))
+            result = await self.store.txn(
+                [Cmp(keys.template(t.template_id), rev)], [Put(keys.template(t.template_id), t.SerializeToString()), *cron_put]
+            )
+            if result.succeeded:
+                await self.cache.wait_revision(result.revision)
+                return with_next_fires(t)
+            await self.cache.sync()
+        raise InvalidArgument("template changed concurrently; try again")
+
+    @api_method
+    async def PauseTemplate(self, request, context, user):  # type: ignore[override]
+        t, _ = resolve_template(self.cache, request.template_id)
+        if not t.cron_schedule:
+            raise FailedPrecondition(f"template {t.name} has no cron_schedule; there is nothing to pause")
+        return await self._set_suspended(t.template_id, True, [])
+
+    @api_method
+    async def ResumeTemplate(self, request, context, user):  # type: ignore[override]
+        t, _ = resolve_template(self.cache, request.template_id)
+        if not t.cron_schedule:
+            raise FailedPrecondition(f"template {t.name} has no cron_schedule; there is nothing to resume")
+        puts: list[Put] = []
+        if not request.run_missed:
+            # resuming owes nothing for the paused time: the schedule restarts from now
+            kv = await self.store.get(keys.CRON + t.template_id)
+            st = pb.CronState()
+            if kv is not None:
+                st.ParseFromString(kv.value)
+            st.last_scheduled = max(st.last_scheduled, int(time.time()))
+            puts.append(Put(keys.CRON + t.template_id, st.SerializeToString()))
+        return await self._set_suspended(t.template_id, False, puts)
+
+    @api_method
+    async def NextTemplateFires(self, request, context, user):  # type: ignore[override]
+        t, _ = resolve_template(self.cache, request.template_id)
+        if not t.cron_schedule:
+            raise FailedPrecondition(f"template {t.name} has no cron_schedule")
+        count = request.count or 5
+        if not 1 <= count <= 100:
+            raise InvalidArgument("count: between 1 and 100")
+        sched = Schedule(t.cron_schedule, t.time_zone)
+        fires = sched.next_after(dt.datetime.now(dt.UTC), count)
+        resp = api_pb2.NextTemplateFiresResponse(time_zone=t.time_zone or "UTC")
+        for f in fires:
+            resp.utc.add().FromDatetime(f)
+            resp.local.append(f.astimezone(sched.tz).isoformat())
+        return resp
+
+    @api_method
+    async def TemplateHistory(self, request, context, user):  # type: ignore[override]
+        t, _ = resolve_template(self.cache, request.template_id)
+        limit = request.limit or 20
+        if not 1 <= limit <= 1000:
+            raise InvalidArgument("limit: between 1 and 1000")
+        runs = sorted((r.msg for r in self.cache.tasks.values() if r.msg.template_id == t.template_id), key=lambda x: (records.seconds(x.due_time), x.task_id), reverse=True)
+        resp = api_pb2.TemplateHistoryResponse(runs=runs[:limit])
+        kv = await self.store.get(keys.CRON + t.template_id)
+        if kv is not None:
+            resp.state.ParseFromString(kv.value)
+            if resp.state.last_scheduled:
+                resp.last_fire.FromSeconds(resp.state.last_scheduled)
+        ok = [r for r in runs if r.state == pb.SUCCEEDED]
+        if ok:
+            resp.last_success.CopyFrom(ok[0].finish_time)
+        if t.cron_schedule and not t.suspended:
+            nxt = Schedule(t.cron_schedule, t.time_zone).next_after(dt.datetime.now(dt.UTC), 1)
+            if nxt:
+                resp.next_fire.FromDatetime(nxt[0])
+        return resp
 
     @api_method
     async def ListTemplates(self, request, context, user):  # type: ignore[override]

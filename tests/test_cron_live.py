@@ -50,3 +50,38 @@ def test_leader_kill_under_a_per_second_schedule_runs_each_instant_once(cluster:
     seconds = sorted(counts)
     assert set(counts.values()) == {1}
     assert seconds == list(range(seconds[0], seconds[-1] + 1)), f"RUN_ALL: every instant of the outage has its run: {seconds}"
+
+
+def test_pause_resume_next_and_history(cluster: Cluster) -> None:
+    import subprocess
+    import sys
+
+    cluster.start_master()
+    cluster.start_nodelet("a")
+    c = cluster.client()
+    tpl = c.create_template(template=pb.TaskTemplate(name="pr", run_script="true", cron_schedule="* * * * * *", time_zone="Europe/Berlin"))
+    assert len(tpl.next_fires) == 5, "create answers with the next instants"
+    time.sleep(2.5)
+    c.pause_template(template_id="pr")
+    paused_at = time.time()
+    time.sleep(3)
+    resumed_at = time.time()
+    resumed = c.resume_template(template_id="pr")
+    assert not resumed.suspended
+    time.sleep(2.5)
+    c.pause_template(template_id="pr")
+    time.sleep(1)
+    instants = sorted(int(t.task_id.rsplit("@", 1)[1]) for t in fires(c, tpl.template_id))
+    in_pause = [s for s in instants if paused_at + 1 < s < resumed_at - 0.5]
+    assert not in_pause, f"nothing fires while paused, and resuming fires no backlog: {in_pause}"
+    assert any(s >= resumed_at - 0.5 for s in instants), "fires again after resume"
+    hist = c.template_history(template_id="pr")
+    assert hist.state.fired == len(instants)
+    wait_for(lambda: c.template_history(template_id="pr").last_success.seconds > 0, 15, what="a success")
+    c.resume_template(template_id="pr")
+    r = subprocess.run([sys.executable, "-m", "corral", "template", "next", "pr", "-n", "3"], capture_output=True, text=True, env=cluster.corral_env(), timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].startswith("LOCAL (Europe/Berlin)") and len(lines) == 4
+    assert "+01:00" in lines[1] or "+02:00" in lines[1]
+    c.pause_template(template_id="pr")

@@ -38,7 +38,7 @@ def test_parse_units() -> None:
 def test_every_rpc_has_a_cli_command_and_sdk_method() -> None:
     parser = cli.build_parser()
     methods = rpc_methods()
-    assert len(methods) == 18
+    assert len(methods) == 22
     seen = set()
     for m in methods:
         group, verb = cli.command_of(m)
@@ -50,7 +50,8 @@ def test_every_rpc_has_a_cli_command_and_sdk_method() -> None:
         assert callable(getattr(Client, m.snake)) and callable(getattr(AsyncClient, m.snake))
     assert {("task", "submit"), ("task", "get"), ("task", "list"), ("task", "stop"), ("task", "logs"), ("task", "retry"),
             ("template", "create"), ("template", "get"), ("template", "update"), ("template", "delete"), ("template", "list"),
-            ("node", "list"), ("node", "cordon"), ("cluster", "status")} <= seen
+            ("node", "list"), ("node", "cordon"), ("cluster", "status"),
+            ("template", "pause"), ("template", "resume"), ("template", "next"), ("template", "history")} <= seen
     for m in ("submit_task", "get_task", "stop_task", "list_tasks", "create_template", "wait_task"):
         assert hasattr(Client, m)
 

@@ -53,6 +53,60 @@ class ListTemplatesRequest(_message.Message):
     consistent: bool
     def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., consistent: _Optional[bool] = ...) -> None: ...
 
+class PauseTemplateRequest(_message.Message):
+    __slots__ = ("template_id",)
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    template_id: str
+    def __init__(self, template_id: _Optional[str] = ...) -> None: ...
+
+class ResumeTemplateRequest(_message.Message):
+    __slots__ = ("template_id", "run_missed")
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_MISSED_FIELD_NUMBER: _ClassVar[int]
+    template_id: str
+    run_missed: bool
+    def __init__(self, template_id: _Optional[str] = ..., run_missed: _Optional[bool] = ...) -> None: ...
+
+class NextTemplateFiresRequest(_message.Message):
+    __slots__ = ("template_id", "count")
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    template_id: str
+    count: int
+    def __init__(self, template_id: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class NextTemplateFiresResponse(_message.Message):
+    __slots__ = ("utc", "local", "time_zone")
+    UTC_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_FIELD_NUMBER: _ClassVar[int]
+    TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
+    utc: _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]
+    local: _containers.RepeatedScalarFieldContainer[str]
+    time_zone: str
+    def __init__(self, utc: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., local: _Optional[_Iterable[str]] = ..., time_zone: _Optional[str] = ...) -> None: ...
+
+class TemplateHistoryRequest(_message.Message):
+    __slots__ = ("template_id", "limit")
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    template_id: str
+    limit: int
+    def __init__(self, template_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class TemplateHistoryResponse(_message.Message):
+    __slots__ = ("state", "runs", "last_fire", "last_success", "next_fire")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIRE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIRE_FIELD_NUMBER: _ClassVar[int]
+    state: _types_pb2.CronState
+    runs: _containers.RepeatedCompositeFieldContainer[_types_pb2.TaskExecution]
+    last_fire: _timestamp_pb2.Timestamp
+    last_success: _timestamp_pb2.Timestamp
+    next_fire: _timestamp_pb2.Timestamp
+    def __init__(self, state: _Optional[_Union[_types_pb2.CronState, _Mapping]] = ..., runs: _Optional[_Iterable[_Union[_types_pb2.TaskExecution, _Mapping]]] = ..., last_fire: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_success: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_fire: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class ListTemplatesResponse(_message.Message):
     __slots__ = ("templates", "next_page_token")
     TEMPLATES_FIELD_NUMBER: _ClassVar[int]

@@ -60,6 +60,26 @@ class TemplateServiceStub:
                 request_serializer=corral_dot_v1_dot_api__pb2.ListTemplatesRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_api__pb2.ListTemplatesResponse.FromString,
                 _registered_method=True)
+        self.PauseTemplate = channel.unary_unary(
+                '/corral.v1.TemplateService/PauseTemplate',
+                request_serializer=corral_dot_v1_dot_api__pb2.PauseTemplateRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_types__pb2.TaskTemplate.FromString,
+                _registered_method=True)
+        self.ResumeTemplate = channel.unary_unary(
+                '/corral.v1.TemplateService/ResumeTemplate',
+                request_serializer=corral_dot_v1_dot_api__pb2.ResumeTemplateRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_types__pb2.TaskTemplate.FromString,
+                _registered_method=True)
+        self.NextTemplateFires = channel.unary_unary(
+                '/corral.v1.TemplateService/NextTemplateFires',
+                request_serializer=corral_dot_v1_dot_api__pb2.NextTemplateFiresRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_api__pb2.NextTemplateFiresResponse.FromString,
+                _registered_method=True)
+        self.TemplateHistory = channel.unary_unary(
+                '/corral.v1.TemplateService/TemplateHistory',
+                request_serializer=corral_dot_v1_dot_api__pb2.TemplateHistoryRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_api__pb2.TemplateHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class TemplateServiceServicer:
@@ -100,6 +120,34 @@ class TemplateServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseTemplate(self, request, context):
+        """Stop firing a cron template (its running tasks go on).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeTemplate(self, request, context):
+        """Fire again; the instants missed while paused are skipped unless run_missed is set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def NextTemplateFires(self, request, context):
+        """The next instants a schedule fires at, in its zone and in UTC.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TemplateHistory(self, request, context):
+        """A cron template's recent runs and counters (fired, skipped, last skip reason).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TemplateServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +175,26 @@ def add_TemplateServiceServicer_to_server(servicer, server):
                     servicer.ListTemplates,
                     request_deserializer=corral_dot_v1_dot_api__pb2.ListTemplatesRequest.FromString,
                     response_serializer=corral_dot_v1_dot_api__pb2.ListTemplatesResponse.SerializeToString,
+            ),
+            'PauseTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseTemplate,
+                    request_deserializer=corral_dot_v1_dot_api__pb2.PauseTemplateRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_types__pb2.TaskTemplate.SerializeToString,
+            ),
+            'ResumeTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeTemplate,
+                    request_deserializer=corral_dot_v1_dot_api__pb2.ResumeTemplateRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_types__pb2.TaskTemplate.SerializeToString,
+            ),
+            'NextTemplateFires': grpc.unary_unary_rpc_method_handler(
+                    servicer.NextTemplateFires,
+                    request_deserializer=corral_dot_v1_dot_api__pb2.NextTemplateFiresRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_api__pb2.NextTemplateFiresResponse.SerializeToString,
+            ),
+            'TemplateHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.TemplateHistory,
+                    request_deserializer=corral_dot_v1_dot_api__pb2.TemplateHistoryRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_api__pb2.TemplateHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +332,114 @@ class TemplateService:
             '/corral.v1.TemplateService/ListTemplates',
             corral_dot_v1_dot_api__pb2.ListTemplatesRequest.SerializeToString,
             corral_dot_v1_dot_api__pb2.ListTemplatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.TemplateService/PauseTemplate',
+            corral_dot_v1_dot_api__pb2.PauseTemplateRequest.SerializeToString,
+            corral_dot_v1_dot_types__pb2.TaskTemplate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.TemplateService/ResumeTemplate',
+            corral_dot_v1_dot_api__pb2.ResumeTemplateRequest.SerializeToString,
+            corral_dot_v1_dot_types__pb2.TaskTemplate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NextTemplateFires(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.TemplateService/NextTemplateFires',
+            corral_dot_v1_dot_api__pb2.NextTemplateFiresRequest.SerializeToString,
+            corral_dot_v1_dot_api__pb2.NextTemplateFiresResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TemplateHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.TemplateService/TemplateHistory',
+            corral_dot_v1_dot_api__pb2.TemplateHistoryRequest.SerializeToString,
+            corral_dot_v1_dot_api__pb2.TemplateHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,
