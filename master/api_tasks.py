@@ -136,6 +136,8 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
                 t.finish_time.CopyFrom(records.ts(time.time()))
             t.stop_requested = True
             t.stop_grace.CopyFrom(grace)
+            if t.state != pb.STOPPED:
+                t.reason = f"stopped by {user.user_id}"
             return t
 
         task = await self.writer.update(request.task_id, mutate)

@@ -85,3 +85,41 @@ def test_pause_resume_next_and_history(cluster: Cluster) -> None:
     assert lines[0].startswith("LOCAL (Europe/Berlin)") and len(lines) == 4
     assert "+01:00" in lines[1] or "+02:00" in lines[1]
     c.pause_template(template_id="pr")
+
+
+def _span(t: pb.TaskExecution) -> tuple[float, float]:
+    return t.start_time.ToNanoseconds() / 1e9, (t.finish_time.ToNanoseconds() / 1e9 if t.finish_time.seconds else 1e18)
+
+
+def test_forbid_never_overlaps_and_replace_stops_the_older_run(cluster: Cluster) -> None:
+    cluster.start_master()
+    cluster.start_nodelet("a")
+    c = cluster.client()
+    forbid = c.create_template(template=pb.TaskTemplate(name="forbid", run_script="sleep 2", cron_schedule="* * * * * *", concurrency_policy=pb.FORBID))
+    replace = c.create_template(template=pb.TaskTemplate(name="replace", run_script="sleep 30", cron_schedule="* * * * * *", concurrency_policy=pb.REPLACE))
+    time.sleep(5)
+    for name in ("forbid", "replace"):
+        c.pause_template(template_id=name)
+    runs = wait_for(lambda: (f := fires(c, forbid.template_id)) and all(t.state == pb.SUCCEEDED for t in f) and f, 30, what="forbid runs end")
+    spans = sorted(_span(t) for t in runs)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), f"FORBID runs overlapped: {spans}"
+    assert c.template_history(template_id="forbid").state.skipped > 0
+    replaced = fires(c, replace.template_id)
+    assert sum(t.state == pb.STOPPED and "REPLACE" in t.reason for t in replaced) >= 2
+    assert sum(t.state in (pb.RUNNING, pb.ASSIGNED, pb.PENDING) for t in replaced) <= 1
+    for t in replaced:
+        if t.state not in (pb.STOPPED, pb.SUCCEEDED, pb.FAILED):
+            c.stop_task(task_id=t.task_id, grace_period={"seconds": 0})
+
+
+def test_delayed_task_survives_a_master_restart_and_runs_once(cluster: Cluster) -> None:
+    m = cluster.start_master()
+    cluster.start_nodelet("a")
+    c = cluster.client()
+    t = c.submit_task(spec=pb.TaskTemplate(run_script="echo once"), run_at={"seconds": int(time.time()) + 4})
+    kill9(m)
+    cluster.start_master()
+    final = c.wait_task(t.task_id, timeout=60)
+    assert final.state == pb.SUCCEEDED and final.attempt == 1
+    assert final.start_time.ToNanoseconds() >= final.due_time.ToNanoseconds()
+    assert b"".join(x.data for x in c.task_logs(task_id=t.task_id)) == b"once\n"
