@@ -23,7 +23,7 @@ from . import keys, records
 from .cache import Cache
 from .cron import Schedule
 from .leadership import Leadership
-from .store import Cmp, EtcdStore, Put
+from .store import Cmp, Delete, EtcdStore, Put
 
 log = logging.getLogger("corral.cron")
 
@@ -166,6 +166,20 @@ class CronLoop:
             for old in active:  # REPLACE: the older runs make way
                 await self._stop(old)
             log.debug("fired %s", task_id)
+            if t.history_limit > 0:
+                await self._trim(t)
+
+    async def _trim(self, t: pb.TaskTemplate) -> None:
+        """Delete the template's finished runs beyond its history_limit, oldest first."""
+        done = sorted(
+            (r.msg for r in self.cache.tasks.values() if r.msg.template_id == t.template_id and r.msg.state in records.TERMINAL),
+            key=lambda x: (records.seconds(x.due_time), x.task_id),
+            reverse=True,
+        )
+        old = done[t.history_limit :]
+        for i in range(0, len(old), 100):
+            batch = old[i : i + 100]
+            await self.store.txn(self.leadership.fence(), [Delete(keys.task(x.task_id)) for x in batch])
 
     async def _stop(self, old: pb.TaskExecution) -> None:
         kv = await self.store.get(keys.task(old.task_id))
