@@ -101,13 +101,15 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
     async def ListTasks(self, request, context, user):  # type: ignore[override]
         if request.consistent:
             await self.cache.sync()
-        if request.state:
+        if request.template_id:
+            recs = self.cache.tasks_of(request.template_id)
+            if request.state:
+                recs = [t for t in recs if t.state == request.state]
+        elif request.state:
             ids = list(self.cache.tasks_in(request.state))
             recs = [self.cache.tasks[i].msg for i in ids if i in self.cache.tasks]
         else:
             recs = [r.msg for r in self.cache.tasks.values()]
-        if request.template_id:
-            recs = [t for t in recs if t.template_id == request.template_id]
         if request.node_id:
             recs = [t for t in recs if t.node_id == request.node_id]
         recs.sort(key=lambda t: (records.seconds(t.submit_time), t.task_id), reverse=True)

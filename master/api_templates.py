@@ -189,7 +189,7 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
         limit = request.limit or 20
         if not 1 <= limit <= 1000:
             raise InvalidArgument("limit: between 1 and 1000")
-        runs = sorted((r.msg for r in self.cache.tasks.values() if r.msg.template_id == t.template_id), key=lambda x: (records.seconds(x.due_time), x.task_id), reverse=True)
+        runs = sorted(self.cache.tasks_of(t.template_id), key=lambda x: (records.seconds(x.due_time), x.task_id), reverse=True)
         resp = api_pb2.TemplateHistoryResponse(runs=runs[:limit])
         kv = await self.store.get(keys.CRON + t.template_id)
         if kv is not None:

@@ -55,6 +55,7 @@ class Cache:
         self.users_by_token: dict[str, str] = {}
         self.by_state: dict[int, set[str]] = {}
         self.by_node: dict[str, set[str]] = {}
+        self.by_template: dict[str, set[str]] = {}
         self.revision = 0
         self.ready = asyncio.Event()
         self._listeners: list[Listener] = []
@@ -77,6 +78,10 @@ class Cache:
     async def sync(self) -> None:
         """Catch up with etcd's latest revision (what a `consistent` read waits for)."""
         await self.wait_revision(await self.store.current_revision())
+
+    def tasks_of(self, template_id: str) -> list[pb.TaskExecution]:
+        """Every task record of one template (through the index, not a scan)."""
+        return [self.tasks[i].msg for i in self.by_template.get(template_id, ()) if i in self.tasks]
 
     def tasks_in(self, state: int) -> set[str]:
         return self.by_state.get(state, set())
@@ -142,6 +147,7 @@ class Cache:
         self.users_by_token.clear()
         self.by_state.clear()
         self.by_node.clear()
+        self.by_template.clear()
 
     def _apply(self, key: str, value: bytes | None, rev: int, *, notify: bool) -> None:
         prefix = next((p for p in _KINDS if key.startswith(p)), None)
@@ -197,9 +203,13 @@ class Cache:
             self.by_state.get(old.msg.state, set()).discard(ident)
             if old.msg.node_id:
                 self.by_node.get(old.msg.node_id, set()).discard(ident)
+            if old.msg.template_id:
+                self.by_template.get(old.msg.template_id, set()).discard(ident)
         if msg is None:
             return
         self.tasks[ident] = Rec(msg, 0)
         self.by_state.setdefault(msg.state, set()).add(ident)
         if msg.node_id:
             self.by_node.setdefault(msg.node_id, set()).add(ident)
+        if msg.template_id:
+            self.by_template.setdefault(msg.template_id, set()).add(ident)

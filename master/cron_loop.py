@@ -43,6 +43,7 @@ class CronLoop:
         self._gen: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
+        self._dirty: set[str] = set()  # templates whose schedule must be worked out again
 
     def _on_change(self, prefix: str, ident: str, msg: object) -> None:
         if prefix == keys.TEMPLATES:
@@ -51,7 +52,6 @@ class CronLoop:
             self._wake.set()
 
     async def run(self) -> None:
-        self._dirty: set[str] = set(self.cache.templates)
         unlisten = self.cache.listen(self._on_change)
         try:
             await self.cache.ready.wait()
@@ -138,8 +138,7 @@ class CronLoop:
     async def _fire(self, t: pb.TaskTemplate, scheduled: int, *, skipped: int = 0) -> None:
         task_id = f"{t.template_id}@{scheduled}"
         active = [
-            r.msg for r in self.cache.tasks.values()
-            if r.msg.template_id == t.template_id and r.msg.state in (pb.PENDING, *records.ACTIVE)
+            x for x in self.cache.tasks_of(t.template_id) if x.state in (pb.PENDING, *records.ACTIVE)
         ] if t.concurrency_policy in (pb.FORBID, pb.REPLACE) else []
         if active and t.concurrency_policy == pb.FORBID:
             await self._advance(t.template_id, scheduled, skipped=1 + skipped, reason=f"overlap: {active[0].task_id} still runs (FORBID)")
@@ -172,7 +171,7 @@ class CronLoop:
     async def _trim(self, t: pb.TaskTemplate) -> None:
         """Delete the template's finished runs beyond its history_limit, oldest first."""
         done = sorted(
-            (r.msg for r in self.cache.tasks.values() if r.msg.template_id == t.template_id and r.msg.state in records.TERMINAL),
+            (x for x in self.cache.tasks_of(t.template_id) if x.state in records.TERMINAL),
             key=lambda x: (records.seconds(x.due_time), x.task_id),
             reverse=True,
         )
