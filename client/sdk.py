@@ -26,7 +26,7 @@ from corral.errors import CorralError, DeadlineExceeded, Unavailable, from_code
 from corral.v1 import api_pb2
 from corral.v1 import types_pb2 as pb
 
-TERMINAL = {pb.SUCCEEDED, pb.FAILED, pb.OOM_KILLED, pb.TIMED_OUT, pb.STOPPED, pb.LOST}
+TERMINAL = {pb.SUCCEEDED, pb.FAILED, pb.OOM_KILLED, pb.TIMED_OUT, pb.STOPPED, pb.LOST, pb.SKIPPED}
 DEFAULT_ADDR = "127.0.0.1:7070"
 RETRIES = 4
 ATTEMPT_TIMEOUT = 5.0  # one master may hang (paused, partitioned): try the next after this

@@ -11,12 +11,14 @@ from corral.errors import AlreadyExists, FailedPrecondition, InvalidArgument, No
 from corral.v1 import api_pb2, api_pb2_grpc
 from corral.v1 import types_pb2 as pb
 
-from . import keys, records, validate
+from . import cron_plan, keys, records, validate
 from .auth import Authenticator, api_method
 from .cache import Cache
 from .cron import Schedule
+from .cron_loop import cron_key, skip_ops
 from .request_ids import RequestIds, request_id
 from .store import Cmp, Delete, EtcdStore, Put
+from .taskops import TaskWriter
 
 
 def with_next_fires(t: pb.TaskTemplate, count: int = 5) -> pb.TaskTemplate:
@@ -41,7 +43,8 @@ def resolve_template(cache: Cache, ref: str) -> tuple[pb.TaskTemplate, int]:
 
 
 class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
-    def __init__(self, store: EtcdStore, cache: Cache, auth: Authenticator) -> None:
+    def __init__(self, store: EtcdStore, cache: Cache, auth: Authenticator, writer: TaskWriter) -> None:
+        self.writer = writer
         self.store = store
         self.cache = cache
         self.auth = auth
@@ -128,16 +131,33 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
         await self.cache.wait_revision(result.revision)
         return api_pb2.DeleteTemplateResponse(template_id=t.template_id)
 
-    async def _set_suspended(self, ref: str, suspended: bool, cron_put: list[Put]) -> pb.TaskTemplate:
+    async def _set_suspended(self, ref: str, suspended: bool, *, skip_missed: bool = False) -> pb.TaskTemplate:
+        """Pause or resume. Resuming records each instant that passed while paused as
+        SKIPPED ("suspended"), in the same transaction, and restarts the schedule from now;
+        with `skip_missed` False the cron loop owes them per the misfire policy instead."""
         for _ in range(5):
             old, rev = resolve_template(self.cache, ref)
             t = pb.TaskTemplate()
             t.CopyFrom(old)
             t.suspended = suspended
+            t.suspend_reason = ""
             t.update_time.CopyFrom(records.ts(time.time()))
-            result = await self.store.txn(
-                [Cmp(keys.template(t.template_id), rev)], [Put(keys.template(t.template_id), t.SerializeToString()), *cron_put]
-            )
+            cmps = [Cmp(keys.template(t.template_id), rev)]
+            puts = [Put(keys.template(t.template_id), t.SerializeToString())]
+            if skip_missed:
+                kv = await self.store.get(cron_key(t.template_id))
+                st = pb.CronState()
+                if kv is not None:
+                    st.ParseFromString(kv.value)
+                now = time.time()
+                last = st.last_scheduled or int(records.seconds(t.create_time) or now)
+                plan = cron_plan.suspended(Schedule(t.cron_schedule, t.time_zone), last, now)
+                skip_cmps, skip_puts = skip_ops(t, st, plan.skip, plan.unlisted, now)
+                st.last_scheduled = max(st.last_scheduled, int(now))
+                skip_puts[-1] = Put(cron_key(t.template_id), st.SerializeToString())
+                cmps += [Cmp(cron_key(t.template_id), kv.mod_revision if kv else 0), *skip_cmps]
+                puts += skip_puts
+            result = await self.store.txn(cmps, puts)
             if result.succeeded:
                 await self.cache.wait_revision(result.revision)
                 return with_next_fires(t)
@@ -149,23 +169,24 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
         t, _ = resolve_template(self.cache, request.template_id)
         if not t.cron_schedule:
             raise FailedPrecondition(f"template {t.name} has no cron_schedule; there is nothing to pause")
-        return await self._set_suspended(t.template_id, True, [])
+        paused = await self._set_suspended(t.template_id, True)
+        await self._stop_early_fires(paused)
+        return paused
+
+    async def _stop_early_fires(self, t: pb.TaskTemplate) -> None:
+        """Fires created ahead of their instant (the look-ahead) that have not started
+        are stopped: a paused template runs nothing after the pause."""
+        now = time.time()
+        for run in self.cache.tasks_of(t.template_id):
+            if run.state in (pb.PENDING, pb.ASSIGNED) and records.seconds(run.due_time) > now:
+                await self.writer.update(run.task_id, _stop_unstarted)
 
     @api_method
     async def ResumeTemplate(self, request, context, user):  # type: ignore[override]
         t, _ = resolve_template(self.cache, request.template_id)
         if not t.cron_schedule:
             raise FailedPrecondition(f"template {t.name} has no cron_schedule; there is nothing to resume")
-        puts: list[Put] = []
-        if not request.run_missed:
-            # resuming owes nothing for the paused time: the schedule restarts from now
-            kv = await self.store.get(keys.CRON + t.template_id)
-            st = pb.CronState()
-            if kv is not None:
-                st.ParseFromString(kv.value)
-            st.last_scheduled = max(st.last_scheduled, int(time.time()))
-            puts.append(Put(keys.CRON + t.template_id, st.SerializeToString()))
-        return await self._set_suspended(t.template_id, False, puts)
+        return await self._set_suspended(t.template_id, False, skip_missed=not request.run_missed)
 
     @api_method
     async def NextTemplateFires(self, request, context, user):  # type: ignore[override]
@@ -194,8 +215,9 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
         kv = await self.store.get(keys.CRON + t.template_id)
         if kv is not None:
             resp.state.ParseFromString(kv.value)
-            if resp.state.last_scheduled:
-                resp.last_fire.FromSeconds(resp.state.last_scheduled)
+        launched = [r for r in runs if r.state != pb.SKIPPED]
+        if launched:
+            resp.last_fire.CopyFrom(launched[0].due_time)
         ok = [r for r in runs if r.state == pb.SUCCEEDED]
         if ok:
             resp.last_success.CopyFrom(ok[0].finish_time)
@@ -211,3 +233,15 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
             await self.cache.sync()
         items = sorted(self.cache.templates.values(), key=lambda r: r.msg.name)
         return api_pb2.ListTemplatesResponse(templates=[r.msg for r in items])
+
+
+def _stop_unstarted(t: pb.TaskExecution) -> pb.TaskExecution | None:
+    if t.state not in (pb.PENDING, pb.ASSIGNED):
+        return None  # it started meanwhile: a pause does not stop runs in progress
+    reason = "suspended: the template was paused before this instant"
+    if t.state == pb.PENDING:
+        t.state = pb.STOPPED  # it was fired (counted so), then stopped before its instant
+        t.finish_time.CopyFrom(records.ts(time.time()))
+    t.stop_requested = True
+    t.reason = reason
+    return t

@@ -32,6 +32,7 @@ M = TypeVar("M", bound=Message)
 class Rec(Generic[M]):
     msg: M
     rev: int
+    created: int = 0  # etcd create revision: the order records were first committed in
 
 
 Listener = Callable[[str, str, Message | None], None]
@@ -100,7 +101,7 @@ class Cache:
                 # resume right after the last applied revision: no event is missed
                 async for rev, events in self.store.watch("", self.revision + 1):
                     for ev in events:
-                        self._apply(ev.key, ev.value, ev.mod_revision, notify=True)
+                        self._apply(ev.key, ev.value, ev.mod_revision, notify=True, created=ev.create_revision)
                     await self._advance(rev)
             except Compacted as e:
                 log.warning("cache: %s; re-listing", e)
@@ -114,12 +115,12 @@ class Cache:
         if not notify:
             self._reset()
             for kv in kvs:
-                self._apply(kv.key, kv.value, kv.mod_revision, notify=False)
+                self._apply(kv.key, kv.value, kv.mod_revision, notify=False, created=kv.create_revision)
             return
         listed = {kv.key for kv in kvs}
         for kv in kvs:
             if self._rev_of(kv.key) != kv.mod_revision:
-                self._apply(kv.key, kv.value, kv.mod_revision, notify=True)
+                self._apply(kv.key, kv.value, kv.mod_revision, notify=True, created=kv.create_revision)
         for prefix, table in ((keys.TEMPLATES, self.templates), (keys.TASKS, self.tasks), (keys.NODES, self.nodes), (keys.USERS, self.users)):
             for ident in list(table):
                 if prefix + ident not in listed:
@@ -149,7 +150,7 @@ class Cache:
         self.by_node.clear()
         self.by_template.clear()
 
-    def _apply(self, key: str, value: bytes | None, rev: int, *, notify: bool) -> None:
+    def _apply(self, key: str, value: bytes | None, rev: int, *, notify: bool, created: int = 0) -> None:
         prefix = next((p for p in _KINDS if key.startswith(p)), None)
         if prefix is None:
             return
@@ -182,7 +183,9 @@ class Cache:
             if msg is not None:
                 self.users_by_token[msg.token_hash] = ident  # type: ignore[attr-defined]
         if prefix == keys.TASKS and msg is not None:
-            self.tasks[ident].rev = rev
+            rec = self.tasks[ident]
+            rec.rev = rev
+            rec.created = created
         if notify:
             for fn in list(self._listeners):
                 try:

@@ -23,6 +23,8 @@ from corral.errors import InvalidArgument
 
 UTC = dt.UTC
 MARGIN = dt.timedelta(hours=4)  # larger than any zone's DST shift
+SAMPLED_SPAN = dt.timedelta(days=2)  # the fast path checks offsets over at most this span,
+SAMPLE_STEP = dt.timedelta(minutes=30)  # every half hour: no zone changes twice within that
 
 
 class Schedule:
@@ -62,6 +64,9 @@ class Schedule:
     def next_after(self, after: dt.datetime, n: int = 1) -> list[dt.datetime]:
         """The next `n` fire instants strictly after `after` (an aware datetime), in UTC."""
         after = after.astimezone(UTC)
+        fast = self._next_fixed_offset(after, n)
+        if fast is not None:
+            return fast
         start = after.astimezone(self.tz).replace(tzinfo=None) - MARGIN
         it = croniter(self.expr, start)
         found: set[dt.datetime] = set()
@@ -76,6 +81,26 @@ class Schedule:
             if stop_at is None and len(found) >= n:
                 stop_at = wall + 2 * MARGIN  # later wall times can still map earlier (folds)
         return sorted(found)[:n]
+
+    def _next_fixed_offset(self, after: dt.datetime, n: int) -> list[dt.datetime] | None:
+        """The common case, fast: when the zone's offset is the same from MARGIN before
+        `after` to MARGIN past the n-th candidate, wall times map one to one onto instants
+        and need no DST rule. None when an offset change is near (or the span is long:
+        sparse schedules are cheap on the general path anyway)."""
+        local = after.astimezone(self.tz)
+        it = croniter(self.expr, local.replace(tzinfo=None))
+        walls = [it.get_next(dt.datetime) for _ in range(n)]
+        offset = local.utcoffset()
+        out = [(w - offset).replace(tzinfo=UTC) for w in walls]  # type: ignore[operator]
+        lo, hi = after - MARGIN, out[-1] + MARGIN
+        if hi - lo > SAMPLED_SPAN:
+            return None
+        probe = lo
+        while probe <= hi + SAMPLE_STEP:
+            if min(probe, hi).astimezone(self.tz).utcoffset() != offset:
+                return None
+            probe += SAMPLE_STEP
+        return out
 
     def between(self, start: dt.datetime, end: dt.datetime) -> list[dt.datetime]:
         """Every fire instant in (start, end]."""

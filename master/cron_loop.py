@@ -1,11 +1,12 @@
 """The leader's cron loop: one timer for the earliest fire of all templates, and every
-scheduled instant fired exactly once.
+scheduled instant given exactly one outcome: a run, or a SKIPPED record with the reason.
 
 A fire creates task `{template_id}@{unix_seconds}` in one transaction with the template's
 CronState, guarded by create-if-absent on the task and by the leader's fence: a second
-leader, a retry or a restart can never create it twice. A new leader catches up on the
-instants it missed per the template's misfire policy (RUN_ONCE by default: the latest
-missed instant only; SKIP; RUN_ALL up to a cap).
+leader, a retry or a restart can never create it twice. Fires are created `lookahead`
+seconds before their instant, so the task is placed and on its node when the instant comes
+(the nodelet starts it on its own timer). A new leader catches up on the instants it missed
+per the template's starting deadline and misfire policy (see cron_plan).
 """
 
 from __future__ import annotations
@@ -19,31 +20,44 @@ import time
 from corral.errors import CorralError
 from corral.v1 import types_pb2 as pb
 
-from . import keys, records
+from . import cron_plan, keys, records
 from .cache import Cache
 from .cron import Schedule
 from .leadership import Leadership
+from .runaway import RunawayGuard, smallest_gap
 from .store import Cmp, Delete, EtcdStore, Put
 
 log = logging.getLogger("corral.cron")
 
-RUN_ALL_CAP = 1000
+DEFAULT_LOOKAHEAD = 1.0  # seconds; `corral master --lookahead`
 
 
 def cron_key(template_id: str) -> str:
     return keys.CRON + template_id
 
 
+def skip_ops(t: pb.TaskTemplate, st: pb.CronState, skips: list[tuple[int, str]], unlisted: str, now: float) -> tuple[list[Cmp], list[Put]]:
+    """The compares and puts that record skipped instants (each created only if absent)
+    and advance the cron state past them; `st` is updated in place."""
+    recorded = cron_plan.skip_state(st, skips, unlisted)
+    cmps = [Cmp(keys.task(records.fire_id(t.template_id, i)), 0) for i, _ in recorded]
+    puts = [Put(keys.task(records.fire_id(t.template_id, i)), records.skipped_run(t, i, now, reason=r).SerializeToString()) for i, r in recorded]
+    return cmps, [*puts, Put(cron_key(t.template_id), st.SerializeToString())]
+
+
 class CronLoop:
-    def __init__(self, store: EtcdStore, cache: Cache, leadership: Leadership) -> None:
+    def __init__(self, store: EtcdStore, cache: Cache, leadership: Leadership, *, lookahead: float = DEFAULT_LOOKAHEAD) -> None:
         self.store = store
         self.cache = cache
         self.leadership = leadership
-        self._heap: list[tuple[float, str, int]] = []   # (due, template id, generation)
+        self.lookahead = lookahead
+        self._heap: list[tuple[float, float, str, int]] = []   # (wake at, due, template id, generation)
         self._gen: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._dirty: set[str] = set()  # templates whose schedule must be worked out again
+        self._scheds: dict[str, tuple[int, Schedule, float]] = {}  # id -> (generation, schedule, smallest gap)
+        self.guard = RunawayGuard()
 
     def _on_change(self, prefix: str, ident: str, msg: object) -> None:
         if prefix == keys.TEMPLATES:
@@ -82,6 +96,15 @@ class CronLoop:
             delay = max(0.0, self._heap[0][0] - time.time())
             self._timer = asyncio.get_running_loop().call_later(delay, self._wake.set)
 
+    def _schedule_of(self, t: pb.TaskTemplate) -> tuple[Schedule, float]:
+        gen = self._gen.get(t.template_id, 0)
+        got = self._scheds.get(t.template_id)
+        if got is None or got[0] != gen:
+            sched = Schedule(t.cron_schedule, t.time_zone)
+            got = (gen, sched, smallest_gap(sched, dt.datetime.now(dt.UTC)))
+            self._scheds[t.template_id] = got
+        return got[1], got[2]
+
     async def _state(self, tid: str) -> tuple[pb.CronState, int]:
         kv = await self.store.get(cron_key(tid))
         st = pb.CronState()
@@ -93,80 +116,100 @@ class CronLoop:
         rec = self.cache.templates.get(tid)
         gen = self._gen.get(tid, 0)
         if rec is None or not rec.msg.cron_schedule or rec.msg.suspended:
+            self.guard.forget(tid)
+            self._scheds.pop(tid, None)
             return
         t = rec.msg
-        sched = Schedule(t.cron_schedule, t.time_zone)
+        sched, _ = self._schedule_of(t)
         st, _ = await self._state(tid)
         now = time.time()
-        if st.last_scheduled == 0:
-            # never fired: nothing before the template's creation is owed
-            st.last_scheduled = int(records.seconds(t.create_time) or now)
-        last = dt.datetime.fromtimestamp(st.last_scheduled, dt.UTC)
-        missed = [i for i in sched.between(last, dt.datetime.fromtimestamp(now, dt.UTC))] if catch_up else []
-        policy = t.misfire_policy or pb.RUN_ONCE
-        if missed:
-            if policy == pb.SKIP:
-                await self._advance(tid, int(missed[-1].timestamp()), skipped=len(missed), reason="misfire: SKIP")
-            elif policy == pb.RUN_ALL:
-                for inst in missed[-RUN_ALL_CAP:]:
-                    await self._fire(t, int(inst.timestamp()))
-            else:
-                await self._fire(t, int(missed[-1].timestamp()), skipped=len(missed) - 1)
-        nxt = sched.next_after(dt.datetime.fromtimestamp(max(now, st.last_scheduled), dt.UTC), 1)
+        last = st.last_scheduled or int(records.seconds(t.create_time) or now)  # nothing is owed before creation
+        if catch_up and last < now:
+            plan = cron_plan.missed(t, sched, last, now)
+            if plan.skip or plan.unlisted:
+                await self._record_skips(t, plan.skip, plan.unlisted)
+            for inst in plan.fire:
+                await self._fire(t, inst, catch_up=True)
+            last = max([last, *plan.fire, *(i for i, _ in plan.skip)])
+        nxt = sched.next_after(dt.datetime.fromtimestamp(max(now, last), dt.UTC), 1)
         if nxt:
-            heapq.heappush(self._heap, (nxt[0].timestamp(), tid, gen))
+            due = nxt[0].timestamp()
+            heapq.heappush(self._heap, (due - self.lookahead, due, tid, gen))
+
+    def _active(self, t: pb.TaskTemplate) -> list[pb.TaskExecution]:
+        return [x for x in self.cache.tasks_of(t.template_id) if x.state in (pb.PENDING, *records.ACTIVE)]
 
     async def _fire_due(self) -> None:
         now = time.time()
         while self._heap and self._heap[0][0] <= now:
-            due, tid, gen = heapq.heappop(self._heap)
+            _, due, tid, gen = heapq.heappop(self._heap)
             if gen != self._gen.get(tid, 0):
                 continue  # the template changed; its entry was rescheduled
             rec = self.cache.templates.get(tid)
             if rec is None or rec.msg.suspended or not rec.msg.cron_schedule:
                 continue
-            await self._fire(rec.msg, int(due))
+            t = rec.msg
+            if due > now and t.concurrency_policy in (pb.FORBID, pb.REPLACE) and self._active(t):
+                # an earlier run may still end in time: decide at the instant itself
+                heapq.heappush(self._heap, (due, due, tid, gen))
+                continue
+            await self._fire(t, int(due), catch_up=False)
             await self._schedule(tid, catch_up=False)
 
-    async def _advance(self, tid: str, scheduled: int, *, skipped: int, reason: str) -> None:
-        st, rev = await self._state(tid)
-        st.last_scheduled = max(st.last_scheduled, scheduled)
-        st.skipped += skipped
-        st.last_skip_reason = reason
-        await self.store.txn([Cmp(cron_key(tid), rev), *self.leadership.fence()], [Put(cron_key(tid), st.SerializeToString())])
+    async def _record_skips(self, t: pb.TaskTemplate, skips: list[tuple[int, str]], unlisted: str = "") -> None:
+        st, rev = await self._state(t.template_id)
+        skips = [(i, r) for i, r in skips if i > st.last_scheduled]
+        if not skips and not unlisted:
+            return
+        cmps, puts = skip_ops(t, st, skips, unlisted, time.time())
+        result = await self.store.txn([Cmp(cron_key(t.template_id), rev), *cmps, *self.leadership.fence()], puts)
+        if not result.succeeded:
+            log.warning("template %s: recording %d skipped instants lost a race; the next pass retries", t.template_id, len(skips))
+            self._dirty.add(t.template_id)
 
-    async def _fire(self, t: pb.TaskTemplate, scheduled: int, *, skipped: int = 0) -> None:
-        task_id = f"{t.template_id}@{scheduled}"
-        active = [
-            x for x in self.cache.tasks_of(t.template_id) if x.state in (pb.PENDING, *records.ACTIVE)
-        ] if t.concurrency_policy in (pb.FORBID, pb.REPLACE) else []
+    async def _fire(self, t: pb.TaskTemplate, scheduled: int, *, catch_up: bool) -> None:
+        active = self._active(t) if t.concurrency_policy in (pb.FORBID, pb.REPLACE) else []
         if active and t.concurrency_policy == pb.FORBID:
-            await self._advance(t.template_id, scheduled, skipped=1 + skipped, reason=f"overlap: {active[0].task_id} still runs (FORBID)")
+            await self._record_skips(t, [(scheduled, f"overlap: {active[0].task_id} still runs (FORBID)")])
             return
         st, rev = await self._state(t.template_id)
         if scheduled <= st.last_scheduled and st.fired:
             return
         st.last_scheduled = scheduled
         st.fired += 1
-        st.skipped += skipped
-        spec = pb.TaskTemplate()
-        spec.CopyFrom(t)
-        now = time.time()
-        task = pb.TaskExecution(
-            task_id=task_id, template_id=t.template_id, user_id=t.owner, state=pb.PENDING, attempt=1,
-            submit_time=records.ts(now), due_time=records.ts(scheduled), name=t.name, spec=spec,
-            reason="fired by its schedule",
-        )
+        task = records.scheduled_run(t, scheduled, time.time(), reason="fired by its schedule")
         result = await self.store.txn(
-            [Cmp(keys.task(task_id), 0), Cmp(cron_key(t.template_id), rev), *self.leadership.fence()],
-            [Put(keys.task(task_id), task.SerializeToString()), Put(cron_key(t.template_id), st.SerializeToString())],
+            [Cmp(keys.task(task.task_id), 0), Cmp(cron_key(t.template_id), rev), *self.leadership.fence()],
+            [Put(keys.task(task.task_id), task.SerializeToString()), Put(cron_key(t.template_id), st.SerializeToString())],
         )
-        if result.succeeded:
-            for old in active:  # REPLACE: the older runs make way
-                await self._stop(old)
-            log.debug("fired %s", task_id)
-            if t.history_limit > 0:
-                await self._trim(t)
+        if not result.succeeded:
+            return
+        for old in active:  # REPLACE: the older runs make way
+            await self._stop(old)
+        log.debug("fired %s", task.task_id)
+        if t.history_limit > 0:
+            await self._trim(t)
+        if not catch_up:
+            _, gap = self._schedule_of(t)
+            tripped = self.guard.record(t.template_id, gap, time.monotonic())
+            if tripped:
+                await self._suspend(t, tripped)
+
+    async def _suspend(self, t: pb.TaskTemplate, reason: str) -> None:
+        """The runaway guard's stop: the template is suspended and says why."""
+        rec = self.cache.templates.get(t.template_id)
+        if rec is None:
+            return
+        new = pb.TaskTemplate()
+        new.CopyFrom(rec.msg)
+        new.suspended = True
+        new.suspend_reason = reason
+        new.update_time.CopyFrom(records.ts(time.time()))
+        await self.store.txn(
+            [Cmp(keys.template(t.template_id), rec.rev), *self.leadership.fence()],
+            [Put(keys.template(t.template_id), new.SerializeToString())],
+        )
+        log.warning("template %s (%s): %s", t.name, t.template_id, reason)
 
     async def _trim(self, t: pb.TaskTemplate) -> None:
         """Delete the template's finished runs beyond its history_limit, oldest first."""

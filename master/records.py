@@ -11,7 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from corral.v1 import types_pb2 as pb
 
 TERMINAL = frozenset(
-    {pb.SUCCEEDED, pb.FAILED, pb.OOM_KILLED, pb.TIMED_OUT, pb.STOPPED, pb.LOST}
+    {pb.SUCCEEDED, pb.FAILED, pb.OOM_KILLED, pb.TIMED_OUT, pb.STOPPED, pb.LOST, pb.SKIPPED}
 )
 ACTIVE = frozenset({pb.ASSIGNED, pb.RUNNING})
 DEFAULT_MAX_ATTEMPTS = 3
@@ -75,3 +75,30 @@ def next_attempt(task: pb.TaskExecution, end_state: int, reason: str) -> pb.Task
 
 def max_attempts(task: pb.TaskExecution) -> int:
     return task.spec.retry.max_attempts or DEFAULT_MAX_ATTEMPTS
+
+
+def fire_id(template_id: str, scheduled: int) -> str:
+    """A scheduled instant's task id: the same on every master, so it is created once."""
+    return f"{template_id}@{scheduled}"
+
+
+def scheduled_run(t: pb.TaskTemplate, scheduled: int, now: float, *, reason: str) -> pb.TaskExecution:
+    """The PENDING record of one fire of a template."""
+    spec = pb.TaskTemplate()
+    spec.CopyFrom(t)
+    del spec.next_fires[:]
+    return pb.TaskExecution(
+        task_id=fire_id(t.template_id, scheduled), template_id=t.template_id, user_id=t.owner,
+        state=pb.PENDING, attempt=1, submit_time=ts(now), due_time=ts(scheduled), name=t.name,
+        spec=spec, reason=reason,
+    )
+
+
+def skipped_run(t: pb.TaskTemplate, scheduled: int, now: float, *, reason: str) -> pb.TaskExecution:
+    """The record of an instant that did not run: its one outcome, SKIPPED with the reason.
+    It carries no spec (nothing will run it), which keeps it small."""
+    return pb.TaskExecution(
+        task_id=fire_id(t.template_id, scheduled), template_id=t.template_id, user_id=t.owner,
+        state=pb.SKIPPED, attempt=1, submit_time=ts(now), due_time=ts(scheduled), finish_time=ts(now),
+        name=t.name, reason=reason,
+    )

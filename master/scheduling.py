@@ -1,6 +1,12 @@
 """The leader's scheduling loop: pending tasks → scheduler_core.place → committed ASSIGNED →
 StartTask down the node's stream. Also the time queue for tasks due later: one timer for the
 earliest due instant, no polling.
+
+Tasks due within the look-ahead window are placed ahead of their instant; the StartTask
+carries the due time and the nodelet starts the task on its own timer, so lateness is the
+nodelet's timer and process start, not a scheduling round trip. Tasks that share an
+ordering_key run one at a time, in the order etcd first committed them. A task with a
+starting_deadline that is still unplaced past it ends SKIPPED.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from .taskops import TaskWriter
 
 log = logging.getLogger("corral.scheduler")
 
+DEFAULT_LOOKAHEAD = 1.0  # seconds; `corral master --lookahead`
 APPLY_RETRIES = 3  # placements refused by the re-check before the task says it is blocked
 DRIVER_NAMES = {pb.PROCESS: "process", pb.DOCKER: "docker", pb.DRIVER_UNSPECIFIED: "process"}
 
@@ -94,9 +101,19 @@ class Scheduler:
     (a node joins or changes, a task ends, a new task arrives)."""
 
     def __init__(
-        self, cache: Cache, writer: TaskWriter, gateway: Gateway, *, concurrency: int = 64, config: sc.PlaceConfig | None = None
+        self,
+        cache: Cache,
+        writer: TaskWriter,
+        gateway: Gateway,
+        *,
+        concurrency: int = 64,
+        config: sc.PlaceConfig | None = None,
+        lookahead: float = DEFAULT_LOOKAHEAD,
     ) -> None:
         self.config = config or sc.PlaceConfig()
+        self.lookahead = lookahead
+        self._orders: dict[tuple[str, str], dict[str, int]] = {}  # (user, ordering_key) -> unfinished task -> create revision
+        self._order_of: dict[str, tuple[str, str]] = {}
         self.cache = cache
         self.writer = writer
         self.gateway = gateway
@@ -115,7 +132,7 @@ class Scheduler:
 
     def _track(self, task: pb.TaskExecution) -> None:
         due = records.seconds(task.due_time)
-        if due <= time.time():
+        if due <= time.time() + self.lookahead:
             self._ready.add(task.task_id)
             self._wake.set()
         else:
@@ -123,11 +140,26 @@ class Scheduler:
             if due < self._timer_at:
                 self._arm(due)
 
+    def _track_order(self, task_id: str, msg: pb.TaskExecution | None) -> None:
+        """Keep the unfinished tasks of each ordering key, with their create revisions."""
+        old = self._order_of.pop(task_id, None)
+        if old is not None:
+            group = self._orders[old]
+            group.pop(task_id, None)
+            if not group:
+                del self._orders[old]
+        if msg is not None and msg.spec.ordering_key and msg.state not in records.TERMINAL:
+            key = (msg.user_id, msg.spec.ordering_key)
+            rec = self.cache.tasks.get(task_id)
+            self._orders.setdefault(key, {})[task_id] = rec.created if rec is not None else 0
+            self._order_of[task_id] = key
+
     def on_cache_change(self, prefix: str, ident: str, msg: object) -> None:
         if prefix == "nodes/":
             self._wake.set()
         elif prefix == "tasks/":
             self.tally.update(ident, msg if isinstance(msg, pb.TaskExecution) else None)
+            self._track_order(ident, msg if isinstance(msg, pb.TaskExecution) else None)
             if isinstance(msg, pb.TaskExecution) and msg.state == pb.PENDING:
                 self._track(msg)
             else:
@@ -140,8 +172,10 @@ class Scheduler:
         try:
             await self.cache.ready.wait()
             self.tally = Tally()
+            self._orders, self._order_of = {}, {}
             for task_id, rec in list(self.cache.tasks.items()):
                 self.tally.update(task_id, rec.msg)
+                self._track_order(task_id, rec.msg)
             for task_id in list(self.cache.tasks_in(pb.PENDING)):
                 self._track(self.cache.tasks[task_id].msg)
             self._wake.set()
@@ -169,7 +203,7 @@ class Scheduler:
         if self._timer:
             self._timer.cancel()
         self._timer_at = due
-        self._timer = asyncio.get_running_loop().call_later(max(0.0, due - time.time()), self._fire)
+        self._timer = asyncio.get_running_loop().call_later(max(0.0, due - self.lookahead - time.time()), self._fire)
 
     def _fire(self) -> None:
         self._timer = None
@@ -178,7 +212,8 @@ class Scheduler:
 
     def _collect_due(self) -> list[pb.TaskExecution]:
         now = time.time()
-        while self._heap and self._heap[0][0] <= now + 0.0005:
+        horizon = now + self.lookahead + 0.0005
+        while self._heap and self._heap[0][0] <= horizon:
             _, task_id = heapq.heappop(self._heap)
             self._ready.add(task_id)
         if self._heap and self._heap[0][0] < self._timer_at:
@@ -188,7 +223,7 @@ class Scheduler:
             rec = self.cache.tasks.get(task_id)
             if rec is None or rec.msg.state != pb.PENDING:
                 self._ready.discard(task_id)
-            elif records.seconds(rec.msg.due_time) <= now + 0.0005:
+            elif records.seconds(rec.msg.due_time) <= horizon:
                 due.append(rec.msg)
         return due
 
@@ -198,6 +233,8 @@ class Scheduler:
         if not due_tasks:
             return
         due_tasks.sort(key=lambda t: (records.seconds(t.due_time), t.task_id))
+        due_tasks = await self._skip_past_deadline(due_tasks)
+        due_tasks = await self._hold_ordered(due_tasks)
         due_tasks = await self._hold_incomplete_gangs(due_tasks)
         if not due_tasks:
             return
@@ -210,6 +247,36 @@ class Scheduler:
             t = by_id[u.task_id]
             if t.reason != u.reason:
                 await self.writer.update(u.task_id, functools.partial(_set_reason, reason=u.reason), fenced=True)
+
+    async def _skip_past_deadline(self, tasks: list[pb.TaskExecution]) -> list[pb.TaskExecution]:
+        """A task still unplaced past its due time plus starting_deadline will not start
+        late: it ends SKIPPED, saying what kept it waiting."""
+        now = time.time()
+        keep = []
+        for t in tasks:
+            deadline = records.seconds(t.spec.starting_deadline)
+            late = now - records.seconds(t.due_time)
+            if deadline > 0 and late > deadline:
+                await self.writer.update(t.task_id, functools.partial(_skip, deadline=deadline, now=now), fenced=True)
+            else:
+                keep.append(t)
+        return keep
+
+    async def _hold_ordered(self, tasks: list[pb.TaskExecution]) -> list[pb.TaskExecution]:
+        """Of the tasks sharing an ordering_key, only the first committed may run, and only
+        once no earlier one is still assigned or running."""
+        keep = []
+        for t in tasks:
+            if t.spec.ordering_key:
+                group = self._orders.get((t.user_id, t.spec.ordering_key), {})
+                head = min(group, key=lambda i: (group[i], i)) if group else t.task_id
+                if head != t.task_id:
+                    reason = f"waiting for earlier tasks with ordering_key {t.spec.ordering_key!r} to finish"
+                    if t.reason != reason:
+                        await self.writer.update(t.task_id, functools.partial(_set_reason, reason=reason), fenced=True)
+                    continue
+            keep.append(t)
+        return keep
 
     async def _hold_incomplete_gangs(self, tasks: list[pb.TaskExecution]) -> list[pb.TaskExecution]:
         """Leave out gangs with fewer members pending than their size (they wait, saying so)."""
@@ -273,6 +340,16 @@ class Scheduler:
         async with self._sem:
             # the gateway sends the committed assignment to the node (see Gateway._on_cache_change)
             await self.writer.update(p.task_id, mutate, fenced=True)
+
+
+def _skip(t: pb.TaskExecution, deadline: float, now: float) -> pb.TaskExecution | None:
+    if t.state != pb.PENDING:
+        return None
+    waited = f": {t.reason}" if t.reason and t.reason != "fired by its schedule" else ""
+    t.state = pb.SKIPPED
+    t.finish_time.CopyFrom(records.ts(now))
+    t.reason = f"missed its starting deadline ({deadline:g}s after its due time){waited}"
+    return t
 
 
 def _set_reason(t: pb.TaskExecution, reason: str) -> pb.TaskExecution | None:

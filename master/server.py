@@ -57,6 +57,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--http", default=env("CORRAL_HTTP", "127.0.0.1:7071"), help="address of the /metrics and /healthz endpoint; empty to disable")
     p.add_argument("--placement", choices=["binpack", "spread"], default=env("CORRAL_PLACEMENT", "binpack"), help="placement strategy: binpack (fill nodes, default) or spread (even out)")
     p.add_argument("--user-weights", default=env("CORRAL_USER_WEIGHTS", ""), help="fair-share weights, e.g. alice=3,bob=1 (default 1 each)")
+    p.add_argument(
+        "--lookahead", type=float, default=float(env("CORRAL_LOOKAHEAD", "1")),
+        help="seconds before its due time a delayed or cron task is placed and sent to its node, which starts it on time",
+    )
     p.add_argument("--lease-ttl", type=int, default=int(env("CORRAL_LEASE_TTL", "2")), help="leader lease in whole seconds: how fast a dead leader is replaced")
     p.add_argument("--test-force-leader", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ready-file", default="", help="write the bound address here once serving (for scripts and tests)")
@@ -79,12 +83,12 @@ class Master:
             self.store, self.cache, self.writer, self.auth, self.leadership,
             heartbeat_interval=args.heartbeat_interval,
         )
-        self.scheduler = Scheduler(self.cache, self.writer, self.gateway, config=placement_config(args))
+        self.scheduler = Scheduler(self.cache, self.writer, self.gateway, config=placement_config(args), lookahead=args.lookahead)
         self.gateway.on_change = self.scheduler.wake
         self.liveness = Liveness(
             self.store, self.cache, self.writer, self.gateway, self.leadership, timeout=args.heartbeat_timeout
         )
-        self.cron = CronLoop(self.store, self.cache, self.leadership)
+        self.cron = CronLoop(self.store, self.cache, self.leadership, lookahead=args.lookahead)
         self.server = grpc.aio.server(options=GRPC_OPTIONS)
         self.leader: LeaderLoops | None = None
         self.address = ""
@@ -92,7 +96,7 @@ class Master:
 
     def _add_services(self, address: str) -> None:
         s = self.server
-        api_pb2_grpc.add_TemplateServiceServicer_to_server(TemplateServicer(self.store, self.cache, self.auth), s)
+        api_pb2_grpc.add_TemplateServiceServicer_to_server(TemplateServicer(self.store, self.cache, self.auth, self.writer), s)
         api_pb2_grpc.add_TaskServiceServicer_to_server(
             TaskServicer(self.store, self.cache, self.auth, self.writer, self.gateway, self.leadership), s
         )

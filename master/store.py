@@ -35,6 +35,7 @@ class Event:
     key: str
     value: bytes | None  # None for a delete
     mod_revision: int
+    create_revision: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +278,7 @@ class EtcdStore:
                         self._strip(ev.kv.key),
                         None if ev.type == rpc.Event.DELETE else ev.kv.value,
                         ev.kv.mod_revision,
+                        ev.kv.create_revision,
                     )
                     for ev in resp.events
                 ]

@@ -20,26 +20,25 @@ from typing import Any
 
 import grpc
 import psutil
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from corral import __version__
 from corral.v1 import nodelet_pb2 as npb
 from corral.v1 import nodelet_pb2_grpc
 from corral.v1 import types_pb2 as pb
 
-from .driver import Driver, DriverError, Handle, Outcome
+from .driver import Driver, DriverError, Handle, Outcome, PreparingDriver
 
 log = logging.getLogger("corral.nodelet")
 
-TERMINAL = {pb.SUCCEEDED, pb.FAILED, pb.OOM_KILLED, pb.TIMED_OUT, pb.STOPPED, pb.LOST, pb.PREEMPTED}
+TERMINAL = {pb.SUCCEEDED, pb.FAILED, pb.OOM_KILLED, pb.TIMED_OUT, pb.STOPPED, pb.LOST, pb.PREEMPTED, pb.SKIPPED}
 TIMEOUT_GRACE = 5.0
 MAX_BACKOFF = 1.0  # seconds; short, so a nodelet finds a newly elected leader soon
 FINGERPRINT_EVERY = 10.0  # seconds between driver health checks
 MASTER_SILENCE_BEATS = 3  # heartbeats unanswered before the nodelet drops the stream
 
 
-def _ts(seconds: float) -> object:
-    from google.protobuf.timestamp_pb2 import Timestamp
-
+def _ts(seconds: float) -> Timestamp:
     t = Timestamp()
     t.FromNanoseconds(int(seconds * 1e9))
     return t
@@ -90,6 +89,8 @@ class Nodelet:
         self._registered_once = False
         self._offered: list[str] = []
         self._starting: dict[str, asyncio.Task[None]] = {}
+        self._waiting: dict[str, int] = {}  # task → attempt, sleeping until its due time
+        self._stopped_early: dict[str, npb.StopTask] = {}
         self._bg: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle --------------------------------------------------------------------------
@@ -343,17 +344,12 @@ class Nodelet:
         return npb.TaskStatus(task_id=h.task_id, attempt=h.attempt, state=pb.RUNNING, start_time=_ts(h.start_time))
 
     def _queue_outcome(self, h: Handle, o: Outcome) -> None:
-        self._set_status(
-            npb.TaskStatus(
-                task_id=h.task_id,
-                attempt=h.attempt,
-                state=o.state,
-                exit_code=o.exit_code,
-                reason=o.reason,
-                start_time=_ts(h.start_time),
-                finish_time=_ts(o.finish_time),
-            )
+        st = npb.TaskStatus(
+            task_id=h.task_id, attempt=h.attempt, state=o.state, exit_code=o.exit_code, reason=o.reason, finish_time=_ts(o.finish_time)
         )
+        if h.start_time:  # 0: it never started (stopped before its instant, or refused)
+            st.start_time.CopyFrom(_ts(h.start_time))
+        self._set_status(st)
 
     def _background(self, coro: Any) -> None:
         t = asyncio.create_task(coro)
@@ -369,6 +365,9 @@ class Nodelet:
             self._starting.pop(task.task_id, None)
 
     async def _start(self, task: pb.TaskExecution) -> None:
+        """Start a task, at its due time if that is still ahead: the master sends tasks a
+        little early (its look-ahead), the driver prepares everything it can, and the
+        nodelet's own timer launches it on the instant."""
         current = self.handles.get(task.task_id)
         if current is not None and current.attempt >= task.attempt:
             return  # already running this attempt (a resent start)
@@ -379,21 +378,48 @@ class Nodelet:
         driver = self.drivers.get(driver_name)
         self.dirs[task.task_id] = directory
         if driver is None:
-            directory.mkdir(parents=True, exist_ok=True)
-            h = Handle(task.task_id, task.attempt, driver_name, str(directory), time.time())
-            h.save()
-            self._finish(h, Outcome(pb.FAILED, -1, f"driver {driver_name} is not available on node {self.node_id}", time.time()))
+            self._end_unstarted(task, directory, driver_name, pb.FAILED, f"driver {driver_name} is not available on node {self.node_id}")
             return
+        due = task.due_time.seconds + task.due_time.nanos / 1e9
         try:
-            handle = await driver.start(task, directory)
+            if due > time.time() and isinstance(driver, PreparingDriver):
+                prepared = await driver.prepare(task, directory)
+                try:
+                    await self._until(task, due)
+                except asyncio.CancelledError:
+                    await driver.abandon(prepared)
+                    raise
+                handle = await driver.launch(prepared)
+            else:
+                await self._until(task, due)
+                handle = await driver.start(task, directory)
+        except asyncio.CancelledError:
+            stop = self._stopped_early.pop(task.task_id, None)
+            if stop is None:
+                raise
+            self._end_unstarted(task, directory, driver_name, stop.state or pb.STOPPED, stop.reason or "stopped before it started")
+            return
         except DriverError as e:
-            h = Handle(task.task_id, task.attempt, driver_name, str(directory), time.time())
-            h.save()
-            self._finish(h, Outcome(pb.FAILED, -1, str(e), time.time()))
+            self._end_unstarted(task, directory, driver_name, pb.FAILED, str(e))
             return
         self.handles[task.task_id] = handle
         self._set_status(self._running_status(handle))
         self._monitor(handle)
+
+    async def _until(self, task: pb.TaskExecution, due: float) -> None:
+        """Sleep until the wall-clock instant `due` (never wake before it)."""
+        self._waiting[task.task_id] = task.attempt
+        try:
+            while (left := due - time.time()) > 0:  # noqa: ASYNC110 - a timer may wake a hair early
+                await asyncio.sleep(left)
+        finally:
+            self._waiting.pop(task.task_id, None)
+
+    def _end_unstarted(self, task: pb.TaskExecution, directory: Path, driver_name: str, state: int, reason: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        h = Handle(task.task_id, task.attempt, driver_name, str(directory), 0.0)
+        h.save()
+        self._finish(h, Outcome(state, -1, reason, time.time()))
 
     def _monitor(self, handle: Handle) -> None:
         t = asyncio.create_task(self._watch(handle))
@@ -425,6 +451,11 @@ class Nodelet:
 
     async def _stop(self, stop: npb.StopTask) -> None:
         starting = self._starting.get(stop.task_id)
+        if starting is not None and self._waiting.get(stop.task_id) == stop.attempt:
+            # stopped before its instant: it never starts
+            self._stopped_early[stop.task_id] = stop
+            starting.cancel()
+            return
         if starting is not None:
             await asyncio.shield(starting)
         h = self.handles.get(stop.task_id)

@@ -11,7 +11,7 @@ import json
 import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from corral.v1 import types_pb2 as pb
 
@@ -117,4 +117,18 @@ class Driver(Protocol):
 
     def usage(self, handle: Handle) -> tuple[int, int]:
         """(cpu nanoseconds used so far, memory bytes now)."""
+        ...
+
+
+@runtime_checkable
+class PreparingDriver(Protocol):
+    """A driver that can do a start's slow part ahead of a task's due time, so only the
+    launch happens at the instant."""
+
+    async def prepare(self, task: pb.TaskExecution, directory: Path) -> Any: ...
+
+    async def launch(self, prepared: Any) -> Handle: ...
+
+    async def abandon(self, prepared: Any) -> None:
+        """Undo a prepare whose task will not launch."""
         ...

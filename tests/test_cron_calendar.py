@@ -9,6 +9,8 @@ from collections import Counter
 
 import pytest
 from croniter import croniter
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from corral.errors import InvalidArgument
 from corral.master.cron import Schedule
@@ -101,3 +103,22 @@ def test_bad_expression_or_zone_names_the_field() -> None:
         Schedule("61 * * * *")
     with pytest.raises(InvalidArgument, match="time_zone"):
         Schedule("* * * * *", "Mars/Olympus")
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    expr=st.sampled_from(["*/7 * * * * *", "*/20 * * * * *", "*/15 * * * *", "30 1 * * *", "0 * * * *", "@hourly"]),
+    zone=st.sampled_from(ZONES + ["UTC"]),
+    at=st.integers(min_value=1577836800_000000, max_value=2082758400_000000),  # 2020..2036, in µs
+    n=st.integers(min_value=1, max_value=6),
+)
+def test_fast_path_agrees_with_the_general_rule(expr: str, zone: str, at: int, n: int) -> None:
+    """The fixed-offset shortcut must give exactly what the DST-aware path gives, for any
+    instant (fractions of a second included), near a transition or not."""
+    after = dt.datetime.fromtimestamp(at / 1e6, dt.UTC)
+    s = Schedule(expr, zone)
+    fast = s.next_after(after, n)
+    general = Schedule(expr, zone)
+    general._next_fixed_offset = lambda a, k: None  # type: ignore[method-assign]
+    assert fast == general.next_after(after, n)
+    assert all(f > after for f in fast)

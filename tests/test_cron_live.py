@@ -10,6 +10,7 @@ import pytest
 
 from corral.v1 import types_pb2 as pb
 
+from corral.client.sdk import TERMINAL
 from harness import Cluster, kill9, wait_for
 
 pytestmark = pytest.mark.integration
@@ -71,12 +72,20 @@ def test_pause_resume_next_and_history(cluster: Cluster) -> None:
     time.sleep(2.5)
     c.pause_template(template_id="pr")
     time.sleep(1)
-    instants = sorted(int(t.task_id.rsplit("@", 1)[1]) for t in fires(c, tpl.template_id))
-    in_pause = [s for s in instants if paused_at + 1 < s < resumed_at - 0.5]
-    assert not in_pause, f"nothing fires while paused, and resuming fires no backlog: {in_pause}"
-    assert any(s >= resumed_at - 0.5 for s in instants), "fires again after resume"
+    wait_for(lambda: all(t.state in TERMINAL for t in fires(c, tpl.template_id)), 15, what="every instant's outcome")
+    outcomes = {int(t.task_id.rsplit("@", 1)[1]): t for t in fires(c, tpl.template_id)}
+    instants = sorted(outcomes)
+    assert instants == list(range(instants[0], instants[-1] + 1)), "every instant has exactly one outcome"
+    started = [s for s in instants if outcomes[s].start_time.seconds]
+    in_pause = [s for s in started if paused_at < s < resumed_at]
+    assert not in_pause, f"nothing starts while paused, and resuming fires no backlog: {in_pause}"
+    skipped = [s for s in instants if paused_at + 1 < s < resumed_at - 0.5]
+    assert skipped and all(not outcomes[s].start_time.seconds and "suspended" in outcomes[s].reason for s in skipped)
+    assert any(s >= resumed_at - 0.5 for s in started), "fires again after resume"
     hist = c.template_history(template_id="pr")
-    assert hist.state.fired == len(instants)
+    launched = [t for t in outcomes.values() if t.state != pb.SKIPPED]
+    assert hist.state.fired == len(launched)
+    assert hist.state.skipped == len(instants) - len(launched)
     wait_for(lambda: c.template_history(template_id="pr").last_success.seconds > 0, 15, what="a success")
     c.resume_template(template_id="pr")
     r = subprocess.run([sys.executable, "-m", "corral", "template", "next", "pr", "-n", "3"], capture_output=True, text=True, env=cluster.corral_env(), timeout=60)
@@ -100,10 +109,13 @@ def test_forbid_never_overlaps_and_replace_stops_the_older_run(cluster: Cluster)
     time.sleep(5)
     for name in ("forbid", "replace"):
         c.pause_template(template_id=name)
-    runs = wait_for(lambda: (f := fires(c, forbid.template_id)) and all(t.state == pb.SUCCEEDED for t in f) and f, 30, what="forbid runs end")
-    spans = sorted(_span(t) for t in runs)
+    runs = wait_for(lambda: (f := fires(c, forbid.template_id)) and all(t.state in TERMINAL for t in f) and f, 30, what="forbid runs end")
+    spans = sorted(_span(t) for t in runs if t.start_time.seconds)
+    assert len(spans) >= 2
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), f"FORBID runs overlapped: {spans}"
-    assert c.template_history(template_id="forbid").state.skipped > 0
+    overlaps = [t for t in runs if t.state == pb.SKIPPED]
+    assert overlaps and all(t.reason.startswith("overlap:") and "FORBID" in t.reason for t in overlaps)
+    assert c.template_history(template_id="forbid").state.skipped == len(overlaps)
     # the older runs are stopped (each stop takes a moment to land): one run remains
     replaced = wait_for(
         lambda: (f := fires(c, replace.template_id)) and sum(t.state in (pb.RUNNING, pb.ASSIGNED, pb.PENDING) for t in f) <= 1 and f,

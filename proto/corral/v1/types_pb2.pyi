@@ -24,6 +24,7 @@ class TaskState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STOPPED: _ClassVar[TaskState]
     LOST: _ClassVar[TaskState]
     PREEMPTED: _ClassVar[TaskState]
+    SKIPPED: _ClassVar[TaskState]
 
 class Driver(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -70,6 +71,7 @@ TIMED_OUT: TaskState
 STOPPED: TaskState
 LOST: TaskState
 PREEMPTED: TaskState
+SKIPPED: TaskState
 DRIVER_UNSPECIFIED: Driver
 PROCESS: Driver
 DOCKER: Driver
@@ -110,7 +112,7 @@ class RetryPolicy(_message.Message):
     def __init__(self, max_attempts: _Optional[int] = ..., retry_on_failure: _Optional[bool] = ...) -> None: ...
 
 class TaskTemplate(_message.Message):
-    __slots__ = ("template_id", "name", "owner", "cpu_request", "cpu_limit", "mem_request", "mem_limit", "pids_limit", "driver", "image", "run_script", "args", "env", "user", "working_dir", "timeout", "cron_schedule", "time_zone", "concurrency_policy", "misfire_policy", "starting_deadline", "suspended", "history_limit", "retry", "priority", "constraints", "labels", "ordering_key", "pull_policy", "network", "read_only_rootfs", "create_time", "update_time", "distinct_nodes", "gang", "gang_size", "placement", "next_fires")
+    __slots__ = ("template_id", "name", "owner", "cpu_request", "cpu_limit", "mem_request", "mem_limit", "pids_limit", "driver", "image", "run_script", "args", "env", "user", "working_dir", "timeout", "cron_schedule", "time_zone", "concurrency_policy", "misfire_policy", "starting_deadline", "suspended", "history_limit", "retry", "priority", "constraints", "labels", "ordering_key", "pull_policy", "network", "read_only_rootfs", "create_time", "update_time", "distinct_nodes", "gang", "gang_size", "placement", "next_fires", "suspend_reason")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +165,7 @@ class TaskTemplate(_message.Message):
     GANG_SIZE_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     NEXT_FIRES_FIELD_NUMBER: _ClassVar[int]
+    SUSPEND_REASON_FIELD_NUMBER: _ClassVar[int]
     template_id: str
     name: str
     owner: str
@@ -201,7 +204,8 @@ class TaskTemplate(_message.Message):
     gang_size: int
     placement: str
     next_fires: _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]
-    def __init__(self, template_id: _Optional[str] = ..., name: _Optional[str] = ..., owner: _Optional[str] = ..., cpu_request: _Optional[int] = ..., cpu_limit: _Optional[int] = ..., mem_request: _Optional[int] = ..., mem_limit: _Optional[int] = ..., pids_limit: _Optional[int] = ..., driver: _Optional[_Union[Driver, str]] = ..., image: _Optional[str] = ..., run_script: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., user: _Optional[str] = ..., working_dir: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., cron_schedule: _Optional[str] = ..., time_zone: _Optional[str] = ..., concurrency_policy: _Optional[_Union[ConcurrencyPolicy, str]] = ..., misfire_policy: _Optional[_Union[MisfirePolicy, str]] = ..., starting_deadline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., suspended: _Optional[bool] = ..., history_limit: _Optional[int] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., priority: _Optional[int] = ..., constraints: _Optional[_Iterable[_Union[Constraint, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., ordering_key: _Optional[str] = ..., pull_policy: _Optional[_Union[PullPolicy, str]] = ..., network: _Optional[str] = ..., read_only_rootfs: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., distinct_nodes: _Optional[bool] = ..., gang: _Optional[str] = ..., gang_size: _Optional[int] = ..., placement: _Optional[str] = ..., next_fires: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ...) -> None: ...
+    suspend_reason: str
+    def __init__(self, template_id: _Optional[str] = ..., name: _Optional[str] = ..., owner: _Optional[str] = ..., cpu_request: _Optional[int] = ..., cpu_limit: _Optional[int] = ..., mem_request: _Optional[int] = ..., mem_limit: _Optional[int] = ..., pids_limit: _Optional[int] = ..., driver: _Optional[_Union[Driver, str]] = ..., image: _Optional[str] = ..., run_script: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., user: _Optional[str] = ..., working_dir: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., cron_schedule: _Optional[str] = ..., time_zone: _Optional[str] = ..., concurrency_policy: _Optional[_Union[ConcurrencyPolicy, str]] = ..., misfire_policy: _Optional[_Union[MisfirePolicy, str]] = ..., starting_deadline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., suspended: _Optional[bool] = ..., history_limit: _Optional[int] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., priority: _Optional[int] = ..., constraints: _Optional[_Iterable[_Union[Constraint, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., ordering_key: _Optional[str] = ..., pull_policy: _Optional[_Union[PullPolicy, str]] = ..., network: _Optional[str] = ..., read_only_rootfs: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., distinct_nodes: _Optional[bool] = ..., gang: _Optional[str] = ..., gang_size: _Optional[int] = ..., placement: _Optional[str] = ..., next_fires: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., suspend_reason: _Optional[str] = ...) -> None: ...
 
 class AttemptRecord(_message.Message):
     __slots__ = ("attempt", "node_id", "state", "exit_code", "reason", "start_time", "finish_time")
