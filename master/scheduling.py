@@ -114,6 +114,7 @@ class Scheduler:
         self.lookahead = lookahead
         self._orders: dict[tuple[str, str], dict[str, int]] = {}  # (user, ordering_key) -> unfinished task -> create revision
         self._order_of: dict[str, tuple[str, str]] = {}
+        self._deadline_timers: dict[str, asyncio.TimerHandle] = {}
         self.cache = cache
         self.writer = writer
         self.gateway = gateway
@@ -198,6 +199,9 @@ class Scheduler:
             unlisten()
             if self._timer:
                 self._timer.cancel()
+            for timer in self._deadline_timers.values():
+                timer.cancel()
+            self._deadline_timers.clear()
 
     def _arm(self, due: float) -> None:
         if self._timer:
@@ -245,8 +249,24 @@ class Scheduler:
         await asyncio.gather(*(self._assign(p) for p in plan.placements))
         for u in plan.unplaced:
             t = by_id[u.task_id]
+            self._wake_at_deadline(t)
             if t.reason != u.reason:
                 await self.writer.update(u.task_id, functools.partial(_set_reason, reason=u.reason), fenced=True)
+
+    def _wake_at_deadline(self, t: pb.TaskExecution) -> None:
+        """An unplaced task with a starting deadline gets a pass when the deadline passes,
+        even if nothing else changes by then."""
+        deadline = records.seconds(t.spec.starting_deadline)
+        if deadline <= 0 or t.task_id in self._deadline_timers:
+            return
+        at = records.seconds(t.due_time) + deadline + 0.001
+
+        def wake(task_id: str = t.task_id) -> None:
+            self._deadline_timers.pop(task_id, None)
+            self._ready.add(task_id)
+            self._wake.set()
+
+        self._deadline_timers[t.task_id] = asyncio.get_running_loop().call_later(max(0.0, at - time.time()), wake)
 
     async def _skip_past_deadline(self, tasks: list[pb.TaskExecution]) -> list[pb.TaskExecution]:
         """A task still unplaced past its due time plus starting_deadline will not start

@@ -152,3 +152,99 @@ def test_history_limit_deletes_the_oldest_finished_runs(cluster: Cluster) -> Non
     finished = [t for t in runs if t.state == pb.SUCCEEDED]
     assert 1 <= len(finished) <= 4, f"kept about history_limit finished runs, got {len(finished)}"
     assert c.template_history(template_id="short-history").state.fired >= 6, "more fired than kept"
+
+
+def _late(t: pb.TaskExecution) -> float:
+    return (t.start_time.ToNanoseconds() - t.due_time.ToNanoseconds()) / 1e9
+
+
+@pytest.mark.parametrize("policy", ["RUN_ONCE", "SKIP"])
+def test_leader_kill_catch_up_follows_the_misfire_policy(cluster: Cluster, policy: str) -> None:
+    """A 4 s outage of the only master under a per-second schedule: afterwards every
+    instant has exactly one outcome; RUN_ONCE launches one catch-up (the latest missed
+    instant) and records the rest SKIPPED; SKIP launches none."""
+    m = cluster.start_master()
+    cluster.start_nodelet("a")
+    c = cluster.client()
+    tpl = c.create_template(template=pb.TaskTemplate(
+        name=f"tick-{policy.lower()}", run_script="true", cron_schedule="* * * * * *", misfire_policy=pb.MisfirePolicy.Value(policy),
+    ))
+    time.sleep(3)
+    kill9(m)
+    time.sleep(4)
+    cluster.start_master()
+    back = time.time()
+    time.sleep(3)
+    c.pause_template(template_id=tpl.template_id)
+    got = wait_for(lambda: (f := fires(c, tpl.template_id)) and all(t.state in TERMINAL for t in f) and f, 30, what="outcomes")
+    by_instant = collections.Counter(int(t.task_id.rsplit("@", 1)[1]) for t in got)
+    instants = sorted(by_instant)
+    assert set(by_instant.values()) == {1} and instants == list(range(instants[0], instants[-1] + 1)), "one outcome per instant"
+    skipped = [t for t in got if t.state == pb.SKIPPED]
+    # a catch-up is created after its instant; a regular fire ahead of it (the look-ahead)
+    catch_ups = [t for t in got if t.state != pb.SKIPPED and t.submit_time.ToNanoseconds() > t.due_time.ToNanoseconds()]
+    if policy == "SKIP":
+        assert len(skipped) >= 3 and all("SKIP" in t.reason for t in skipped), [t.reason for t in skipped]
+        assert not catch_ups, [t.task_id for t in catch_ups]
+    else:
+        assert len(catch_ups) == 1, [t.task_id for t in catch_ups]
+        assert len(skipped) >= 2 and all("RUN_ONCE" in t.reason for t in skipped)
+        # the catch-up is the latest missed instant, fired within a second of taking over
+        assert int(catch_ups[0].task_id.rsplit("@", 1)[1]) == max(int(t.task_id.rsplit("@", 1)[1]) for t in skipped) + 1
+        assert records_seconds(catch_ups[0].submit_time) - back < 1.0
+    hist = c.template_history(template_id=tpl.template_id)
+    assert hist.state.skipped == len(skipped)
+
+
+def records_seconds(ts) -> float:  # type: ignore[no-untyped-def]
+    return ts.ToNanoseconds() / 1e9
+
+
+def test_ordering_key_runs_one_at_a_time_in_submission_order(cluster: Cluster) -> None:
+    cluster.start_master()
+    cluster.start_nodelet("a", cpus="8")
+    c = cluster.client()
+    ids = [c.submit_task(spec=pb.TaskTemplate(run_script="sleep 0.3", ordering_key="ledger", cpu_request=100)).task_id for _ in range(5)]
+    other = c.submit_task(spec=pb.TaskTemplate(run_script="sleep 0.3", ordering_key="other", cpu_request=100)).task_id
+    finals = [c.wait_task(i, timeout=60) for i in ids]
+    assert all(t.state == pb.SUCCEEDED for t in finals)
+    spans = [_span(t) for t in finals]
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), f"one at a time, in submission order: {spans}"
+    o = c.wait_task(other, timeout=60)
+    assert _span(o)[0] < spans[1][0], "another key does not wait for this one"
+
+
+def test_starting_deadline_skips_a_task_that_cannot_start_in_time(cluster: Cluster) -> None:
+    cluster.start_master()
+    cluster.start_nodelet("a")
+    c = cluster.client()
+    t = c.submit_task(spec=pb.TaskTemplate(run_script="true", mem_request=1 << 40, starting_deadline={"seconds": 2}))
+    final = c.wait_task(t.task_id, timeout=30)
+    assert final.state == pb.SKIPPED and not final.start_time.seconds
+    assert "starting deadline" in final.reason and "no node" in final.reason, final.reason
+
+
+def test_a_task_sent_ahead_starts_on_time_or_not_at_all_when_stopped(cluster: Cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With a 3 s look-ahead the task is on its node before its instant: it starts at the
+    instant (not before), and a stop that arrives first means it never starts."""
+    cluster.start_master(extra=["--lookahead", "3"])
+    cluster.start_nodelet("a")
+    c = cluster.client()
+    marker = tmp_path / "ran"
+    tmp_path.chmod(0o777)
+    due = time.time() + 2.5
+    stopped = c.submit_task(spec=pb.TaskTemplate(run_script=f"touch {marker}"), run_at=records_ts(due))
+    on_time = c.submit_task(spec=pb.TaskTemplate(run_script="true"), run_at=records_ts(due))
+    wait_for(lambda: c.get_task(task_id=stopped.task_id).state == pb.ASSIGNED, 10, what="assigned ahead of its instant")
+    assert time.time() < due
+    c.stop_task(task_id=stopped.task_id)
+    final = c.wait_task(stopped.task_id, timeout=30)
+    assert final.state == pb.STOPPED and not final.start_time.seconds
+    ok = c.wait_task(on_time.task_id, timeout=30)
+    assert ok.state == pb.SUCCEEDED
+    assert 0 <= _late(ok) < 1.0, f"started {_late(ok):.3f}s after its instant"
+    assert not marker.exists()
+
+
+def records_ts(seconds: float) -> dict[str, int]:
+    return {"seconds": int(seconds), "nanos": int((seconds % 1) * 1e9)}
