@@ -8,9 +8,9 @@ import time
 
 import pytest
 
+from corral.client.sdk import TERMINAL
 from corral.v1 import types_pb2 as pb
 
-from corral.client.sdk import TERMINAL
 from harness import Cluster, kill9, wait_for
 
 pytestmark = pytest.mark.integration
