@@ -76,6 +76,23 @@ def task_rows(tasks: Sequence[pb.TaskExecution]) -> str:
     return _grid(["TASK ID", "NAME", "STATE", "NODE", "ATTEMPT", "EXIT", "SUBMITTED", "RAN", "REASON"], rows)
 
 
+def lateness(t: pb.TaskExecution) -> str:
+    """start − due, the figure a scheduled run is judged by."""
+    if not (t.start_time.seconds and t.due_time.seconds):
+        return "-"
+    late = _secs(t.start_time) - _secs(t.due_time)
+    return f"{late * 1000:.1f}ms" if abs(late) < 10 else units.format_duration(late)
+
+
+def history_rows(runs: Sequence[pb.TaskExecution]) -> str:
+    """One line per scheduled instant: its outcome, how late it started, and why."""
+    rows = [
+        [t.due_time.ToJsonString() if t.due_time.seconds else "-", t.task_id, pb.TaskState.Name(t.state), t.node_id or "-", lateness(t), (t.reason or "")[:70]]
+        for t in runs
+    ]
+    return _grid(["DUE (UTC)", "TASK ID", "OUTCOME", "NODE", "LATE", "REASON"], rows)
+
+
 def task_detail(t: pb.TaskExecution) -> str:
     s = t.spec
     pairs = [
@@ -85,6 +102,7 @@ def task_detail(t: pb.TaskExecution) -> str:
         ("Submitted", t.submit_time.ToJsonString() if t.submit_time.seconds else ""),
         ("Due", t.due_time.ToJsonString() if t.due_time.seconds else ""),
         ("Started", t.start_time.ToJsonString() if t.start_time.seconds else ""),
+        ("Late", lateness(t) if t.due_time.seconds and t.start_time.seconds else ""),
         ("Finished", t.finish_time.ToJsonString() if t.finish_time.seconds else ""),
         ("Ran for", _duration(t) if t.start_time.seconds else ""),
         ("Resources", f"cpu {units.format_cpu(s.cpu_request)} (limit {units.format_cpu(s.cpu_limit)}), memory {units.format_memory(s.mem_request)} (limit {units.format_memory(s.mem_limit)}), pids {s.pids_limit}"),
@@ -166,7 +184,7 @@ def table(msg: Message) -> str:
             ("Last success", msg.last_success.ToJsonString() if msg.last_success.seconds else "-"),
             ("Next fire", msg.next_fire.ToJsonString() if msg.next_fire.seconds else "-"),
         ])
-        return head + "\n\n" + task_rows(msg.runs)
+        return head + "\n\n" + history_rows(msg.runs)
     if isinstance(msg, api_pb2.TaskEvent):
         t = msg.task
         return f"{time.strftime('%H:%M:%S')}  {t.task_id}  {'DELETED' if msg.deleted else pb.TaskState.Name(t.state)}  {t.node_id or '-'}  {t.reason}"
