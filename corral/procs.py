@@ -167,7 +167,7 @@ def start_master(
     with contextlib.suppress(FileNotFoundError):
         ready.unlink()
     argv = corral_argv(
-        "master", "--etcd", etcd, "--listen", listen, "--bootstrap-token", token,
+        "master", "--etcd", etcd, "--listen", listen, f"--bootstrap-token={token}",
         "--name", name, "--ready-file", str(ready), "--http", http, *(extra or []),
     )
     p = _spawn(name, argv, run_dir / "logs")
@@ -189,7 +189,7 @@ def start_nodelet(
     masters: str, token: str, run_dir: Path, *, node_id: str, cpus: str = "", memory: str = "",
     labels: dict[str, str] | None = None, extra: list[str] | None = None,
 ) -> Proc:
-    argv = corral_argv("nodelet", "--masters", masters, "--token", token, "--node-id", node_id, "--data-dir", str(run_dir / node_id))
+    argv = corral_argv("nodelet", "--masters", masters, f"--token={token}", "--node-id", node_id, "--data-dir", str(run_dir / node_id))
     if cpus:
         argv += ["--cpus", cpus]
     if memory:

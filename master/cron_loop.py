@@ -57,10 +57,14 @@ class CronLoop:
         self._timer: asyncio.TimerHandle | None = None
         self._dirty: set[str] = set()  # templates whose schedule must be worked out again
         self._scheds: dict[str, tuple[int, Schedule, float]] = {}  # id -> (generation, schedule, smallest gap)
+        # the leader is the only writer of cron states (fenced), so it keeps them after
+        # writing; a template change (ResumeTemplate writes both) or a refused write drops one
+        self._states: dict[str, tuple[pb.CronState, int]] = {}
         self.guard = RunawayGuard()
 
     def _on_change(self, prefix: str, ident: str, msg: object) -> None:
         if prefix == keys.TEMPLATES:
+            self._states.pop(ident, None)
             self._gen[ident] = self._gen.get(ident, 0) + 1
             self._dirty.add(ident)
             self._wake.set()
@@ -69,6 +73,8 @@ class CronLoop:
         unlisten = self.cache.listen(self._on_change)
         try:
             await self.cache.ready.wait()
+            self._states.clear()
+            self._heap.clear()
             self._dirty = set(self.cache.templates)
             self._wake.set()
             while True:
@@ -106,11 +112,26 @@ class CronLoop:
         return got[1], got[2]
 
     async def _state(self, tid: str) -> tuple[pb.CronState, int]:
-        kv = await self.store.get(cron_key(tid))
+        """A copy of the template's cron state and its revision (0: none yet)."""
         st = pb.CronState()
+        known = self._states.get(tid)
+        if known is not None:
+            st.CopyFrom(known[0])
+            return st, known[1]
+        kv = await self.store.get(cron_key(tid))
         if kv is not None:
             st.ParseFromString(kv.value)
-        return st, kv.mod_revision if kv else 0
+        rev = kv.mod_revision if kv else 0
+        self._states[tid] = (st, rev)
+        copy = pb.CronState()
+        copy.CopyFrom(st)
+        return copy, rev
+
+    def _wrote(self, tid: str, st: pb.CronState, result_revision: int, succeeded: bool) -> None:
+        if succeeded:
+            self._states[tid] = (st, result_revision)
+        else:
+            self._states.pop(tid, None)
 
     async def _schedule(self, tid: str, *, catch_up: bool) -> None:
         rec = self.cache.templates.get(tid)
@@ -140,21 +161,32 @@ class CronLoop:
         return [x for x in self.cache.tasks_of(t.template_id) if x.state in (pb.PENDING, *records.ACTIVE)]
 
     async def _fire_due(self) -> None:
+        """Fire every entry whose time has come; templates fire side by side (each has
+        its own state), so a hundred templates due at one instant take one round trip."""
         now = time.time()
+        entries = []
         while self._heap and self._heap[0][0] <= now:
-            _, due, tid, gen = heapq.heappop(self._heap)
-            if gen != self._gen.get(tid, 0):
-                continue  # the template changed; its entry was rescheduled
-            rec = self.cache.templates.get(tid)
-            if rec is None or rec.msg.suspended or not rec.msg.cron_schedule:
-                continue
-            t = rec.msg
-            if due > now and t.concurrency_policy in (pb.FORBID, pb.REPLACE) and self._active(t):
-                # an earlier run may still end in time: decide at the instant itself
-                heapq.heappush(self._heap, (due, due, tid, gen))
-                continue
-            await self._fire(t, int(due), catch_up=False)
-            await self._schedule(tid, catch_up=False)
+            entries.append(heapq.heappop(self._heap))
+        results = await asyncio.gather(*(self._fire_entry(due, tid, gen, now) for _, due, tid, gen in entries), return_exceptions=True)
+        failed = [(e[2], r) for e, r in zip(entries, results, strict=True) if isinstance(r, BaseException)]
+        for tid, _ in failed:
+            self._dirty.add(tid)  # worked out again (with catch-up) on the next pass
+        for _, err in failed[:1]:
+            raise err
+
+    async def _fire_entry(self, due: float, tid: str, gen: int, now: float) -> None:
+        if gen != self._gen.get(tid, 0):
+            return  # the template changed; its entry was rescheduled
+        rec = self.cache.templates.get(tid)
+        if rec is None or rec.msg.suspended or not rec.msg.cron_schedule:
+            return
+        t = rec.msg
+        if due > now and t.concurrency_policy in (pb.FORBID, pb.REPLACE) and self._active(t):
+            # an earlier run may still end in time: decide at the instant itself
+            heapq.heappush(self._heap, (due, due, tid, gen))
+            return
+        await self._fire(t, int(due), catch_up=False)
+        await self._schedule(tid, catch_up=False)
 
     async def _record_skips(self, t: pb.TaskTemplate, skips: list[tuple[int, str]], unlisted: str = "") -> None:
         st, rev = await self._state(t.template_id)
@@ -163,6 +195,7 @@ class CronLoop:
             return
         cmps, puts = skip_ops(t, st, skips, unlisted, time.time())
         result = await self.store.txn([Cmp(cron_key(t.template_id), rev), *cmps, *self.leadership.fence()], puts)
+        self._wrote(t.template_id, st, result.revision, result.succeeded)
         if not result.succeeded:
             log.warning("template %s: recording %d skipped instants lost a race; the next pass retries", t.template_id, len(skips))
             self._dirty.add(t.template_id)
@@ -182,6 +215,7 @@ class CronLoop:
             [Cmp(keys.task(task.task_id), 0), Cmp(cron_key(t.template_id), rev), *self.leadership.fence()],
             [Put(keys.task(task.task_id), task.SerializeToString()), Put(cron_key(t.template_id), st.SerializeToString())],
         )
+        self._wrote(t.template_id, st, result.revision, result.succeeded)
         if not result.succeeded:
             return
         for old in active:  # REPLACE: the older runs make way

@@ -2,11 +2,18 @@
 pid, mount, ipc and uts namespaces, as an unprivileged user unless it asks for root.
 
 Launch: a small wrapper shell joins the task's cgroups *before* it starts anything (so the
-task is never briefly unlimited), then runs `unshare` → (setpriv) → an init shell that
+task is never briefly unlimited), waits for the word "go" on its stdin, then runs `unshare` → (setpriv) → an init shell that
 forwards SIGTERM to the script (a namespace's pid 1 otherwise ignores it). The wrapper
 writes the exit code to a file and pipes the output through a size cap into the log. It
 runs in its own session, so it outlives a nodelet restart; the new nodelet finds it by pid
 (checked against the cgroup) and waits on it through a pidfd.
+
+Why the wait for "go": a task due later is forked ahead of its instant (its cgroup made,
+the wrapper joined to it and parked on a pipe), so at the instant the nodelet only writes
+to the pipe. Forking a hundred wrappers at one instant, each then building namespaces,
+would make the last ones start tens of milliseconds late on a small machine. A wrapper
+whose pipe closes without "go" (stopped before its instant, or the nodelet died) exits
+without running anything.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ WRAPPER = r"""
 exitfile=$1; logfile=$2; cap=$3; uid=$4; script=$5; shift 5
 umask 077
 for f in "$@"; do echo $$ > "$f" || exit 125; done
+read -r go || exit 0
+[ "$go" = go ] || exit 0
 init='trap "kill -TERM \$c 2>/dev/null" TERM INT; /bin/sh -c "$0" & c=$!; while :; do wait $c; r=$?; kill -0 $c 2>/dev/null || exit $r; done'
 run() {
   if [ "$uid" = root ]; then
@@ -50,9 +59,7 @@ run() {
 @dataclass
 class Prepared:
     handle: Handle
-    argv: list[str]
-    env: dict[str, str]
-    cwd: str
+    proc: subprocess.Popen[bytes]  # the wrapper, parked until it reads "go"
     timeout: float
 
 
@@ -115,8 +122,9 @@ class ProcessDriver:
         return await self.launch(await self.prepare(task, directory))
 
     async def prepare(self, task: pb.TaskExecution, directory: Path) -> Prepared:
-        """Everything but the launch: folders, the cgroup with its limits, the command line.
-        A task due later is prepared ahead, so at its instant only the fork is left."""
+        """Everything but the release: folders, the cgroup with its limits, and the wrapper
+        forked, joined to the cgroup and parked on its stdin. A task due later is prepared
+        ahead, so at its instant only a write to a pipe is left."""
         spec = task.spec
         work = directory / "work"
         uid = _uid(spec)
@@ -152,20 +160,25 @@ class ProcessDriver:
             str(directory / "exit"), str(directory / "output.log"), str(self.log_cap), uid,
             spec.run_script, *cg.procs_files(),
         ]
-        timeout = spec.timeout.seconds + spec.timeout.nanos / 1e9
-        return Prepared(handle, argv, env, spec.working_dir or str(work), timeout)
-
-    async def launch(self, prep: Prepared) -> Handle:
-        """Fork the prepared task; its start time is taken once the process exists."""
-        handle = prep.handle
         try:
-            # a plain fork+exec on the loop's thread: ~1 ms, cheaper than a thread hop,
-            # and what decides a due task's lateness
-            proc = subprocess.Popen(  # noqa: ASYNC220 - vfork+exec, ~0.2 ms
-                prep.argv, env=prep.env, cwd=prep.cwd, start_new_session=True,
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            proc = await asyncio.to_thread(
+                subprocess.Popen, argv, env=env, cwd=spec.working_dir or str(work), start_new_session=True,
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
         except OSError as e:
+            await asyncio.to_thread(cg.remove)
+            raise DriverError(f"could not launch: {e}") from e
+        timeout = spec.timeout.seconds + spec.timeout.nanos / 1e9
+        return Prepared(handle, proc, timeout)
+
+    async def launch(self, prep: Prepared) -> Handle:
+        """Release the parked wrapper; the task's start time is this instant."""
+        handle, proc = prep.handle, prep.proc
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(b"go\n")  # 3 bytes into an empty pipe: never blocks
+            proc.stdin.close()
+        except OSError as e:  # the wrapper died while parked
             await self.abandon(prep)
             raise DriverError(f"could not launch: {e}") from e
         handle.start_time = time.time()
@@ -177,8 +190,20 @@ class ProcessDriver:
         return handle
 
     async def abandon(self, prep: Prepared) -> None:
-        """Undo a prepare whose task will not launch (stopped before its instant)."""
-        await asyncio.to_thread(self._cgroup(prep.handle).remove)
+        """Undo a prepare whose task will not launch: the parked wrapper reads end of file
+        and exits without running anything; then its cgroup goes."""
+
+        def undo() -> None:
+            if prep.proc.stdin is not None:
+                prep.proc.stdin.close()
+            try:
+                prep.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._cgroup(prep.handle).kill_all()
+                prep.proc.wait(5)
+            self._cgroup(prep.handle).remove()
+
+        await asyncio.to_thread(undo)
 
     async def recover(self, handle: Handle) -> bool:
         cg = self._cgroup(handle)
