@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from corral.v1 import nodelet_pb2_grpc
 from corral.v1 import types_pb2 as pb
 
 from .driver import Driver, DriverError, Handle, Outcome, PreparingDriver
+from .release import ReleaseTimer
 
 log = logging.getLogger("corral.nodelet")
 
@@ -89,6 +92,7 @@ class Nodelet:
         self._registered_once = False
         self._offered: list[str] = []
         self._starting: dict[str, asyncio.Task[None]] = {}
+        self.release_timer = ReleaseTimer()
         self._waiting: dict[str, int] = {}  # task → attempt, sleeping until its due time
         self._stopped_early: dict[str, npb.StopTask] = {}
         self._bg: set[asyncio.Task[None]] = set()
@@ -385,7 +389,7 @@ class Nodelet:
             if due > time.time() and isinstance(driver, PreparingDriver):
                 prepared = await driver.prepare(task, directory)
                 try:
-                    await self._until(task, due)
+                    await self._until(task, due, functools.partial(driver.release, prepared))
                 except asyncio.CancelledError:
                     await driver.abandon(prepared)
                     raise
@@ -406,12 +410,16 @@ class Nodelet:
         self._set_status(self._running_status(handle))
         self._monitor(handle)
 
-    async def _until(self, task: pb.TaskExecution, due: float) -> None:
-        """Sleep until the wall-clock instant `due` (never wake before it)."""
+    async def _until(self, task: pb.TaskExecution, due: float, release: Callable[[], None] | None = None) -> None:
+        """Wait for the wall-clock instant `due` (never before it); `release` runs at the
+        instant together with the other tasks due then (see release.py)."""
+        if due <= time.time():
+            if release is not None:
+                release()
+            return
         self._waiting[task.task_id] = task.attempt
         try:
-            while (left := due - time.time()) > 0:  # noqa: ASYNC110 - a timer may wake a hair early
-                await asyncio.sleep(left)
+            await self.release_timer.at(due, release)
         finally:
             self._waiting.pop(task.task_id, None)
 

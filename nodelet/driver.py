@@ -127,7 +127,13 @@ class PreparingDriver(Protocol):
 
     async def prepare(self, task: pb.TaskExecution, directory: Path) -> Any: ...
 
-    async def launch(self, prepared: Any) -> Handle: ...
+    def release(self, prepared: Any) -> None:
+        """Start the prepared task now; synchronous and cheap (called at the instant)."""
+        ...
+
+    async def launch(self, prepared: Any) -> Handle:
+        """Track a prepared task, releasing it first if release() was not called."""
+        ...
 
     async def abandon(self, prepared: Any) -> None:
         """Undo a prepare whose task will not launch."""

@@ -61,6 +61,8 @@ class Prepared:
     handle: Handle
     proc: subprocess.Popen[bytes]  # the wrapper, parked until it reads "go"
     timeout: float
+    released: bool = False
+    error: str = ""
 
 
 def _uid(spec: pb.TaskTemplate) -> str:
@@ -171,21 +173,32 @@ class ProcessDriver:
         timeout = spec.timeout.seconds + spec.timeout.nanos / 1e9
         return Prepared(handle, proc, timeout)
 
-    async def launch(self, prep: Prepared) -> Handle:
-        """Release the parked wrapper; the task's start time is this instant."""
-        handle, proc = prep.handle, prep.proc
-        assert proc.stdin is not None
+    def release(self, prep: Prepared) -> None:
+        """Let the parked wrapper go; the task's start time is this instant. Synchronous
+        and cheap (a 3-byte write into an empty pipe never blocks), so the nodelet can
+        release every task due at one instant back to back."""
+        prep.released = True
+        assert prep.proc.stdin is not None
         try:
-            proc.stdin.write(b"go\n")  # 3 bytes into an empty pipe: never blocks
-            proc.stdin.close()
+            prep.proc.stdin.write(b"go\n")
+            prep.proc.stdin.close()
         except OSError as e:  # the wrapper died while parked
-            await self.abandon(prep)
-            raise DriverError(f"could not launch: {e}") from e
-        handle.start_time = time.time()
+            prep.error = f"could not launch: {e}"
+            return
+        prep.handle.start_time = time.time()
         if prep.timeout:
-            handle.deadline = handle.start_time + prep.timeout
-        handle.pid = proc.pid
-        self._procs[handle.key] = proc
+            prep.handle.deadline = prep.handle.start_time + prep.timeout
+
+    async def launch(self, prep: Prepared) -> Handle:
+        """Release the wrapper (if the nodelet's timer has not) and track the task."""
+        if not prep.released:
+            self.release(prep)
+        if prep.error:
+            await self.abandon(prep)
+            raise DriverError(prep.error)
+        handle = prep.handle
+        handle.pid = prep.proc.pid
+        self._procs[handle.key] = prep.proc
         await asyncio.to_thread(handle.save)
         return handle
 
@@ -194,7 +207,7 @@ class ProcessDriver:
         and exits without running anything; then its cgroup goes."""
 
         def undo() -> None:
-            if prep.proc.stdin is not None:
+            if prep.proc.stdin is not None and not prep.proc.stdin.closed:
                 prep.proc.stdin.close()
             try:
                 prep.proc.wait(5)
