@@ -93,6 +93,7 @@ class Nodelet:
         self._offered: list[str] = []
         self._starting: dict[str, asyncio.Task[None]] = {}
         self.release_timer = ReleaseTimer()
+        self._release_futs: dict[str, asyncio.Future[None]] = {}
         self._waiting: dict[str, int] = {}  # task → attempt, sleeping until its due time
         self._stopped_early: dict[str, npb.StopTask] = {}
         self._bg: set[asyncio.Task[None]] = set()
@@ -385,17 +386,21 @@ class Nodelet:
             self._end_unstarted(task, directory, driver_name, pb.FAILED, f"driver {driver_name} is not available on node {self.node_id}")
             return
         due = task.due_time.seconds + task.due_time.nanos / 1e9
+        ahead = due > time.time()
+        if ahead:
+            self._waiting[task.task_id] = task.attempt  # a stop from now on means "never start"
         try:
-            if due > time.time() and isinstance(driver, PreparingDriver):
-                prepared = await driver.prepare(task, directory)
-                try:
-                    await self._until(task, due, functools.partial(driver.release, prepared))
-                except asyncio.CancelledError:
-                    await driver.abandon(prepared)
-                    raise
-                handle = await driver.launch(prepared)
+            preparing = driver if ahead and isinstance(driver, PreparingDriver) else None
+            prepared = await preparing.prepare(task, directory) if preparing is not None else None
+            try:
+                await self._until(task.task_id, due, functools.partial(preparing.release, prepared) if preparing is not None else None)
+            except asyncio.CancelledError:
+                if preparing is not None:
+                    await preparing.abandon(prepared)
+                raise
+            if preparing is not None:
+                handle = await preparing.launch(prepared)
             else:
-                await self._until(task, due)
                 handle = await driver.start(task, directory)
         except asyncio.CancelledError:
             stop = self._stopped_early.pop(task.task_id, None)
@@ -406,22 +411,27 @@ class Nodelet:
         except DriverError as e:
             self._end_unstarted(task, directory, driver_name, pb.FAILED, str(e))
             return
+        finally:
+            self._waiting.pop(task.task_id, None)
         self.handles[task.task_id] = handle
         self._set_status(self._running_status(handle))
         self._monitor(handle)
 
-    async def _until(self, task: pb.TaskExecution, due: float, release: Callable[[], None] | None = None) -> None:
+    async def _until(self, task_id: str, due: float, release: Callable[[], None] | None) -> None:
         """Wait for the wall-clock instant `due` (never before it); `release` runs at the
         instant together with the other tasks due then (see release.py)."""
+        if task_id in self._stopped_early:
+            raise asyncio.CancelledError  # stopped while it was being prepared
         if due <= time.time():
             if release is not None:
                 release()
             return
-        self._waiting[task.task_id] = task.attempt
+        fut = self.release_timer.at(due, release)
+        self._release_futs[task_id] = fut
         try:
-            await self.release_timer.at(due, release)
+            await fut
         finally:
-            self._waiting.pop(task.task_id, None)
+            self._release_futs.pop(task_id, None)
 
     def _end_unstarted(self, task: pb.TaskExecution, directory: Path, driver_name: str, state: int, reason: str) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -460,10 +470,13 @@ class Nodelet:
     async def _stop(self, stop: npb.StopTask) -> None:
         starting = self._starting.get(stop.task_id)
         if starting is not None and self._waiting.get(stop.task_id) == stop.attempt:
-            # stopped before its instant: it never starts
-            self._stopped_early[stop.task_id] = stop
-            starting.cancel()
-            return
+            fut = self._release_futs.get(stop.task_id)
+            if fut is None or not fut.done():
+                # stopped before its instant: it never starts
+                self._stopped_early[stop.task_id] = stop
+                if fut is not None:
+                    fut.cancel()
+                return
         if starting is not None:
             await asyncio.shield(starting)
         h = self.handles.get(stop.task_id)
