@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import signal
 import time
@@ -46,6 +47,24 @@ def detect() -> str:
     return "v1"
 
 
+@functools.cache
+def _v1_hierarchies() -> tuple[tuple[str, Path], ...]:
+    """The v1 controller directories, one per hierarchy (cpu and cpuacct are often one
+    mount under two names). Looked up once: a nodelet builds a TaskCgroup for every
+    heartbeat of every task, and resolving links each time showed up in profiles."""
+    out = []
+    seen: set[Path] = set()
+    for ctrl in ("memory", "cpu", "cpuacct", "pids"):
+        base = ROOT / ctrl
+        if not base.exists():
+            continue
+        real = base.resolve()
+        if real not in seen:
+            seen.add(real)
+            out.append((ctrl, base))
+    return tuple(out)
+
+
 class TaskCgroup:
     """The cgroup directories of one task, in either layout."""
 
@@ -55,17 +74,7 @@ class TaskCgroup:
         if self.version == "v2":
             self.dirs = {"unified": ROOT / self.relpath}
         else:
-            self.dirs = {}
-            seen: set[Path] = set()
-            for ctrl in ("memory", "cpu", "cpuacct", "pids"):
-                base = ROOT / ctrl
-                if not base.exists():
-                    continue
-                real = base.resolve()
-                if real in seen:
-                    continue
-                seen.add(real)
-                self.dirs[ctrl] = base / self.relpath
+            self.dirs = {ctrl: base / self.relpath for ctrl, base in _v1_hierarchies()}
 
     # -- lifecycle ----------------------------------------------------------------------------
 

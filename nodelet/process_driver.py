@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +109,7 @@ class ProcessDriver:
         self.log_cap = log_cap
         self.version = detect()
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._prepare_pool = ThreadPoolExecutor(8, thread_name_prefix="prepare")
 
     def fingerprint(self) -> tuple[bool, str]:
         for tool in ("unshare", "setpriv"):
@@ -126,11 +128,16 @@ class ProcessDriver:
     async def prepare(self, task: pb.TaskExecution, directory: Path) -> Prepared:
         """Everything but the release: folders, the cgroup with its limits, and the wrapper
         forked, joined to the cgroup and parked on its stdin. A task due later is prepared
-        ahead, so at its instant only a write to a pipe is left."""
+        ahead, so at its instant only a write to a pipe is left. One hop to a pool of its
+        own: prepares must not queue behind slow clean-ups when a hundred arrive at once."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._prepare_pool, self._prepare, task, directory)
+
+    def _prepare(self, task: pb.TaskExecution, directory: Path) -> Prepared:
         spec = task.spec
         work = directory / "work"
         uid = _uid(spec)
-        await asyncio.to_thread(_prepare_dirs, directory, work, uid)
+        _prepare_dirs(directory, work, uid)
         safe = task.task_id.replace("@", "_").replace(":", "_")
         handle = Handle(
             task_id=task.task_id,
@@ -144,9 +151,9 @@ class ProcessDriver:
         cg = self._cgroup(handle)
         limits = Limits(spec.cpu_limit or spec.cpu_request, spec.mem_limit or spec.mem_request, spec.pids_limit or 512)
         try:
-            await asyncio.to_thread(cg.create, limits)
+            cg.create(limits)
         except OSError as e:
-            await asyncio.to_thread(cg.remove)
+            cg.remove()
             raise DriverError(f"cgroup setup failed: {e}") from e
         env = {
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -163,12 +170,12 @@ class ProcessDriver:
             spec.run_script, *cg.procs_files(),
         ]
         try:
-            proc = await asyncio.to_thread(
-                subprocess.Popen, argv, env=env, cwd=spec.working_dir or str(work), start_new_session=True,
+            proc = subprocess.Popen(
+                argv, env=env, cwd=spec.working_dir or str(work), start_new_session=True,
                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
         except OSError as e:
-            await asyncio.to_thread(cg.remove)
+            cg.remove()
             raise DriverError(f"could not launch: {e}") from e
         timeout = spec.timeout.seconds + spec.timeout.nanos / 1e9
         return Prepared(handle, proc, timeout)
