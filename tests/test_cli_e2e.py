@@ -65,7 +65,7 @@ def test_logs_follow_streams_until_end(cluster: Cluster) -> None:
 def test_delayed_submit_and_stop(cluster: Cluster) -> None:
     cluster.start_master()
     cluster.start_nodelet("a")
-    task_id = corral(cluster, "submit", "--command", "echo later", "--in", "1s").stdout.strip()
+    task_id = corral(cluster, "submit", "--command", "echo later", "--in", "3s").stdout.strip()
     got = json.loads(corral(cluster, "task", "get", task_id, "-o", "json").stdout)
     assert got["state"] == "PENDING"
     due = got["due_time"]
