@@ -194,6 +194,8 @@ def _submit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--user", help="run as: nobody (default), root or a numeric uid")
     p.add_argument("--priority", type=int, help="0-100")
     p.add_argument("--retries", type=int, help="attempts in all when its node is lost (default 3)")
+    p.add_argument("--ordering-key", metavar="KEY", help="tasks sharing this key run one at a time, in submission order")
+    p.add_argument("--starting-deadline", metavar="DURATION", help="end SKIPPED if it cannot start within this long after its due time")
     p.add_argument("--idempotency-key", help="a repeated submit with the same key returns the first task")
     p.add_argument("-f", "--file", help="spec as a YAML or JSON file (TaskTemplate fields)")
     p.add_argument("--wait", action="store_true", help="follow the task to its end; exit non-zero unless it SUCCEEDED")
@@ -218,6 +220,8 @@ def _spec_from_args(args: argparse.Namespace) -> pb.TaskTemplate:
             spec.mem_limit = units.parse_memory(args.memory_limit)
         if args.timeout is not None:
             spec.timeout.FromNanoseconds(int(units.parse_duration(args.timeout) * 1e9))
+        if getattr(args, "starting_deadline", None) is not None:
+            spec.starting_deadline.FromNanoseconds(int(units.parse_duration(args.starting_deadline) * 1e9))
     except ValueError as e:
         raise InvalidArgument(str(e)) from None
     if getattr(args, "pids", None) is not None:
@@ -237,6 +241,8 @@ def _spec_from_args(args: argparse.Namespace) -> pb.TaskTemplate:
         spec.priority = args.priority
     if getattr(args, "retries", None) is not None:
         spec.retry.max_attempts = args.retries
+    if getattr(args, "ordering_key", None):
+        spec.ordering_key = args.ordering_key
     return spec
 
 

@@ -87,6 +87,11 @@ def check_run_spec(spec: pb.TaskTemplate, field: str = "spec") -> None:
     t = spec.timeout.seconds + spec.timeout.nanos / 1e9
     if t < 0 or t > MAX_TIMEOUT:
         raise _bad(f + "timeout", f"must be between 0 and {MAX_TIMEOUT} seconds")
+    d = spec.starting_deadline.seconds + spec.starting_deadline.nanos / 1e9
+    if d < 0 or d > MAX_TIMEOUT:
+        raise _bad(f + "starting_deadline", f"must be between 0 and {MAX_TIMEOUT} seconds")
+    if spec.ordering_key and not ID_RE.match(spec.ordering_key):
+        raise _bad(f + "ordering_key", f"{spec.ordering_key[:80]!r} is not a valid key (letters, digits, _.@:- ; at most 128)")
     if len(spec.env) > MAX_ENV:
         raise _bad(f + "env", f"at most {MAX_ENV} variables")
     if sum(len(k) + len(v) for k, v in spec.env.items()) > MAX_ENV_BYTES:

@@ -39,6 +39,8 @@ def c(cluster: Cluster) -> Client:
         ({"run_script": "true", "time_zone": "Mars/Olympus"}, errors.InvalidArgument, "time_zone"),
         ({"run_script": "true", "priority": 101}, errors.InvalidArgument, "priority"),
         ({"run_script": "true", "env": {"1BAD": "x"}}, errors.InvalidArgument, "env"),
+        ({"run_script": "true", "starting_deadline": {"seconds": -1}}, errors.InvalidArgument, "starting_deadline"),
+        ({"run_script": "true", "ordering_key": "no spaces"}, errors.InvalidArgument, "ordering_key"),
     ],
 )
 def test_submit_rejects(c: Client, fields: dict, exc: type, field: str) -> None:
