@@ -16,6 +16,7 @@ import datetime as dt
 import os
 import re
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
@@ -44,7 +45,7 @@ def group_of(m: RpcMethod) -> str:
     return kebab(m.service.removesuffix("Service"))
 
 
-VERB_OVERRIDES = {"NextTemplateFires": "next"}
+VERB_OVERRIDES = {"NextTemplateFires": "next", "SubmitTasks": "submit-batch"}
 
 
 def verb_of(m: RpcMethod) -> str:
@@ -198,6 +199,10 @@ def _submit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--starting-deadline", metavar="DURATION", help="end SKIPPED if it cannot start within this long after its due time")
     p.add_argument("--idempotency-key", help="a repeated submit with the same key returns the first task")
     p.add_argument("-f", "--file", help="spec as a YAML or JSON file (TaskTemplate fields)")
+    p.add_argument(
+        "--from-file", metavar="TASKS.JSONL",
+        help="submit many tasks: one JSON object per line, a SubmitTaskRequest or a bare spec ('-' for stdin); prints one task id per line",
+    )
     p.add_argument("--wait", action="store_true", help="follow the task to its end; exit non-zero unless it SUCCEEDED")
 
 
@@ -249,6 +254,8 @@ def _spec_from_args(args: argparse.Namespace) -> pb.TaskTemplate:
 def cmd_submit(client: Client, args: argparse.Namespace) -> int:
     from corral.v1 import api_pb2
 
+    if getattr(args, "from_file", None):
+        return submit_from_file(client, args)
     spec = _spec_from_args(args)
     req = api_pb2.SubmitTaskRequest(template_id=args.template_id or "", spec=spec, name=args.name or "", idempotency_key=args.idempotency_key or "")
     if args.run_at:
@@ -270,6 +277,54 @@ def cmd_submit(client: Client, args: argparse.Namespace) -> int:
     if args.wait:
         return follow(client, task.task_id, args)
     return 0
+
+
+FROM_FILE_CHUNK = 10_000  # tasks per SubmitTaskStream call
+
+
+def submit_from_file(client: Client, args: argparse.Namespace) -> int:
+    """`--from-file tasks.jsonl`: stream the tasks in chunks, a progress line on stderr,
+    the accepted ids on stdout, a sentence per rejected line; non-zero if any was rejected."""
+    path = args.from_file
+    try:
+        f = sys.stdin if path == "-" else open(path)  # noqa: SIM115 - closed below
+    except OSError as e:
+        raise InvalidArgument(f"--from-file: cannot read {path}: {e.strerror}") from None
+    tty = sys.stderr.isatty()
+    accepted = rejected = 0
+    line_no = 0
+    started = time.monotonic()
+
+    def send(chunk: list[tuple[int, Any]]) -> None:
+        nonlocal accepted, rejected
+        resp = client.submit_many([r for _, r in chunk])
+        for (n, _), res in zip(chunk, resp.results, strict=True):
+            if res.code == 0:
+                accepted += 1
+                print(res.task_id)
+            else:
+                rejected += 1
+                print(f"{path}:{n}: {res.error}", file=sys.stderr)
+        rate = (accepted + rejected) / max(1e-9, time.monotonic() - started)
+        sys.stderr.write(("\r\033[K" if tty else "") + f"submitted {accepted + rejected:,} tasks ({rate:,.0f}/s)" + ("" if tty else "\n"))
+        sys.stderr.flush()
+
+    chunk: list[tuple[int, Any]] = []
+    with f:
+        for line in f:
+            line_no += 1
+            if not line.strip():
+                continue
+            chunk.append((line_no, specfile.parse_request_line(line, f"{path}:{line_no}")))
+            if len(chunk) == FROM_FILE_CHUNK:
+                send(chunk)
+                chunk = []
+    if chunk:
+        send(chunk)
+    if tty:
+        sys.stderr.write("\n")
+    print(f"{accepted:,} accepted, {rejected:,} rejected", file=sys.stderr)
+    return 1 if rejected else 0
 
 
 def follow(client: Client, task_id: str, args: argparse.Namespace) -> int:
@@ -469,6 +524,7 @@ _HELP = {
     "ResumeTemplate": "fire again (missed instants are skipped unless --run-missed)",
     "NextTemplateFires": "the next instants a schedule fires at, in its zone and UTC",
     "TemplateHistory": "a cron template's recent runs, counters and next fire",
+    "SubmitTasks": "submit up to 1,000 tasks from a file ({tasks: [...]}); for more use `task submit --from-file`",
 }
 
 

@@ -14,7 +14,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +62,8 @@ def rpc_methods() -> list[RpcMethod]:
     out = []
     for service in api_pb2.DESCRIPTOR.services_by_name.values():
         for m in service.methods:
+            if m.client_streaming:
+                continue  # SubmitTaskStream: see submit_many
             out.append(
                 RpcMethod(
                     service.name, m.name, snake(m.name), _message_class(m.input_type),
@@ -180,6 +182,29 @@ class Client(_Masters):
         assert last is not None
         raise last
 
+    def submit_many(self, requests: Iterable[api_pb2.SubmitTaskRequest], *, timeout: float | None = None) -> api_pb2.SubmitTasksResponse:
+        """Submit any number of tasks over one client stream (SubmitTaskStream); one result
+        per task, in order. Each request without an idempotency key gets one, so the whole
+        stream is retried on the next master if this one is unreachable, without doubles."""
+        reqs = _with_keys(requests)
+        last: CorralError | None = None
+        for _ in range(RETRIES * len(self.addresses)):
+            addr = self.addresses[self._current % len(self.addresses)]
+            call = self._channel(addr).stream_unary(
+                STREAM_SUBMIT, request_serializer=api_pb2.SubmitTaskRequest.SerializeToString,
+                response_deserializer=api_pb2.SubmitTasksResponse.FromString,
+            )
+            try:
+                return call(iter(reqs), metadata=self._metadata(), timeout=timeout)  # type: ignore[no-any-return]
+            except grpc.RpcError as e:
+                last = _translate(e, addr)
+                if not _retryable(last, len(self.addresses)):
+                    raise last from None
+                self._current += 1
+                time.sleep(0.2)
+        assert last is not None
+        raise last
+
     def wait_task(self, task_id: str, timeout: float | None = None) -> pb.TaskExecution:
         """Block until the task ends; returns its final record (DeadlineExceeded on timeout)."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -270,6 +295,27 @@ class AsyncClient(_Masters):
         except grpc.RpcError as e:
             raise _translate(e, addr) from None
 
+    async def submit_many(self, requests: Iterable[api_pb2.SubmitTaskRequest], *, timeout: float | None = None) -> api_pb2.SubmitTasksResponse:
+        """As Client.submit_many."""
+        reqs = _with_keys(requests)
+        last: CorralError | None = None
+        for _ in range(RETRIES * len(self.addresses)):
+            addr = self.addresses[self._current % len(self.addresses)]
+            call = self._channel(addr).stream_unary(
+                STREAM_SUBMIT, request_serializer=api_pb2.SubmitTaskRequest.SerializeToString,
+                response_deserializer=api_pb2.SubmitTasksResponse.FromString,
+            )
+            try:
+                return await call(iter(reqs), metadata=self._metadata(), timeout=timeout)  # type: ignore[no-any-return]
+            except grpc.RpcError as e:
+                last = _translate(e, addr)
+                if not _retryable(last, len(self.addresses)):
+                    raise last from None
+                self._current += 1
+                await asyncio.sleep(0.2)
+        assert last is not None
+        raise last
+
     async def wait_task(self, task_id: str, timeout: float | None = None) -> pb.TaskExecution:
         async def follow() -> pb.TaskExecution:
             while True:
@@ -285,6 +331,21 @@ class AsyncClient(_Masters):
             return await asyncio.wait_for(follow(), timeout)
         except TimeoutError:
             raise DeadlineExceeded(f"task {task_id} did not finish within {timeout}s") from None
+
+
+STREAM_SUBMIT = "/corral.v1.TaskService/SubmitTaskStream"
+
+
+def _with_keys(requests: Iterable[api_pb2.SubmitTaskRequest]) -> list[api_pb2.SubmitTaskRequest]:
+    out = []
+    for r in requests:
+        if not r.idempotency_key:
+            copy = api_pb2.SubmitTaskRequest()
+            copy.CopyFrom(r)
+            copy.idempotency_key = uuid.uuid4().hex
+            r = copy
+        out.append(r)
+    return out
 
 
 def _bind(method: RpcMethod) -> None:

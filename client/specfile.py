@@ -6,6 +6,7 @@ integer millicores, bytes and durations the API stores.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,30 @@ def parse_template(text: str, source: str = "file") -> pb.TaskTemplate:
         data = data["template"]
     try:
         return json_format.ParseDict(_human(data), pb.TaskTemplate(), ignore_unknown_fields=False)
+    except json_format.ParseError as e:
+        raise InvalidArgument(f"{source}: {e}") from None
+
+
+REQUEST_FIELDS = {"spec", "template_id", "run_at", "idempotency_key", "name"}
+
+
+def parse_request_line(line: str, source: str) -> Any:
+    """One line of a tasks.jsonl file: a SubmitTaskRequest ({"spec": {...}, "run_at": ...})
+    or, when it has none of the request's fields, a bare spec. Human units as in -f."""
+    from corral.v1 import api_pb2
+
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise InvalidArgument(f"{source}: not valid JSON: {e.msg}") from None
+    if not isinstance(data, dict):
+        raise InvalidArgument(f"{source}: expected a JSON object")
+    if not REQUEST_FIELDS & data.keys():
+        data = {"spec": data}
+    if isinstance(data.get("spec"), dict):
+        data = {**data, "spec": _human(data["spec"])}
+    try:
+        return json_format.ParseDict(data, api_pb2.SubmitTaskRequest(), ignore_unknown_fields=False)
     except json_format.ParseError as e:
         raise InvalidArgument(f"{source}: {e}") from None
 

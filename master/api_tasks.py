@@ -9,7 +9,14 @@ from collections.abc import AsyncIterator
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from corral.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable, from_code
+from corral.errors import (
+    CorralError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    from_code,
+)
 from corral.v1 import api_pb2, api_pb2_grpc
 from corral.v1 import types_pb2 as pb
 
@@ -25,6 +32,8 @@ from .store import Cmp, EtcdStore, Put
 from .taskops import TaskWriter
 
 MAX_PAGE = 1000
+MAX_BATCH = 1000      # tasks per SubmitTasks call
+MAX_STREAM = 100_000  # tasks per SubmitTaskStream
 LOG_CHUNK = 64 * 1024
 
 
@@ -72,22 +81,83 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
 
     @api_method
     async def SubmitTask(self, request, context, user):  # type: ignore[override]
-        task = self.build_task(request, user)
+        task, revision = await self._create(self.build_task(request, user), user)
+        if revision:
+            await self.cache.wait_revision(revision)
+        return task
+
+    @api_method
+    async def SubmitTasks(self, request, context, user):  # type: ignore[override]
+        if len(request.tasks) > MAX_BATCH:
+            raise InvalidArgument(f"tasks: at most {MAX_BATCH} per call ({len(request.tasks)} given); use SubmitTaskStream for more")
+        return await self._submit_many(list(request.tasks), user)
+
+    @api_method
+    async def SubmitTaskStream(self, request_iterator, context, user):  # type: ignore[override]
+        """Take tasks as they stream in and commit them in batches meanwhile."""
+        results: list[asyncio.Future[api_pb2.SubmitTasksResponse]] = []
+        chunk: list[api_pb2.SubmitTaskRequest] = []
+        count = 0
+        async for req in request_iterator:
+            count += 1
+            if count > MAX_STREAM:
+                raise InvalidArgument(f"tasks: at most {MAX_STREAM} per stream; open another stream for more")
+            chunk.append(req)
+            if len(chunk) == MAX_BATCH:
+                results.append(asyncio.ensure_future(self._submit_many(chunk, user)))
+                chunk = []
+        if chunk:
+            results.append(asyncio.ensure_future(self._submit_many(chunk, user)))
+        out = api_pb2.SubmitTasksResponse()
+        for part in await asyncio.gather(*results):
+            out.results.extend(part.results)
+            out.accepted += part.accepted
+        return out
+
+    async def _submit_many(self, requests: list[api_pb2.SubmitTaskRequest], user: pb.User) -> api_pb2.SubmitTasksResponse:
+        """Validate each task on its own, then create the valid ones side by side: the
+        group committer puts them into a few large transactions."""
+        resp = api_pb2.SubmitTasksResponse()
+        pending: list[tuple[api_pb2.SubmitResult, pb.TaskExecution]] = []
+        for req in requests:
+            r = resp.results.add()
+            try:
+                pending.append((r, self.build_task(req, user)))
+            except CorralError as e:
+                r.code, r.error = e.code.value[0], str(e)
+        done = await asyncio.gather(*(self._create(task, user) for _, task in pending), return_exceptions=True)
+        revision = 0
+        for (r, _), got in zip(pending, done, strict=True):
+            if isinstance(got, CorralError):
+                r.code, r.error = got.code.value[0], str(got)
+            elif isinstance(got, BaseException):
+                raise got
+            else:
+                r.task_id = got[0].task_id
+                resp.accepted += 1
+                revision = max(revision, got[1])
+        if revision:
+            await self.cache.wait_revision(revision)
+        return resp
+
+    async def _create(self, task: pb.TaskExecution, user: pb.User) -> tuple[pb.TaskExecution, int]:
+        """Create one task (create-if-absent, with its idempotency key in the same
+        transaction); the task and the revision to wait for (0: it existed already)."""
         compares = [Cmp(keys.task(task.task_id), 0)]
         ops = [Put(keys.task(task.task_id), task.SerializeToString())]
-        if request.idempotency_key:
-            idem = keys.idempotency(user.user_id, request.idempotency_key)
+        if task.idempotency_key:
+            idem = keys.idempotency(user.user_id, task.idempotency_key)
             compares.append(Cmp(idem, 0))
             ops.append(Put(idem, task.task_id.encode()))
-        result = await self.store.txn(compares, ops)
+        commit = self.writer.commit
+        result = await (commit.txn(compares, ops) if commit is not None else self.store.txn(compares, ops))
         if not result.succeeded:
-            kv = await self.store.get(keys.idempotency(user.user_id, request.idempotency_key))
+            kv = await self.store.get(keys.idempotency(user.user_id, task.idempotency_key)) if task.idempotency_key else None
             if kv is None:
                 raise FailedPrecondition("task id collision; submit again")
             existing, _ = await self.writer.load(kv.value.decode())
-            return existing
-        await self.cache.wait_revision(result.revision)
-        return task
+            return existing, 0
+        return task, result.revision
 
     @api_method
     async def GetTask(self, request, context, user):  # type: ignore[override]

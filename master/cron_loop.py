@@ -23,6 +23,7 @@ from corral.v1 import types_pb2 as pb
 from . import cron_plan, keys, records
 from .cache import Cache
 from .cron import Schedule
+from .group_commit import GroupCommit
 from .leadership import Leadership
 from .runaway import RunawayGuard, smallest_gap
 from .store import Cmp, Delete, EtcdStore, Put
@@ -46,8 +47,11 @@ def skip_ops(t: pb.TaskTemplate, st: pb.CronState, skips: list[tuple[int, str]],
 
 
 class CronLoop:
-    def __init__(self, store: EtcdStore, cache: Cache, leadership: Leadership, *, lookahead: float = DEFAULT_LOOKAHEAD) -> None:
+    def __init__(
+        self, store: EtcdStore, cache: Cache, leadership: Leadership, *, lookahead: float = DEFAULT_LOOKAHEAD, commit: GroupCommit | None = None
+    ) -> None:
         self.store = store
+        self._txn = commit.txn if commit is not None else store.txn
         self.cache = cache
         self.leadership = leadership
         self.lookahead = lookahead
@@ -211,7 +215,7 @@ class CronLoop:
         st.last_scheduled = scheduled
         st.fired += 1
         task = records.scheduled_run(t, scheduled, time.time(), reason="fired by its schedule")
-        result = await self.store.txn(
+        result = await self._txn(
             [Cmp(keys.task(task.task_id), 0), Cmp(cron_key(t.template_id), rev), *self.leadership.fence()],
             [Put(keys.task(task.task_id), task.SerializeToString()), Put(cron_key(t.template_id), st.SerializeToString())],
         )

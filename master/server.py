@@ -61,6 +61,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--lookahead", type=float, default=float(env("CORRAL_LOOKAHEAD", "1")),
         help="seconds before its due time a delayed or cron task is placed and sent to its node, which starts it on time",
     )
+    p.add_argument(
+        "--commit-batch", type=int, default=int(env("CORRAL_COMMIT_BATCH", "480")),
+        help="most writes per etcd transaction when concurrent writes are committed together (etcd's --max-txn-ops must allow it)",
+    )
     p.add_argument("--lease-ttl", type=int, default=int(env("CORRAL_LEASE_TTL", "2")), help="leader lease in whole seconds: how fast a dead leader is replaced")
     p.add_argument("--test-force-leader", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ready-file", default="", help="write the bound address here once serving (for scripts and tests)")
@@ -76,9 +80,11 @@ class Master:
         self.cache = Cache(self.store)
         self.leadership: Elected | Always = Always() if args.test_force_leader else Elected()
         self.auth = Authenticator(self.cache)
+        from .group_commit import GroupCommit
         from .taskops import TaskWriter
 
-        self.writer = TaskWriter(self.store, self.cache, self.leadership)
+        self.commit = GroupCommit(self.store, max_ops=args.commit_batch)
+        self.writer = TaskWriter(self.store, self.cache, self.leadership, self.commit)
         self.gateway = Gateway(
             self.store, self.cache, self.writer, self.auth, self.leadership,
             heartbeat_interval=args.heartbeat_interval,
@@ -88,7 +94,7 @@ class Master:
         self.liveness = Liveness(
             self.store, self.cache, self.writer, self.gateway, self.leadership, timeout=args.heartbeat_timeout
         )
-        self.cron = CronLoop(self.store, self.cache, self.leadership, lookahead=args.lookahead)
+        self.cron = CronLoop(self.store, self.cache, self.leadership, lookahead=args.lookahead, commit=self.commit)
         self.server = grpc.aio.server(options=GRPC_OPTIONS)
         self.leader: LeaderLoops | None = None
         self.address = ""

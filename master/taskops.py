@@ -15,6 +15,7 @@ from corral.v1 import types_pb2 as pb
 
 from . import keys
 from .cache import Cache
+from .group_commit import GroupCommit
 from .leadership import Leadership
 from .store import Cmp, EtcdStore, Put
 
@@ -24,8 +25,9 @@ Mutator = Callable[[pb.TaskExecution], pb.TaskExecution | None]
 
 
 class TaskWriter:
-    def __init__(self, store: EtcdStore, cache: Cache, leadership: Leadership) -> None:
+    def __init__(self, store: EtcdStore, cache: Cache, leadership: Leadership, commit: GroupCommit | None = None) -> None:
         self.store = store
+        self.commit = commit
         self.cache = cache
         self.leadership = leadership
         self.fenced_committed = 0  # leader writes that went through
@@ -85,7 +87,8 @@ class TaskWriter:
             compares = [Cmp(keys.task(task_id), rev), *guard[0]]
             if fenced:
                 compares += self.leadership.fence()
-            result = await self.store.txn(compares, [Put(keys.task(task_id), new.SerializeToString()), *guard[1]])
+            txn = self.commit.txn if self.commit is not None else self.store.txn
+            result = await txn(compares, [Put(keys.task(task_id), new.SerializeToString()), *guard[1]])
             if result.succeeded:
                 if fenced:
                     self.fenced_committed += 1

@@ -129,6 +129,30 @@ class SubmitTaskRequest(_message.Message):
     name: str
     def __init__(self, template_id: _Optional[str] = ..., spec: _Optional[_Union[_types_pb2.TaskTemplate, _Mapping]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
+class SubmitTasksRequest(_message.Message):
+    __slots__ = ("tasks",)
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[SubmitTaskRequest]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[SubmitTaskRequest, _Mapping]]] = ...) -> None: ...
+
+class SubmitResult(_message.Message):
+    __slots__ = ("task_id", "code", "error")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    code: int
+    error: str
+    def __init__(self, task_id: _Optional[str] = ..., code: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+
+class SubmitTasksResponse(_message.Message):
+    __slots__ = ("results", "accepted")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SubmitResult]
+    accepted: int
+    def __init__(self, results: _Optional[_Iterable[_Union[SubmitResult, _Mapping]]] = ..., accepted: _Optional[int] = ...) -> None: ...
+
 class StopTaskRequest(_message.Message):
     __slots__ = ("task_id", "grace_period")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]

@@ -465,6 +465,16 @@ class TaskServiceStub:
                 request_serializer=corral_dot_v1_dot_api__pb2.SubmitTaskRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_types__pb2.TaskExecution.FromString,
                 _registered_method=True)
+        self.SubmitTasks = channel.unary_unary(
+                '/corral.v1.TaskService/SubmitTasks',
+                request_serializer=corral_dot_v1_dot_api__pb2.SubmitTasksRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_api__pb2.SubmitTasksResponse.FromString,
+                _registered_method=True)
+        self.SubmitTaskStream = channel.stream_unary(
+                '/corral.v1.TaskService/SubmitTaskStream',
+                request_serializer=corral_dot_v1_dot_api__pb2.SubmitTaskRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_api__pb2.SubmitTasksResponse.FromString,
+                _registered_method=True)
         self.StopTask = channel.unary_unary(
                 '/corral.v1.TaskService/StopTask',
                 request_serializer=corral_dot_v1_dot_api__pb2.StopTaskRequest.SerializeToString,
@@ -502,6 +512,22 @@ class TaskServiceServicer:
 
     def SubmitTask(self, request, context):
         """Submit a one-off task, from a template, an inline spec, or both (the spec overrides).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitTasks(self, request, context):
+        """Submit up to 1,000 tasks in one call. Each gets its own result: one bad task does not
+        fail the others. Committed together in large etcd transactions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitTaskStream(self, request_iterator, context):
+        """Client-streaming submit: send up to 100,000 tasks, get one result per task at the end.
+        The SDK's submit_many and `corral task submit --from-file` use it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -556,6 +582,16 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.SubmitTask,
                     request_deserializer=corral_dot_v1_dot_api__pb2.SubmitTaskRequest.FromString,
                     response_serializer=corral_dot_v1_dot_types__pb2.TaskExecution.SerializeToString,
+            ),
+            'SubmitTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitTasks,
+                    request_deserializer=corral_dot_v1_dot_api__pb2.SubmitTasksRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_api__pb2.SubmitTasksResponse.SerializeToString,
+            ),
+            'SubmitTaskStream': grpc.stream_unary_rpc_method_handler(
+                    servicer.SubmitTaskStream,
+                    request_deserializer=corral_dot_v1_dot_api__pb2.SubmitTaskRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_api__pb2.SubmitTasksResponse.SerializeToString,
             ),
             'StopTask': grpc.unary_unary_rpc_method_handler(
                     servicer.StopTask,
@@ -615,6 +651,60 @@ class TaskService:
             '/corral.v1.TaskService/SubmitTask',
             corral_dot_v1_dot_api__pb2.SubmitTaskRequest.SerializeToString,
             corral_dot_v1_dot_types__pb2.TaskExecution.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.TaskService/SubmitTasks',
+            corral_dot_v1_dot_api__pb2.SubmitTasksRequest.SerializeToString,
+            corral_dot_v1_dot_api__pb2.SubmitTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitTaskStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/corral.v1.TaskService/SubmitTaskStream',
+            corral_dot_v1_dot_api__pb2.SubmitTaskRequest.SerializeToString,
+            corral_dot_v1_dot_api__pb2.SubmitTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,
