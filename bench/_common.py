@@ -28,9 +28,10 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 
 @contextmanager
-def local_cluster(node_id: str, *, driver: str = "process") -> Iterator[tuple[str, str, str]]:
+def local_cluster(node_id: str | None, *, driver: str = "process") -> Iterator[tuple[str, str, str]]:
     """etcd, one master and one nodelet (as `corral dev` runs them), until the nodelet offers
-    `driver`. Yields (master address, token, etcd endpoint); stops everything by PID."""
+    `driver`; no nodelet when `node_id` is None. Yields (master address, token, etcd
+    endpoint); stops everything by PID."""
     tmp = Path(tempfile.mkdtemp(prefix="corral-bench-"))
     token = secrets.token_urlsafe(16)
     started: list[procs.Proc] = []
@@ -40,10 +41,11 @@ def local_cluster(node_id: str, *, driver: str = "process") -> Iterator[tuple[st
         m = procs.start_master(etcd.info["endpoint"], token, tmp, name="master", extra=["--log-level", "warning"])
         started.append(m)
         addr = m.info["address"]
-        started.append(procs.start_nodelet(addr, token, tmp, node_id=node_id, extra=["--log-level", "warning"]))
+        if node_id is not None:
+            started.append(procs.start_nodelet(addr, token, tmp, node_id=node_id, extra=["--log-level", "warning"]))
         c = Client(addr, token)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        while node_id is not None and time.monotonic() < deadline:
             nodes = c.list_nodes().nodes  # type: ignore[attr-defined]
             if nodes and driver in nodes[0].drivers:
                 break

@@ -163,7 +163,8 @@ def table(msg: Message) -> str:
     if isinstance(msg, pb.TaskExecution):
         return task_detail(msg)
     if isinstance(msg, api_pb2.ListTasksResponse):
-        return task_rows(msg.tasks)
+        more = f"\n(more: --page-token {msg.next_page_token})" if msg.next_page_token else ""
+        return task_rows(msg.tasks) + more
     if isinstance(msg, pb.TaskTemplate):
         return template_detail(msg)
     if isinstance(msg, api_pb2.ListTemplatesResponse):

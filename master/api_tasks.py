@@ -32,9 +32,20 @@ from .store import Cmp, EtcdStore, Put
 from .taskops import TaskWriter
 
 MAX_PAGE = 1000
+SORT_SUBSET = 10_000  # a filtered list sorts its index below this size, else walks the order
 MAX_BATCH = 1000      # tasks per SubmitTasks call
 MAX_STREAM = 100_000  # tasks per SubmitTaskStream
 LOG_CHUNK = 64 * 1024
+
+
+def _page_key(token: str) -> tuple[int, str] | None:
+    """A page token is the (submit time ns, task id) of the previous page's last task."""
+    if not token:
+        return None
+    ns, sep, task_id = token.partition(":")
+    if not sep or not ns.isdigit() or not task_id:
+        raise InvalidArgument("page_token: not a token returned by ListTasks")
+    return int(ns), task_id
 
 
 class TaskServicer(api_pb2_grpc.TaskServiceServicer):
@@ -171,25 +182,42 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
     async def ListTasks(self, request, context, user):  # type: ignore[override]
         if request.consistent:
             await self.cache.sync()
-        if request.template_id:
-            recs = self.cache.tasks_of(request.template_id)
-            if request.state:
-                recs = [t for t in recs if t.state == request.state]
-        elif request.state:
-            ids = list(self.cache.tasks_in(request.state))
-            recs = [self.cache.tasks[i].msg for i in ids if i in self.cache.tasks]
-        else:
-            recs = [r.msg for r in self.cache.tasks.values()]
-        if request.node_id:
-            recs = [t for t in recs if t.node_id == request.node_id]
-        recs.sort(key=lambda t: (records.seconds(t.submit_time), t.task_id), reverse=True)
         size = min(request.page_size or 100, MAX_PAGE)
-        try:
-            start = int(request.page_token or 0)
-        except ValueError:
-            raise InvalidArgument("page_token: not a token returned by ListTasks") from None
-        page = recs[start : start + size]
-        nxt = str(start + size) if start + size < len(recs) else ""
+        after = _page_key(request.page_token)
+        tasks = self.cache.tasks
+
+        def wanted(t: pb.TaskExecution) -> bool:
+            return (
+                (not request.state or t.state == request.state)
+                and (not request.node_id or t.node_id == request.node_id)
+                and (not request.template_id or t.template_id == request.template_id)
+            )
+
+        ids: set[str] | None = None
+        if request.template_id or request.state:
+            ids = self.cache.by_template.get(request.template_id, set()) if request.template_id else self.cache.tasks_in(request.state)
+        if ids is not None and len(ids) <= SORT_SUBSET:
+            # a small filtered index: sort just that subset
+            order = sorted(((tasks[i].msg.submit_time.ToNanoseconds(), i) for i in ids if i in tasks), reverse=True)
+            if after is not None:
+                order = [k for k in order if k < after]
+            keys_iter = iter(order)
+        else:
+            # newest first straight from the ordered index: no sort, however many tasks
+            keys_iter = self.cache.task_order.irange(maximum=after, inclusive=(True, False), reverse=True) if after else reversed(self.cache.task_order)
+        page: list[pb.TaskExecution] = []
+        last: tuple[int, str] | None = None
+        more = False
+        for key in keys_iter:
+            rec = tasks.get(key[1])
+            if rec is None or not wanted(rec.msg):
+                continue
+            if len(page) == size:
+                more = True
+                break
+            page.append(rec.msg)
+            last = key
+        nxt = f"{last[0]}:{last[1]}" if more and last is not None else ""
         return api_pb2.ListTasksResponse(tasks=page, next_page_token=nxt)
 
     @api_method

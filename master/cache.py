@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from google.protobuf.message import DecodeError, Message
+from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
 from corral.errors import Unavailable
 from corral.v1 import types_pb2 as pb
@@ -57,6 +58,8 @@ class Cache:
         self.by_state: dict[int, set[str]] = {}
         self.by_node: dict[str, set[str]] = {}
         self.by_template: dict[str, set[str]] = {}
+        # every task by (submit time ns, id): ListTasks pages newest first without sorting
+        self.task_order = SortedList()
         self.revision = 0
         self.ready = asyncio.Event()
         self._listeners: list[Listener] = []
@@ -149,6 +152,7 @@ class Cache:
         self.by_state.clear()
         self.by_node.clear()
         self.by_template.clear()
+        self.task_order.clear()
 
     def _apply(self, key: str, value: bytes | None, rev: int, *, notify: bool, created: int = 0) -> None:
         prefix = next((p for p in _KINDS if key.startswith(p)), None)
@@ -203,6 +207,8 @@ class Cache:
     def _index_task(self, ident: str, msg: pb.TaskExecution | None) -> None:
         old = self.tasks.pop(ident, None)
         if old is not None:
+            if msg is None or msg.submit_time != old.msg.submit_time:
+                self.task_order.discard((old.msg.submit_time.ToNanoseconds(), ident))
             self.by_state.get(old.msg.state, set()).discard(ident)
             if old.msg.node_id:
                 self.by_node.get(old.msg.node_id, set()).discard(ident)
@@ -211,6 +217,8 @@ class Cache:
         if msg is None:
             return
         self.tasks[ident] = Rec(msg, 0)
+        if old is None or msg.submit_time != old.msg.submit_time:
+            self.task_order.add((msg.submit_time.ToNanoseconds(), ident))
         self.by_state.setdefault(msg.state, set()).add(ident)
         if msg.node_id:
             self.by_node.setdefault(msg.node_id, set()).add(ident)

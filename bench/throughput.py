@@ -1,0 +1,198 @@
+"""Throughput benchmark: durable submissions per second through each API, beside raw etcd.
+
+On a local cluster (etcd and one master, as `corral dev`; no nodelet, tasks due in an hour
+so only the submit path is timed), several rounds of:
+  * stream: SubmitTaskStream (the SDK's submit_many), 2 processes × 2 streams, chunks of
+    5,000 tasks (each with the idempotency key the SDK adds);
+  * batch: SubmitTasks, 1,000 tasks per call, 2 processes × 4 calls in flight;
+  * unary: SubmitTask from 64 concurrent clients (2 processes × 32 in flight);
+  * raw etcd, same run: 64 concurrent single puts, and 8 writers of 128-put transactions
+    (records of the same size);
+then `corral task list` (first page of 100) timed with every record of the run in etcd.
+Prints medians and spreads; `--json` adds one JSON object as the last line; `--quick` is
+one short round of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import secrets
+import statistics
+import sys
+import time
+
+from _common import local_cluster, pct, print_table
+from e2e import concurrent_submits, etcd_puts
+
+from corral.client import AsyncClient, Client
+from corral.v1 import api_pb2
+from corral.v1 import types_pb2 as pb
+
+PROCS = 2
+
+
+def _requests(n: int, due: int) -> list[api_pb2.SubmitTaskRequest]:
+    spec = pb.TaskTemplate(run_script="echo queued")
+    return [api_pb2.SubmitTaskRequest(spec=spec, run_at={"seconds": due}) for _ in range(n)]
+
+
+def _worker(kind: str, addr: str, token: str, seconds: float, q: mp.Queue) -> None:  # type: ignore[type-arg]
+    """Submit through one API for `seconds` (bounded), report (accepted, call latencies ms)."""
+
+    async def run() -> tuple[int, list[float], float, float]:
+        c = AsyncClient(addr, token)
+        due = int(time.time()) + 3600
+        accepted = 0
+        lat: list[float] = []
+        stop_at = time.perf_counter() + seconds
+        chunk, inflight = (5000, 2) if kind == "stream" else (1000, 4)
+
+        async def one() -> None:
+            nonlocal accepted
+            while time.perf_counter() < stop_at:
+                reqs = _requests(chunk, due)
+                t0 = time.perf_counter()
+                if kind == "stream":
+                    resp = await c.submit_many(reqs, timeout=120)
+                else:
+                    resp = await c.submit_tasks(api_pb2.SubmitTasksRequest(tasks=reqs), timeout=120)  # type: ignore[attr-defined]
+                lat.append((time.perf_counter() - t0) * 1000)
+                accepted += resp.accepted
+
+        began = time.time()
+        await asyncio.gather(*(one() for _ in range(inflight)))
+        ended = time.time()
+        await c.close()
+        return accepted, lat, began, ended
+
+    q.put(asyncio.run(run()))
+
+
+def api_rate(kind: str, addr: str, token: str, seconds: float) -> tuple[float, list[float]]:
+    ctx = mp.get_context("spawn")
+    q: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
+    ps = [ctx.Process(target=_worker, args=(kind, addr, token, seconds, q)) for _ in range(PROCS)]
+    for p in ps:
+        p.start()
+    results = [q.get(timeout=seconds + 300) for _ in ps]
+    for p in ps:
+        p.join(30)
+    total = sum(r[0] for r in results)
+    # from the first call sent to the last answer received, over all processes
+    span = max(r[3] for r in results) - min(r[2] for r in results)
+    return total / span, [x for r in results for x in r[1]]
+
+
+def etcd_txns(endpoint: str, seconds: float, writers: int = 8, ops: int = 128, size: int = 400) -> float:
+    """Raw etcd: puts per second inside `ops`-put transactions from `writers` writers."""
+    from corral.master.store import EtcdStore, Put
+
+    async def run() -> float:
+        store = EtcdStore(endpoint, prefix=f"/bench-txn-{secrets.token_hex(3)}/")
+        await store.connect()
+        value = os.urandom(size)
+        count = 0
+        stop_at = time.perf_counter() + seconds
+
+        async def one(i: int) -> None:
+            nonlocal count
+            j = 0
+            while time.perf_counter() < stop_at:
+                await store.txn([], [Put(f"w{i}-{j}-{k}", value) for k in range(ops)])
+                j += 1
+                count += ops
+
+        await asyncio.gather(*(one(i) for i in range(writers)))
+        await store.close()
+        return count / seconds
+
+    return asyncio.run(run())
+
+
+def list_first_page(addr: str, token: str, n: int = 20) -> tuple[list[float], int]:
+    c = Client(addr, token)
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        c.list_tasks(page_size=100)  # type: ignore[attr-defined]
+        out.append((time.perf_counter() - t0) * 1000)
+    total = 0
+    token_ = ""
+    while True:  # count the records through the API (pages of 1,000)
+        page = c.list_tasks(page_size=1000, page_token=token_)  # type: ignore[attr-defined]
+        total += len(page.tasks)
+        token_ = page.next_page_token
+        if not token_:
+            break
+    c.close()
+    return out, total
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="one short round of each (about a minute)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object of figures as the last line")
+    ap.add_argument("--seconds", type=float, default=0, help="length of one round (default 10, quick 4)")
+    ap.add_argument("--rounds", type=int, default=0, help="rounds of each (default 3, quick 1)")
+    args = ap.parse_args()
+    secs = args.seconds or (4.0 if args.quick else 10.0)
+    rounds = args.rounds or (1 if args.quick else 3)
+
+    runs: dict[str, list[float]] = {k: [] for k in ("stream", "batch", "unary", "raw_puts", "raw_txn_puts")}
+    lats: dict[str, list[float]] = {"stream": [], "batch": [], "unary": []}
+    with local_cluster(None) as (addr, token, endpoint):
+        print(f"corral bench throughput: {rounds} × {secs:.0f}s rounds", file=sys.stderr)
+        for r in range(rounds):
+            for kind in ("stream", "batch"):
+                rate, lat = api_rate(kind, addr, token, secs)
+                runs[kind].append(rate)
+                lats[kind] += lat
+            rate, lat = concurrent_submits(addr, token, secs)
+            runs["unary"].append(rate)
+            lats["unary"] += lat
+            runs["raw_puts"].append(etcd_puts(endpoint, secs))
+            runs["raw_txn_puts"].append(etcd_txns(endpoint, secs))
+            print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in runs.items()), file=sys.stderr)
+        page_ms, records = list_first_page(addr, token)
+
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    figures: dict[str, object] = {
+        "rounds": rounds, "seconds": secs,
+        **{f"{k}_per_s_median": round(v, 1) for k, v in med.items()},
+        **{f"{k}_per_s_runs": [round(x, 1) for x in v] for k, v in runs.items()},
+        **{f"{k}_call_ms_p50": round(pct(v, 50), 2) for k, v in lats.items()},
+        **{f"{k}_call_ms_p99": round(pct(v, 99), 2) for k, v in lats.items()},
+        "stream_ratio_to_raw_txn_puts": round(med["stream"] / med["raw_txn_puts"], 3),
+        "batch_ratio_to_raw_txn_puts": round(med["batch"] / med["raw_txn_puts"], 3),
+        "unary_ratio_to_raw_puts": round(med["unary"] / med["raw_puts"], 3),
+        "list_first_page_ms_p50": round(pct(page_ms, 50), 2),
+        "list_first_page_ms_p99": round(pct(page_ms, 99), 2),
+        "records": records,
+    }
+
+    def spread(xs: list[float]) -> str:
+        return f"{min(xs):,.0f}–{max(xs):,.0f}"
+
+    rows = [
+        ("stream submit (submit_many)", f"{med['stream']:,.0f}/s", spread(runs["stream"]), f"call p50 {figures['stream_call_ms_p50']} ms (5,000 tasks)",
+         f"{figures['stream_ratio_to_raw_txn_puts']:.2f} × raw txn puts"),
+        ("batch submit (SubmitTasks)", f"{med['batch']:,.0f}/s", spread(runs["batch"]), f"call p50 {figures['batch_call_ms_p50']} ms (1,000 tasks)",
+         f"{figures['batch_ratio_to_raw_txn_puts']:.2f} × raw txn puts"),
+        ("unary submit, 64 clients", f"{med['unary']:,.0f}/s", spread(runs["unary"]), f"p50 {figures['unary_call_ms_p50']} ms, p99 {figures['unary_call_ms_p99']} ms",
+         f"{figures['unary_ratio_to_raw_puts']:.2f} × raw puts"),
+        ("raw etcd puts, 64 concurrent", f"{med['raw_puts']:,.0f}/s", spread(runs["raw_puts"]), "", ""),
+        ("raw etcd puts in 128-put txns, 8 writers", f"{med['raw_txn_puts']:,.0f}/s", spread(runs["raw_txn_puts"]), "", ""),
+        (f"task list first page ({records:,} records)", f"p50 {figures['list_first_page_ms_p50']} ms", f"p99 {figures['list_first_page_ms_p99']} ms", "", ""),
+    ]
+    print_table(("figure", "median", "spread", "latency", "vs etcd"), rows)
+    if args.json:
+        print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
