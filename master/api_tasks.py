@@ -38,6 +38,16 @@ MAX_STREAM = 100_000  # tasks per SubmitTaskStream
 LOG_CHUNK = 64 * 1024
 
 
+def _create_ops(task: pb.TaskExecution, user: pb.User) -> tuple[list[Cmp], list[Put]]:
+    compares = [Cmp(keys.task(task.task_id), 0)]
+    ops = [Put(keys.task(task.task_id), task.SerializeToString())]
+    if task.idempotency_key:
+        idem = keys.idempotency(user.user_id, task.idempotency_key)
+        compares.append(Cmp(idem, 0))
+        ops.append(Put(idem, task.task_id.encode()))
+    return compares, ops
+
+
 def _page_key(token: str) -> tuple[int, str] | None:
     """A page token is the (submit time ns, task id) of the previous page's last task."""
     if not token:
@@ -136,17 +146,27 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
                 pending.append((r, self.build_task(req, user)))
             except CorralError as e:
                 r.code, r.error = e.code.value[0], str(e)
-        done = await asyncio.gather(*(self._create(task, user) for _, task in pending), return_exceptions=True)
+        writes = [_create_ops(task, user) for _, task in pending]
+        commit = self.writer.commit
+        if commit is not None:
+            done = await commit.txn_many(writes)
+        else:
+            done = list(await asyncio.gather(*(self.store.txn(c, o) for c, o in writes), return_exceptions=True))
         revision = 0
-        for (r, _), got in zip(pending, done, strict=True):
-            if isinstance(got, CorralError):
-                r.code, r.error = got.code.value[0], str(got)
-            elif isinstance(got, BaseException):
+        for (r, task), got in zip(pending, done, strict=True):
+            if isinstance(got, BaseException):
                 raise got
-            else:
-                r.task_id = got[0].task_id
+            if got.succeeded:
+                r.task_id = task.task_id
                 resp.accepted += 1
-                revision = max(revision, got[1])
+                revision = max(revision, got.revision)
+                continue
+            try:  # a repeated idempotency key: the first task's id
+                existing, _ = await self._existing(task, user)
+                r.task_id = existing.task_id
+                resp.accepted += 1
+            except CorralError as e:
+                r.code, r.error = e.code.value[0], str(e)
         if revision:
             await self.cache.wait_revision(revision)
         return resp
@@ -154,21 +174,20 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
     async def _create(self, task: pb.TaskExecution, user: pb.User) -> tuple[pb.TaskExecution, int]:
         """Create one task (create-if-absent, with its idempotency key in the same
         transaction); the task and the revision to wait for (0: it existed already)."""
-        compares = [Cmp(keys.task(task.task_id), 0)]
-        ops = [Put(keys.task(task.task_id), task.SerializeToString())]
-        if task.idempotency_key:
-            idem = keys.idempotency(user.user_id, task.idempotency_key)
-            compares.append(Cmp(idem, 0))
-            ops.append(Put(idem, task.task_id.encode()))
+        compares, ops = _create_ops(task, user)
         commit = self.writer.commit
         result = await (commit.txn(compares, ops) if commit is not None else self.store.txn(compares, ops))
         if not result.succeeded:
-            kv = await self.store.get(keys.idempotency(user.user_id, task.idempotency_key)) if task.idempotency_key else None
-            if kv is None:
-                raise FailedPrecondition("task id collision; submit again")
-            existing, _ = await self.writer.load(kv.value.decode())
-            return existing, 0
+            return await self._existing(task, user)
         return task, result.revision
+
+    async def _existing(self, task: pb.TaskExecution, user: pb.User) -> tuple[pb.TaskExecution, int]:
+        """The task an earlier submission with the same idempotency key created."""
+        kv = await self.store.get(keys.idempotency(user.user_id, task.idempotency_key)) if task.idempotency_key else None
+        if kv is None:
+            raise FailedPrecondition("task id collision; submit again")
+        existing, _ = await self.writer.load(kv.value.decode())
+        return existing, 0
 
     @api_method
     async def GetTask(self, request, context, user):  # type: ignore[override]

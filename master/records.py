@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 
@@ -21,7 +22,9 @@ _last = [0, 0]
 
 
 def new_task_id() -> str:
-    """A time-ordered unique id: milliseconds, a per-process counter and random bits."""
+    """A time-ordered unique id: milliseconds, a per-process counter and random bits (not
+    secret: uniqueness comes from the time and counter; a rare clash between masters is
+    caught by create-if-absent)."""
     ms = int(time.time() * 1000)
     with _lock:
         if ms == _last[0]:
@@ -29,7 +32,7 @@ def new_task_id() -> str:
         else:
             _last[0], _last[1] = ms, 0
         seq = _last[1]
-    return f"t{ms:011x}{seq:03x}{os.urandom(3).hex()}"
+    return f"t{ms:011x}{seq:03x}{random.getrandbits(24):06x}"
 
 
 def new_template_id() -> str:

@@ -66,8 +66,6 @@ class Cmp:
 class TxnResult:
     succeeded: bool
     revision: int
-    # on failure, with `failure_gets`: key -> (mod revision, create revision) of those present
-    current: dict[str, tuple[int, int]] | None = None
 
 
 class Compacted(Unavailable):
@@ -177,15 +175,8 @@ class EtcdStore:
                 return out, revision
             start = resp.kvs[-1].key + b"\x00"
 
-    async def txn(
-        self,
-        compares: Sequence[Cmp],
-        ops: Sequence[Put | Delete],
-        failure_gets: Sequence[str] = (),
-    ) -> TxnResult:
-        """Apply `ops` atomically if every compare holds. When they do not, the keys in
-        `failure_gets` are read in the same round trip (TxnResult.current), so a caller
-        that combined several writes can tell which compares failed."""
+    async def txn(self, compares: Sequence[Cmp], ops: Sequence[Put | Delete]) -> TxnResult:
+        """Apply `ops` atomically if every compare holds."""
         cmp = []
         for c in compares:
             if c.create:
@@ -198,15 +189,18 @@ class EtcdStore:
                 success.append(rpc.RequestOp(request_put=rpc.PutRequest(key=self._k(op.key), value=op.value, lease=op.lease)))
             else:
                 success.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=self._k(op.key))))
-        failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=self._k(k), keys_only=True)) for k in failure_gets]
-        resp = await self._call(self._kv().Txn, rpc.TxnRequest(compare=cmp, success=success, failure=failure))
-        if resp.succeeded or not failure_gets:
-            return TxnResult(resp.succeeded, resp.header.revision)
+        resp = await self._call(self._kv().Txn, rpc.TxnRequest(compare=cmp, success=success))
+        return TxnResult(resp.succeeded, resp.header.revision)
+
+    async def revisions(self, keys: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """(mod revision, create revision) of each present key, read in one round trip."""
+        ranges = [rpc.RequestOp(request_range=rpc.RangeRequest(key=self._k(k), keys_only=True)) for k in keys]
+        resp = await self._call(self._kv().Txn, rpc.TxnRequest(success=ranges))
         found: dict[str, tuple[int, int]] = {}
-        for k, r in zip(failure_gets, resp.responses, strict=True):
+        for k, r in zip(keys, resp.responses, strict=True):
             for kv in r.response_range.kvs:
                 found[k] = (kv.mod_revision, kv.create_revision)
-        return TxnResult(False, resp.header.revision, found)
+        return found
 
     async def first_created(self, prefix: str, before: int = 0) -> tuple[KV | None, int]:
         """The key under `prefix` with the lowest create revision; with `before`, the key
