@@ -44,6 +44,15 @@ GRPC_OPTIONS = [
 ]
 
 
+def _duration(text: str) -> float:
+    from corral import units
+
+    try:
+        return units.parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     env = os.environ.get
     p.add_argument("--etcd", default=env("CORRAL_ETCD", "127.0.0.1:2379"), help="etcd endpoint host:port (env CORRAL_ETCD)")
@@ -64,6 +73,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--commit-batch", type=int, default=int(env("CORRAL_COMMIT_BATCH", "480")),
         help="most writes per etcd transaction when concurrent writes are committed together (etcd's --max-txn-ops must allow it)",
+    )
+    p.add_argument(
+        "--retention", type=_duration, default=env("CORRAL_RETENTION", "7d"),
+        help="delete finished task records this long after they ended, e.g. 7d or 12h; 0 keeps them all",
     )
     p.add_argument("--lease-ttl", type=int, default=int(env("CORRAL_LEASE_TTL", "2")), help="leader lease in whole seconds: how fast a dead leader is replaced")
     p.add_argument("--test-force-leader", action="store_true", help=argparse.SUPPRESS)
@@ -94,6 +107,9 @@ class Master:
         self.liveness = Liveness(
             self.store, self.cache, self.writer, self.gateway, self.leadership, timeout=args.heartbeat_timeout
         )
+        from .retention import Retention
+
+        self.retention = Retention(self.cache, self.commit, self.leadership, keep=args.retention)
         self.cron = CronLoop(self.store, self.cache, self.leadership, lookahead=args.lookahead, commit=self.commit)
         self.server = grpc.aio.server(options=GRPC_OPTIONS)
         self.leader: LeaderLoops | None = None
@@ -139,7 +155,7 @@ class Master:
                 member = api_pb2.Member(name=self.args.name, address=self.address, pid=os.getpid(), version=__version__)
                 if isinstance(self.leadership, Elected):
                     self.leader = LeaderLoops(
-                        self.store, self.leadership, member, [self.scheduler.run, self.liveness.run, self.cron.run],
+                        self.store, self.leadership, member, [self.scheduler.run, self.liveness.run, self.cron.run, self.retention.run],
                         lease_ttl=self.args.lease_ttl, on_lost=self.gateway.close_all,
                     )
                     self.cluster.leader_loops = self.leader
@@ -149,6 +165,7 @@ class Master:
                     tg.create_task(self.scheduler.run())
                     tg.create_task(self.liveness.run())
                     tg.create_task(self.cron.run())
+                    tg.create_task(self.retention.run())
                 http = await metrics.serve(self.args.http, self.cache, self.gateway, self.scheduler, self.writer, self.leadership) if self.args.http else None
                 if http is not None:
                     host, port = http.sockets[0].getsockname()[:2]

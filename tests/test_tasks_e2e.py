@@ -365,3 +365,15 @@ def test_gang_waits_for_its_members_and_places_all_or_none(cluster: Cluster) -> 
         c.stop_task(task_id=i)
     with pytest.raises(errors.InvalidArgument, match="gang_size"):
         c.submit_task(spec=spec("true", gang="x", gang_size=1))
+
+
+def test_finished_tasks_past_retention_are_deleted(cluster: Cluster) -> None:
+    cluster.start_master(extra=["--retention", "3s"])
+    cluster.start_nodelet("a")
+    c = cluster.client()
+    done = [c.submit_task(spec=pb.TaskTemplate(run_script="true")).task_id for _ in range(3)]
+    later = c.submit_task(spec=pb.TaskTemplate(run_script="true"), run_at={"seconds": int(time.time()) + 3600}).task_id
+    for t in done:
+        assert c.wait_task(t, timeout=30).state == pb.SUCCEEDED
+    wait_for(lambda: not ({t.task_id for t in c.list_tasks(page_size=100).tasks} & set(done)), 20, what="finished tasks deleted")
+    assert c.get_task(task_id=later).state == pb.PENDING, "unfinished tasks are kept"
