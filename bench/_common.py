@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import tempfile
 import time
@@ -28,7 +29,7 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 
 @contextmanager
-def local_cluster(node_id: str | None, *, driver: str = "process") -> Iterator[tuple[str, str, str]]:
+def local_cluster(node_id: str | None, *, driver: str = "process", master_args: Sequence[str] = ()) -> Iterator[tuple[str, str, str]]:
     """etcd, one master and one nodelet (as `corral dev` runs them), until the nodelet offers
     `driver`; no nodelet when `node_id` is None. Yields (master address, token, etcd
     endpoint); stops everything by PID."""
@@ -38,8 +39,9 @@ def local_cluster(node_id: str | None, *, driver: str = "process") -> Iterator[t
     try:
         etcd = procs.start_etcd(tmp / "etcd", tmp / "logs")
         started.append(etcd)
-        m = procs.start_master(etcd.info["endpoint"], token, tmp, name="master", extra=["--log-level", "warning"])
+        m = procs.start_master(etcd.info["endpoint"], token, tmp, name="master", extra=["--log-level", "warning", *master_args])
         started.append(m)
+        os.environ["CORRAL_BENCH_MASTER_PID"] = str(m.pid)  # for benchmarks that sample the master
         addr = m.info["address"]
         if node_id is not None:
             started.append(procs.start_nodelet(addr, token, tmp, node_id=node_id, extra=["--log-level", "warning"]))

@@ -9,6 +9,13 @@ so only the submit path is timed), several rounds of:
   * raw etcd, same run: 64 concurrent single puts, and 8 writers of 128-put transactions
     (records of the same size);
 then `corral task list` (first page of 100) timed with every record of the run in etcd.
+
+Then, per fleet size (default 1,000 and 5,000; `--nodes`), on a fresh cluster with that many
+simulated nodelets (bench/sim_nodelets.py: real streams, registration and heartbeats,
+simulated execution): the leader's CPU and RSS while they heartbeat every second; end-to-end
+placements/s (tasks submitted in batches → ASSIGNED committed → the nodelet's RUNNING
+committed); and dead-node detection (a quarter of the fleet vanishes at once; time until
+all of it is DOWN, with `--heartbeat-timeout 3`).
 Prints medians and spreads; `--json` adds one JSON object as the last line; `--quick` is
 one short round of each.
 """
@@ -132,12 +139,68 @@ def list_first_page(addr: str, token: str, n: int = 20) -> tuple[list[float], in
     return out, total
 
 
+def _status(c: Client) -> tuple[dict[str, int], dict[str, int]]:
+    st = c.cluster_status()  # type: ignore[attr-defined]
+    return dict(st.nodes_by_state), dict(st.tasks_by_state)
+
+
+def _wait(what: str, cond, timeout: float) -> float:  # type: ignore[no-untyped-def]
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.1)
+    return time.monotonic() - t0
+
+
+def fleet_figures(nodes: int, tasks: int) -> dict[str, float]:
+    import psutil
+    from sim_nodelets import start_fleet
+
+    with local_cluster(None, master_args=["--heartbeat-timeout", "3"]) as (addr, token, _):
+        master = psutil.Process(int(os.environ["CORRAL_BENCH_MASTER_PID"]))
+        c = Client(addr, token)
+        fleet = start_fleet(addr, token, nodes, procs=4)
+        try:
+            took = _wait(f"{nodes} nodes READY", lambda: _status(c)[0].get("READY", 0) >= nodes, 300)
+            print(f"  {nodes} nodelets registered in {took:.1f}s", file=sys.stderr)
+            time.sleep(3)
+            master.cpu_percent(None)
+            time.sleep(10)
+            cpu = master.cpu_percent(None) / 100
+            rss = master.memory_info().rss / 2**20
+            reqs = [api_pb2.SubmitTaskRequest(spec=pb.TaskTemplate(run_script="sim", cpu_request=100, mem_request=64 << 20)) for _ in range(1000)]
+            t0 = time.monotonic()
+            for _ in range(tasks // 1000):
+                c.submit_tasks(tasks=reqs)  # type: ignore[attr-defined]
+            placed = _wait(
+                f"{tasks} tasks started", lambda: sum(v for k, v in _status(c)[1].items() if k in ("RUNNING", "SUCCEEDED")) >= tasks, 600,
+            )
+            rate = tasks / (time.monotonic() - t0)
+            print(f"  {tasks} tasks placed and started in {placed:.1f}s: {rate:,.0f}/s", file=sys.stderr)
+            victim = fleet[-1]
+            lost = nodes - (nodes // len(fleet)) * (len(fleet) - 1)
+            victim.kill()
+            t_kill = time.monotonic()
+            detect = _wait(f"{lost} nodes DOWN", lambda: _status(c)[0].get("DOWN", 0) >= lost, 120)
+            print(f"  {lost} vanished nodes DOWN after {time.monotonic() - t_kill:.1f}s", file=sys.stderr)
+        finally:
+            for p in fleet:
+                p.kill()
+                p.join(10)
+            c.close()
+    return {"nodes": nodes, "leader_cpu_cores": round(cpu, 3), "leader_rss_mib": round(rss, 1), "placements_per_s": round(rate, 1),
+            "tasks": tasks, "dead_node_detection_s": round(detect, 2), "dead_nodes": lost}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one short round of each (about a minute)")
     ap.add_argument("--json", action="store_true", help="print one JSON object of figures as the last line")
     ap.add_argument("--seconds", type=float, default=0, help="length of one round (default 10, quick 4)")
     ap.add_argument("--rounds", type=int, default=0, help="rounds of each (default 3, quick 1)")
+    ap.add_argument("--nodes", default="", help="simulated fleet sizes, comma-separated (default 1000,5000; quick 500)")
+    ap.add_argument("--fleet-tasks", type=int, default=0, help="tasks placed per fleet (default 10,000; quick 2,000)")
     args = ap.parse_args()
     secs = args.seconds or (4.0 if args.quick else 10.0)
     rounds = args.rounds or (1 if args.quick else 3)
@@ -159,6 +222,9 @@ def main() -> int:
             print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in runs.items()), file=sys.stderr)
         page_ms, records = list_first_page(addr, token)
 
+    fleets = [fleet_figures(int(n), args.fleet_tasks or (2000 if args.quick else 10_000))
+              for n in (args.nodes or ("500" if args.quick else "1000,5000")).split(",") if n.strip()]
+
     med = {k: statistics.median(v) for k, v in runs.items()}
     figures: dict[str, object] = {
         "rounds": rounds, "seconds": secs,
@@ -172,6 +238,7 @@ def main() -> int:
         "list_first_page_ms_p50": round(pct(page_ms, 50), 2),
         "list_first_page_ms_p99": round(pct(page_ms, 99), 2),
         "records": records,
+        "fleets": fleets,
     }
 
     def spread(xs: list[float]) -> str:
@@ -188,6 +255,10 @@ def main() -> int:
         ("raw etcd puts in 128-put txns, 8 writers", f"{med['raw_txn_puts']:,.0f}/s", spread(runs["raw_txn_puts"]), "", ""),
         (f"task list first page ({records:,} records)", f"p50 {figures['list_first_page_ms_p50']} ms", f"p99 {figures['list_first_page_ms_p99']} ms", "", ""),
     ]
+    for f in fleets:
+        rows.append((f"{f['nodes']:,} simulated nodelets: placements", f"{f['placements_per_s']:,.0f}/s", f"{f['tasks']:,} tasks", "submitted → RUNNING committed", ""))
+        rows.append((f"{f['nodes']:,} simulated nodelets: leader", f"{f['leader_cpu_cores']:.2f} cores", f"{f['leader_rss_mib']:,.0f} MiB RSS", "heartbeats every 1 s", ""))
+        rows.append((f"{f['nodes']:,} simulated nodelets: dead-node detection", f"{f['dead_node_detection_s']:.1f} s", f"{f['dead_nodes']:,} nodes", "--heartbeat-timeout 3", ""))
     print_table(("figure", "median", "spread", "latency", "vs etcd"), rows)
     if args.json:
         print(json.dumps(figures))

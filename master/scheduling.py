@@ -106,7 +106,7 @@ class Scheduler:
         writer: TaskWriter,
         gateway: Gateway,
         *,
-        concurrency: int = 64,
+        concurrency: int = 1024,
         config: sc.PlaceConfig | None = None,
         lookahead: float = DEFAULT_LOOKAHEAD,
     ) -> None:
