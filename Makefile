@@ -36,6 +36,8 @@ bench: deps
 	$(PY) bench/failover.py --quick
 	$(PY) bench/placement.py --quick
 	$(PY) bench/docker_start.py --quick
+	$(PY) bench/cron_lateness.py --quick
+	$(PY) bench/throughput.py --quick
 
 clean:
 	rm -rf $(VENV) .corral-dev
