@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import time
+from multiprocessing.process import BaseProcess
 
 import grpc
 
@@ -127,7 +128,7 @@ def _fleet_main(master: str, token: str, prefix: str, first: int, count: int, ta
     asyncio.run(run_fleet(master, token, prefix, first, count, task_seconds))
 
 
-def start_fleet(master: str, token: str, nodes: int, *, procs: int = 4, prefix: str = "sim", task_seconds: float = 0.0) -> list[mp.Process]:
+def start_fleet(master: str, token: str, nodes: int, *, procs: int = 4, prefix: str = "sim", task_seconds: float = 0.0) -> list[BaseProcess]:
     """Start `nodes` simulated nodelets in `procs` child processes; stop them with .terminate()."""
     ctx = mp.get_context("spawn")
     per = (nodes + procs - 1) // procs
