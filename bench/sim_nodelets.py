@@ -132,7 +132,7 @@ def start_fleet(master: str, token: str, nodes: int, *, procs: int = 4, prefix: 
     """Start `nodes` simulated nodelets in `procs` child processes; stop them with .terminate()."""
     ctx = mp.get_context("spawn")
     per = (nodes + procs - 1) // procs
-    out = []
+    out: list[BaseProcess] = []
     for p in range(procs):
         count = min(per, nodes - p * per)
         if count <= 0:
