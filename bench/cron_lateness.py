@@ -67,7 +67,7 @@ def corral_round(addr: str, token: str, n: int, seconds: float, load_rate: float
     ids = []
     for i in range(n):
         t = c.create_template(template=pb.TaskTemplate(  # type: ignore[attr-defined]
-            name=f"late-{tag}-{i}", run_script="true", cron_schedule="* * * * * *", cpu_request=5, mem_request=4 << 20, pids_limit=32,
+            name=f"late-{tag}-{i}", run_script="true", cron_schedule="* * * * * *", cpu_request=5, cpu_limit=500, mem_request=4 << 20, pids_limit=32,
         ))
         ids.append(t.template_id)
     began = time.time()
