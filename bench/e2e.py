@@ -86,8 +86,9 @@ def concurrent_submits(addr: str, token: str, seconds: float, procs_n: int = 2, 
     return total / seconds, lat if elapsed else lat
 
 
-def etcd_puts(endpoint: str, seconds: float, concurrency: int = 64, size: int = 400) -> float:
-    from corral.master.store import EtcdStore
+def etcd_puts(endpoint: str, seconds: float, concurrency: int = 64, size: int = 400, per_txn: int = 1) -> float:
+    """Raw etcd: puts per second from `concurrency` writers, `per_txn` puts per transaction."""
+    from corral.master.store import EtcdStore, Put
 
     async def run() -> float:
         store = EtcdStore(endpoint, prefix=f"/bench-raw-{secrets.token_hex(3)}/")
@@ -100,9 +101,9 @@ def etcd_puts(endpoint: str, seconds: float, concurrency: int = 64, size: int = 
             nonlocal count
             j = 0
             while time.perf_counter() < stop_at:
-                await store.put(f"k{i}-{j}", value)
+                await store.txn([], [Put(f"k{i}-{j}-{k}", value) for k in range(per_txn)])
                 j += 1
-                count += 1
+                count += per_txn
 
         await asyncio.gather(*(one(i) for i in range(concurrency)))
         await store.close()

@@ -27,7 +27,6 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import secrets
 import statistics
 import sys
 import time
@@ -92,32 +91,6 @@ def api_rate(kind: str, addr: str, token: str, seconds: float) -> tuple[float, l
     # from the first call sent to the last answer received, over all processes
     span = max(r[3] for r in results) - min(r[2] for r in results)
     return total / span, [x for r in results for x in r[1]]
-
-
-def etcd_txns(endpoint: str, seconds: float, writers: int = 8, ops: int = 128, size: int = 400) -> float:
-    """Raw etcd: puts per second inside `ops`-put transactions from `writers` writers."""
-    from corral.master.store import EtcdStore, Put
-
-    async def run() -> float:
-        store = EtcdStore(endpoint, prefix=f"/bench-txn-{secrets.token_hex(3)}/")
-        await store.connect()
-        value = os.urandom(size)
-        count = 0
-        stop_at = time.perf_counter() + seconds
-
-        async def one(i: int) -> None:
-            nonlocal count
-            j = 0
-            while time.perf_counter() < stop_at:
-                await store.txn([], [Put(f"w{i}-{j}-{k}", value) for k in range(ops)])
-                j += 1
-                count += ops
-
-        await asyncio.gather(*(one(i) for i in range(writers)))
-        await store.close()
-        return count / seconds
-
-    return asyncio.run(run())
 
 
 def list_first_page(addr: str, token: str, n: int = 20) -> tuple[list[float], int]:
@@ -223,7 +196,7 @@ def main() -> int:
             runs["unary"].append(rate)
             lats["unary"] += lat
             runs["raw_puts"].append(etcd_puts(endpoint, secs))
-            runs["raw_txn_puts"].append(etcd_txns(endpoint, secs))
+            runs["raw_txn_puts"].append(etcd_puts(endpoint, secs, concurrency=8, per_txn=128))
             print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in runs.items()), file=sys.stderr)
         page_ms, records = list_first_page(addr, token)
 

@@ -190,10 +190,7 @@ class Client(_Masters):
         last: CorralError | None = None
         for _ in range(RETRIES * len(self.addresses)):
             addr = self.addresses[self._current % len(self.addresses)]
-            call = self._channel(addr).stream_unary(
-                STREAM_SUBMIT, request_serializer=api_pb2.SubmitTaskRequest.SerializeToString,
-                response_deserializer=api_pb2.SubmitTasksResponse.FromString,
-            )
+            call = _stream_submit(self._channel(addr))
             try:
                 return call(iter(reqs), metadata=self._metadata(), timeout=timeout)  # type: ignore[no-any-return]
             except grpc.RpcError as e:
@@ -301,10 +298,7 @@ class AsyncClient(_Masters):
         last: CorralError | None = None
         for _ in range(RETRIES * len(self.addresses)):
             addr = self.addresses[self._current % len(self.addresses)]
-            call = self._channel(addr).stream_unary(
-                STREAM_SUBMIT, request_serializer=api_pb2.SubmitTaskRequest.SerializeToString,
-                response_deserializer=api_pb2.SubmitTasksResponse.FromString,
-            )
+            call = _stream_submit(self._channel(addr))
             try:
                 return await call(iter(reqs), metadata=self._metadata(), timeout=timeout)  # type: ignore[no-any-return]
             except grpc.RpcError as e:
@@ -334,6 +328,14 @@ class AsyncClient(_Masters):
 
 
 STREAM_SUBMIT = "/corral.v1.TaskService/SubmitTaskStream"
+
+
+def _stream_submit(channel: grpc.Channel | grpc.aio.Channel) -> Any:
+    """The SubmitTaskStream call on a channel (sync or asyncio)."""
+    return channel.stream_unary(
+        STREAM_SUBMIT, request_serializer=api_pb2.SubmitTaskRequest.SerializeToString,
+        response_deserializer=api_pb2.SubmitTasksResponse.FromString,
+    )
 
 
 def _with_keys(requests: Iterable[api_pb2.SubmitTaskRequest]) -> list[api_pb2.SubmitTaskRequest]:
