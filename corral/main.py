@@ -24,6 +24,12 @@ def _dev(argv: list[str]) -> int:
     return main(argv)
 
 
+def _pki(argv: list[str]) -> int:
+    from corral.pki import main
+
+    return main(argv)
+
+
 def _version(argv: list[str]) -> int:
     from corral import __version__
 
@@ -35,6 +41,7 @@ SERVERS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "master": ("run a master replica", _master),
     "nodelet": ("run the node agent", _nodelet),
     "dev": ("run etcd, masters and nodelets locally in one command (Ctrl-C stops all)", _dev),
+    "pki": ("create the cluster's CA and issue master, nodelet and client certificates", _pki),
     "version": ("print the version", _version),
 }
 

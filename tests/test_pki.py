@@ -1,0 +1,130 @@
+"""`corral pki`: certificates that chain to the cluster CA and work for mutual TLS, checked
+with real TLS handshakes over loopback; unknown CAs, expired and wrong-purpose
+certificates are refused."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from corral import errors, pki
+
+
+def _handshake(server: ssl.SSLContext, client: ssl.SSLContext, server_name: str = "localhost") -> str | None:
+    """Run one TLS handshake over a loopback socket; None if both sides agree, else the
+    server's error."""
+    lsock = socket.create_server(("127.0.0.1", 0))
+    port = lsock.getsockname()[1]
+    result: list[str | None] = []
+
+    def serve() -> None:
+        conn, _ = lsock.accept()
+        try:
+            with server.wrap_socket(conn, server_side=True) as s:
+                s.recv(1)
+                result.append(None)
+        except (ssl.SSLError, OSError) as e:
+            result.append(str(e))
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, client.wrap_socket(raw, server_hostname=server_name) as s:
+            s.sendall(b"x")
+    except (ssl.SSLError, OSError) as e:
+        t.join(5)
+        lsock.close()
+        return f"client: {e}"
+    t.join(5)
+    lsock.close()
+    return result[0] if result else "no result"
+
+
+def _server_ctx(d: Path, name: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(d / "ca.crt"))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_cert_chain(d / "master" / f"{name}.crt", d / "master" / f"{name}.key")
+    return ctx
+
+
+def _client_ctx(d: Path, kind: str, name: str, ca: Path | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca or d / "ca.crt"))
+    ctx.load_cert_chain(d / kind / f"{name}.crt", d / kind / f"{name}.key")
+    return ctx
+
+
+def test_issued_certificates_chain_to_the_ca_and_name_their_holder(tmp_path: Path) -> None:
+    d = tmp_path / "pki"
+    pki.init_ca(d)
+    pki.issue(d, "master", "m1", sans=["10.1.2.3", "master.example"])
+    pki.issue(d, "nodelet", "node-7")
+    ca = x509.load_pem_x509_certificate((d / "ca.crt").read_bytes())
+    m = x509.load_pem_x509_certificate((d / "master" / "m1.crt").read_bytes())
+    n = x509.load_pem_x509_certificate((d / "nodelet" / "node-7.crt").read_bytes())
+    for cert in (m, n):
+        cert.verify_directly_issued_by(ca)
+    assert n.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "node-7"
+    assert list(n.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert ExtendedKeyUsageOID.SERVER_AUTH in m.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    sans = m.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "master.example" in sans.get_values_for_type(x509.DNSName)
+    assert {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)} >= {"10.1.2.3", "127.0.0.1"}
+    assert (d / "ca.key").stat().st_mode & 0o777 == 0o600
+    assert (d / "nodelet" / "node-7.key").stat().st_mode & 0o777 == 0o600
+    with pytest.raises(errors.AlreadyExists, match="--force"):
+        pki.init_ca(d)
+    with pytest.raises(errors.InvalidArgument, match="name"):
+        pki.issue(d, "client", "../escape")
+
+
+def test_mutual_tls_accepts_the_cluster_and_refuses_strangers(tmp_path: Path) -> None:
+    d, other = tmp_path / "pki", tmp_path / "other"
+    pki.init_ca(d)
+    pki.init_ca(other)
+    pki.issue(d, "master", "m1")
+    pki.issue(d, "nodelet", "node-1")
+    pki.issue(d, "client", "alice")
+    pki.issue(other, "client", "mallory")
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
+    pki.issue(d, "client", "expired", days=1, not_before=long_ago)
+    server = _server_ctx(d, "m1")
+
+    assert _handshake(server, _client_ctx(d, "nodelet", "node-1")) is None
+    assert _handshake(server, _client_ctx(d, "client", "alice")) is None
+    # a client certificate from another CA
+    assert "unable to get local issuer" in str(_handshake(server, _client_ctx(other, "client", "mallory", ca=d / "ca.crt")))
+    # an expired client certificate
+    assert "certificate has expired" in str(_handshake(server, _client_ctx(d, "client", "expired")))
+    # no client certificate at all
+    bare = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(d / "ca.crt"))
+    assert "did not return a certificate" in str(_handshake(server, bare))
+    # a nodelet certificate cannot act as a server (no serverAuth)
+    pki.issue(d, "master", "m2")
+    fake = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(d / "ca.crt"))
+    fake.load_cert_chain(d / "nodelet" / "node-1.crt", d / "nodelet" / "node-1.key")
+    assert "unsuitable certificate purpose" in str(_handshake(fake, _client_ctx(d, "master", "m2"), server_name="node-1"))
+
+
+def test_cli_init_and_issue(tmp_path: Path) -> None:
+    d = tmp_path / "pki"
+
+    def corral(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "corral", "pki", *args, "--dir", str(d)], capture_output=True, text=True, timeout=60)
+
+    assert corral("init").returncode == 0
+    r = corral("issue", "nodelet", "n1")
+    assert r.returncode == 0 and r.stdout.split() == [str(d / "nodelet" / "n1.crt"), str(d / "nodelet" / "n1.key")]
+    again = corral("init")
+    assert again.returncode == 2 and "--force" in again.stderr
+    missing = subprocess.run([sys.executable, "-m", "corral", "pki", "issue", "client", "x", "--dir", str(tmp_path / "none")],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "corral pki init" in missing.stderr
