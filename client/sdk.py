@@ -23,6 +23,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf.message import Message
 
 from corral.errors import CorralError, DeadlineExceeded, Unavailable, from_code
+from corral.tls import TlsFiles, tls_files
 from corral.v1 import api_pb2
 from corral.v1 import types_pb2 as pb
 
@@ -120,10 +121,15 @@ def _build(method: RpcMethod, request: Message | None, fields: dict[str, Any]) -
 class _Masters:
     """What both clients share: the master list, the token, and the per-attempt deadline."""
 
-    def __init__(self, addr: str | Sequence[str] | None = None, token: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self, addr: str | Sequence[str] | None = None, token: str | None = None, timeout: float = 30.0, tls: TlsFiles | None = None
+    ) -> None:
         self.addresses = _addresses(addr)
         self.token = token if token is not None else os.environ.get("CORRAL_TOKEN", "")
         self.timeout = timeout
+        # mutual TLS: the CA, a client certificate and its key (`corral pki issue client`);
+        # default from CORRAL_TLS_CA / CORRAL_TLS_CERT / CORRAL_TLS_KEY
+        self.tls = tls if tls is not None else tls_files()
         self._current = 0
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
@@ -137,13 +143,18 @@ class _Masters:
 class Client(_Masters):
     """Blocking client. `Client("a:7070,b:7070", token="...")`; defaults from CORRAL_ADDR/CORRAL_TOKEN."""
 
-    def __init__(self, addr: str | Sequence[str] | None = None, token: str | None = None, timeout: float = 30.0) -> None:
-        super().__init__(addr, token, timeout)
+    def __init__(
+        self, addr: str | Sequence[str] | None = None, token: str | None = None, timeout: float = 30.0, tls: TlsFiles | None = None
+    ) -> None:
+        super().__init__(addr, token, timeout, tls)
         self._channels: dict[str, grpc.Channel] = {}
 
     def _channel(self, addr: str) -> grpc.Channel:
         if addr not in self._channels:
-            self._channels[addr] = grpc.insecure_channel(addr, options=CHANNEL_OPTIONS)
+            self._channels[addr] = (
+                grpc.secure_channel(addr, self.tls.channel_credentials(), options=CHANNEL_OPTIONS)
+                if self.tls else grpc.insecure_channel(addr, options=CHANNEL_OPTIONS)
+            )
         return self._channels[addr]
 
     def close(self) -> None:
@@ -240,13 +251,18 @@ class _SyncStream:
 class AsyncClient(_Masters):
     """asyncio client with the same methods as `Client`, as coroutines (streams: async iterators)."""
 
-    def __init__(self, addr: str | Sequence[str] | None = None, token: str | None = None, timeout: float = 30.0) -> None:
-        super().__init__(addr, token, timeout)
+    def __init__(
+        self, addr: str | Sequence[str] | None = None, token: str | None = None, timeout: float = 30.0, tls: TlsFiles | None = None
+    ) -> None:
+        super().__init__(addr, token, timeout, tls)
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def _channel(self, addr: str) -> grpc.aio.Channel:
         if addr not in self._channels:
-            self._channels[addr] = grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS)
+            self._channels[addr] = (
+                grpc.aio.secure_channel(addr, self.tls.channel_credentials(), options=CHANNEL_OPTIONS)
+                if self.tls else grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS)
+            )
         return self._channels[addr]
 
     async def close(self) -> None:

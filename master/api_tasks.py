@@ -17,6 +17,7 @@ from corral.errors import (
     Unavailable,
     from_code,
 )
+from corral.tls import TlsFiles
 from corral.v1 import api_pb2, api_pb2_grpc
 from corral.v1 import types_pb2 as pb
 
@@ -60,8 +61,10 @@ def _page_key(token: str) -> tuple[int, str] | None:
 
 class TaskServicer(api_pb2_grpc.TaskServiceServicer):
     def __init__(
-        self, store: EtcdStore, cache: Cache, auth: Authenticator, writer: TaskWriter, gateway: Gateway, leadership: Leadership
+        self, store: EtcdStore, cache: Cache, auth: Authenticator, writer: TaskWriter, gateway: Gateway, leadership: Leadership,
+        *, tls: TlsFiles | None = None,
     ) -> None:
+        self.tls = tls
         self.store = store
         self.cache = cache
         self.auth = auth
@@ -329,7 +332,8 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
         member = api_pb2.Member()
         member.ParseFromString(current[0])
         auth = [(k, v) for k, v in (context.invocation_metadata() or ()) if k == "authorization"]
-        async with grpc.aio.insecure_channel(member.address) as ch:
+        channel = grpc.aio.secure_channel(member.address, self.tls.channel_credentials()) if self.tls else grpc.aio.insecure_channel(member.address)
+        async with channel as ch:
             stub = api_pb2_grpc.TaskServiceStub(ch)
             try:
                 async for chunk in stub.TaskLogs(request, metadata=auth):

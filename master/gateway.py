@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from corral.errors import AlreadyExists, CorralError, InvalidArgument, Unavailable
+from corral.errors import AlreadyExists, CorralError, InvalidArgument, PermissionDenied, Unavailable
 from corral.v1 import api_pb2, nodelet_pb2_grpc
 from corral.v1 import nodelet_pb2 as npb
 from corral.v1 import types_pb2 as pb
@@ -156,6 +156,7 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
             first = await asyncio.wait_for(anext(aiter(request_iterator)), 30)
             if first.WhichOneof("msg") != "register":
                 raise InvalidArgument("the first message on a nodelet stream must be register")
+            check_node_identity(peer_identity(context), first.register.node_id)
             session = await self._register(first.register, context.peer())
             tasks = [
                 asyncio.create_task(self._read(session, request_iterator)),
@@ -359,3 +360,31 @@ def lost_or_retry(task: pb.TaskExecution, node_id: str, reason: str) -> pb.TaskE
     task.reason = f"node {node_id} lost: {reason}; no attempts left ({task.attempt})"
     task.finish_time.CopyFrom(records.ts(time.time()))
     return task
+
+
+def check_node_identity(identity: tuple[str, str] | None, node_id: str) -> None:
+    """Under mutual TLS a nodelet speaks only for the node its certificate names: a nodelet
+    certificate (OU=nodelet) whose CN is the node id. Without TLS there is nothing to check."""
+    if identity is None:
+        return
+    cn, ou = identity
+    if ou != "nodelet":
+        raise PermissionDenied(f"a {ou or 'non-nodelet'} certificate ({cn}) cannot register a node")
+    if cn != node_id:
+        raise PermissionDenied(f"certificate is for node {cn!r}, not {node_id[:80]!r}")
+
+
+def peer_identity(context: grpc.aio.ServicerContext) -> tuple[str, str] | None:
+    """(CN, OU) of the caller's verified certificate; None on a plaintext connection."""
+    auth = context.auth_context()
+    cn = auth.get("x509_common_name")
+    if not cn:
+        return None
+    ou = ""
+    for subject in auth.get("x509_subject", []):
+        for part in subject.decode().split(","):
+            k, _, v = part.strip().partition("=")
+            if k == "OU":
+                ou = v
+    return cn[0].decode(), ou
+

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from pathlib import Path
 
 import grpc
@@ -18,7 +19,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import corral.scheduler_core as sc
-from corral import __version__, logs
+from corral import __version__, logs, tls
+from corral.errors import CorralError
 from corral.v1 import api_pb2, api_pb2_grpc, nodelet_pb2, nodelet_pb2_grpc
 
 from . import metrics
@@ -78,6 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--retention", type=_duration, default=env("CORRAL_RETENTION", "7d"),
         help="delete finished task records this long after they ended, e.g. 7d or 12h; 0 keeps them all",
     )
+    tls.add_arguments(p)
     p.add_argument("--lease-ttl", type=int, default=int(env("CORRAL_LEASE_TTL", "2")), help="leader lease in whole seconds: how fast a dead leader is replaced")
     p.add_argument("--test-force-leader", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ready-file", default="", help="write the bound address here once serving (for scripts and tests)")
@@ -89,6 +92,7 @@ class Master:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self.tls = tls.tls_files(args.tls_ca, args.tls_cert, args.tls_key)
         self.store = EtcdStore(args.etcd, args.prefix)
         self.cache = Cache(self.store)
         self.leadership: Elected | Always = Always() if args.test_force_leader else Elected()
@@ -120,7 +124,7 @@ class Master:
         s = self.server
         api_pb2_grpc.add_TemplateServiceServicer_to_server(TemplateServicer(self.store, self.cache, self.auth, self.writer), s)
         api_pb2_grpc.add_TaskServiceServicer_to_server(
-            TaskServicer(self.store, self.cache, self.auth, self.writer, self.gateway, self.leadership), s
+            TaskServicer(self.store, self.cache, self.auth, self.writer, self.gateway, self.leadership, tls=self.tls), s
         )
         api_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(self.store, self.cache, self.auth, self.gateway), s)
         self.cluster = ClusterServicer(self.store, self.cache, self.auth, self.leadership, name=self.args.name, address=address, etcd=[self.args.etcd])
@@ -138,7 +142,10 @@ class Master:
         await self.store.connect()
         if self.args.bootstrap_token:
             await ensure_bootstrap_admin(self.store, self.args.bootstrap_token)
-        port = self.server.add_insecure_port(self.args.listen)
+        if self.tls is not None:
+            port = self.server.add_secure_port(self.args.listen, self.tls.server_credentials())
+        else:
+            port = self.server.add_insecure_port(self.args.listen)
         host = self.args.listen.rpartition(":")[0]
         self.address = self.args.advertise or f"{host}:{port}"
         self._add_services(self.address)
@@ -227,4 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_run(args))
     except KeyboardInterrupt:
         pass
+    except CorralError as e:
+        print(f"corral master: {e}", file=sys.stderr)
+        return 2
     return 0

@@ -25,6 +25,7 @@ import psutil
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from corral import __version__
+from corral.tls import TlsFiles
 from corral.v1 import nodelet_pb2 as npb
 from corral.v1 import nodelet_pb2_grpc
 from corral.v1 import types_pb2 as pb
@@ -69,7 +70,9 @@ class Nodelet:
         memory: int | None = None,
         labels: dict[str, str] | None = None,
         address: str = "",
+        tls: TlsFiles | None = None,
     ) -> None:
+        self.tls = tls
         self.node_id = node_id
         self.masters = masters
         self.token = token
@@ -232,7 +235,8 @@ class Nodelet:
 
     async def _session(self, addr: str) -> None:
         """One stream to one master, until it breaks or the master falls silent."""
-        async with grpc.aio.insecure_channel(addr) as channel:
+        channel = grpc.aio.secure_channel(addr, self.tls.channel_credentials()) if self.tls else grpc.aio.insecure_channel(addr)
+        async with channel:
             stub = nodelet_pb2_grpc.NodeletServiceStub(channel)
             queue: asyncio.Queue[npb.NodeletMessage] = asyncio.Queue()
             await queue.put(self._register(await asyncio.to_thread(self._fingerprint)))

@@ -8,7 +8,8 @@ import os
 import signal
 from pathlib import Path
 
-from corral import logs, units
+from corral import logs, tls, units
+from corral.errors import CorralError
 
 from .agent import Nodelet, default_node_id
 from .docker_driver import DockerDriver
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-log-size", default=env("CORRAL_MAX_LOG_SIZE", "16Mi"), help="output kept per task; the rest is discarded (default 16Mi)")
     p.add_argument("--drivers", default=env("CORRAL_DRIVERS", "process,docker"), help="task drivers to offer (default process,docker; docker only while its engine answers)")
     p.add_argument("--label", action="append", default=[], help="node label key=value (repeatable)")
+    tls.add_arguments(p)
     p.add_argument("--log-level", default=env("CORRAL_LOG_LEVEL", "info"))
     args = p.parse_args(argv)
     logs.setup(args.log_level)
@@ -38,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = wanted - {"process", "docker"}
     if unknown:
         p.error(f"--drivers: unknown driver(s) {', '.join(sorted(unknown))} (process, docker)")
+    try:
+        tls_files = tls.tls_files(args.tls_ca, args.tls_cert, args.tls_key)
+    except CorralError as e:
+        p.error(str(e))
     drivers: dict[str, Driver] = {}
     if "process" in wanted:
         drivers["process"] = ProcessDriver(args.node_id, log_cap=cap)
@@ -52,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         cpus=units.parse_cpu(args.cpus) / 1000 if args.cpus else None,
         memory=units.parse_memory(args.memory) if args.memory else None,
         labels=labels,
+        tls=tls_files,
     )
 
     async def run() -> None:

@@ -1,0 +1,71 @@
+"""Mutual TLS for corral's gRPC: the files, the credentials, and the peer's identity.
+
+Every part takes the same three files (`corral pki` issues them): the cluster CA, its own
+certificate and its key — flags `--tls-ca --tls-cert --tls-key` or the environment
+variables CORRAL_TLS_CA, CORRAL_TLS_CERT, CORRAL_TLS_KEY. With them a master serves only
+TLS and requires a client certificate from the same CA; plaintext is refused.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from corral.errors import InvalidArgument
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: str
+    cert: str
+    key: str
+
+    def _read(self) -> tuple[bytes, bytes, bytes]:
+        out = []
+        for what, path in (("--tls-ca", self.ca), ("--tls-cert", self.cert), ("--tls-key", self.key)):
+            try:
+                out.append(Path(path).read_bytes())
+            except OSError as e:
+                raise InvalidArgument(f"{what}: cannot read {path}: {e.strerror}") from None
+        return out[0], out[1], out[2]
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        ca, cert, key = self._read()
+        return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        ca, cert, key = self._read()
+        return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
+def tls_files(ca: str | None = None, cert: str | None = None, key: str | None = None) -> TlsFiles | None:
+    """The TLS files from arguments, else from CORRAL_TLS_*; None when none is given.
+    Giving some but not all of the three is an error that names the missing one."""
+    ca = ca or os.environ.get("CORRAL_TLS_CA", "")
+    cert = cert or os.environ.get("CORRAL_TLS_CERT", "")
+    key = key or os.environ.get("CORRAL_TLS_KEY", "")
+    if not (ca or cert or key):
+        return None
+    for name, value in (("--tls-ca", ca), ("--tls-cert", cert), ("--tls-key", key)):
+        if not value:
+            raise InvalidArgument(f"{name}: TLS needs the CA, a certificate and its key; {name} is missing")
+    return TlsFiles(ca, cert, key)
+
+
+def add_arguments(p: object) -> None:
+    """The three flags, for any server's argparse parser."""
+    for flag, env, what in (
+        ("--tls-ca", "CORRAL_TLS_CA", "the cluster CA certificate"),
+        ("--tls-cert", "CORRAL_TLS_CERT", "this process's certificate (corral pki issue)"),
+        ("--tls-key", "CORRAL_TLS_KEY", "its private key"),
+    ):
+        p.add_argument(flag, default="", help=f"{what}; with all three set, gRPC is mutual TLS only (env {env})")  # type: ignore[attr-defined]
+
+
+def peer_common_name(context: grpc.aio.ServicerContext) -> str | None:
+    """The subject CN of the caller's verified client certificate (None without TLS)."""
+    names = context.auth_context().get("x509_common_name")
+    return names[0].decode() if names else None
