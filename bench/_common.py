@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from corral import procs
+from corral import pki, procs
 from corral.client import Client
 
 
@@ -29,13 +29,27 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 
 @contextmanager
-def local_cluster(node_id: str | None, *, driver: str = "process", master_args: Sequence[str] = ()) -> Iterator[tuple[str, str, str]]:
+def local_cluster(
+    node_id: str | None, *, driver: str = "process", master_args: Sequence[str] = (), tls: bool = False,
+) -> Iterator[tuple[str, str, str]]:
     """etcd, one master and one nodelet (as `corral dev` runs them), until the nodelet offers
     `driver`; no nodelet when `node_id` is None. Yields (master address, token, etcd
-    endpoint); stops everything by PID."""
+    endpoint); stops everything by PID. With `tls`, a fresh `corral pki` CA and mutual TLS
+    everywhere: CORRAL_TLS_* point at a client certificate meanwhile, so every Client made
+    in this process or its children uses it."""
     tmp = Path(tempfile.mkdtemp(prefix="corral-bench-"))
     token = secrets.token_urlsafe(16)
     started: list[procs.Proc] = []
+    node_args: list[str] = []
+    saved = {k: os.environ.get(k) for k in ("CORRAL_TLS_CA", "CORRAL_TLS_CERT", "CORRAL_TLS_KEY")}
+    if tls:
+        d = tmp / "pki"
+        pki.init_ca(d)
+        master_args = [*master_args, *_tls_flags(d, "master", "master")]
+        if node_id is not None:
+            node_args = _tls_flags(d, "nodelet", node_id)
+        pki.issue(d, "client", "bench")
+        os.environ.update({"CORRAL_TLS_CA": str(d / "ca.crt"), "CORRAL_TLS_CERT": str(d / "client" / "bench.crt"), "CORRAL_TLS_KEY": str(d / "client" / "bench.key")})
     try:
         etcd = procs.start_etcd(tmp / "etcd", tmp / "logs")
         started.append(etcd)
@@ -44,7 +58,7 @@ def local_cluster(node_id: str | None, *, driver: str = "process", master_args: 
         os.environ["CORRAL_BENCH_MASTER_PID"] = str(m.pid)  # for benchmarks that sample the master
         addr = m.info["address"]
         if node_id is not None:
-            started.append(procs.start_nodelet(addr, token, tmp, node_id=node_id, extra=["--log-level", "warning"]))
+            started.append(procs.start_nodelet(addr, token, tmp, node_id=node_id, extra=["--log-level", "warning", *node_args]))
         c = Client(addr, token)
         deadline = time.monotonic() + 60
         while node_id is not None and time.monotonic() < deadline:
@@ -57,3 +71,14 @@ def local_cluster(node_id: str | None, *, driver: str = "process", master_args: 
     finally:
         for p in reversed(started):
             p.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _tls_flags(d: Path, kind: str, name: str) -> list[str]:
+    """Issue a certificate and return the flags that use it."""
+    pki.issue(d, kind, name)
+    return ["--tls-ca", str(d / "ca.crt"), "--tls-cert", str(d / kind / f"{name}.crt"), "--tls-key", str(d / kind / f"{name}.key")]

@@ -6,7 +6,8 @@ Measures, in one run:
     tasks due in an hour so only the submit path is timed;
   * raw etcd put throughput with 64 concurrent puts of a same-sized record, and the ratio.
 Prints a table of medians and spreads over several rounds; `--json` adds one JSON object
-as the last line. `--quick` finishes in under a minute.
+as the last line. `--quick` finishes in under a minute. `--tls` measures the same again on
+a cluster with mutual TLS (a fresh `corral pki` CA) and reports the overhead ratio.
 """
 
 from __future__ import annotations
@@ -112,20 +113,11 @@ def etcd_puts(endpoint: str, seconds: float, concurrency: int = 64, size: int = 
     return asyncio.run(run())
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="fewer tasks and shorter rounds (under a minute)")
-    ap.add_argument("--json", action="store_true", help="print one JSON object of figures as the last line")
-    ap.add_argument("--tasks", type=int, default=0, help="sequential tasks (default 200, quick 50)")
-    ap.add_argument("--seconds", type=float, default=0, help="length of one throughput round (default 10, quick 3)")
-    ap.add_argument("--rounds", type=int, default=0, help="throughput rounds (default 3, quick 2)")
-    args = ap.parse_args()
-    n = args.tasks or (50 if args.quick else 200)
-    secs = args.seconds or (3.0 if args.quick else 10.0)
-    rounds = args.rounds or (2 if args.quick else 3)
-
-    with local_cluster("bench-node") as (addr, token, etcd_endpoint):
-        print(f"corral bench e2e: {n} sequential tasks, {rounds} × {secs:.0f}s throughput rounds", file=sys.stderr)
+def measure(n: int, secs: float, rounds: int, *, tls: bool) -> tuple[list[float], list[float], list[float], list[float], list[float]]:
+    """Sequential latencies and concurrent throughput rounds on a fresh local cluster."""
+    with local_cluster("bench-node", tls=tls) as (addr, token, etcd_endpoint):
+        kind = "mutual TLS" if tls else "plaintext"
+        print(f"corral bench e2e ({kind}): {n} sequential tasks, {rounds} × {secs:.0f}s throughput rounds", file=sys.stderr)
         submit_ms, start_ms = sequential(addr, token, n)
         rates, raw_rates, lat_all = [], [], []
         for r in range(rounds):
@@ -135,6 +127,23 @@ def main() -> int:
             raw_rates.append(raw)
             lat_all += lat
             print(f"  round {r + 1}: corral {rate:,.0f} submits/s, raw etcd {raw:,.0f} puts/s", file=sys.stderr)
+    return submit_ms, start_ms, rates, raw_rates, lat_all
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer tasks and shorter rounds (under a minute)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object of figures as the last line")
+    ap.add_argument("--tasks", type=int, default=0, help="sequential tasks (default 200, quick 50)")
+    ap.add_argument("--seconds", type=float, default=0, help="length of one throughput round (default 10, quick 3)")
+    ap.add_argument("--rounds", type=int, default=0, help="throughput rounds (default 3, quick 2)")
+    ap.add_argument("--tls", action="store_true", help="measure again on a cluster with mutual TLS and report the overhead")
+    args = ap.parse_args()
+    n = args.tasks or (50 if args.quick else 200)
+    secs = args.seconds or (3.0 if args.quick else 10.0)
+    rounds = args.rounds or (2 if args.quick else 3)
+
+    submit_ms, start_ms, rates, raw_rates, lat_all = measure(n, secs, rounds, tls=False)
 
     def spread(xs: list[float]) -> str:
         return f"{min(xs):,.0f}–{max(xs):,.0f}"
@@ -162,6 +171,25 @@ def main() -> int:
         ("raw etcd puts/s, 64 concurrent", f"median {figures['raw_etcd_puts_per_s_median']:,.0f}", f"runs {spread(raw_rates)}"),
         ("ratio corral / raw etcd", f"{figures['ratio_submits_to_raw_puts']:.2f}", ""),
     ]
+    if args.tls:
+        t_submit, t_start, t_rates, _, t_lat = measure(n, secs, rounds, tls=True)
+        figures.update({
+            "tls_submit_latency_ms_p50": round(pct(t_submit, 50), 3),
+            "tls_submit_latency_ms_p99": round(pct(t_submit, 99), 3),
+            "tls_submits_per_s_median": round(statistics.median(t_rates), 1),
+            "tls_submits_per_s_runs": [round(x, 1) for x in t_rates],
+            "tls_concurrent_submit_latency_ms_p50": round(pct(t_lat, 50), 3),
+            "tls_concurrent_submit_latency_ms_p99": round(pct(t_lat, 99), 3),
+            "tls_throughput_ratio": round(statistics.median(t_rates) / statistics.median(rates), 3),
+            "tls_latency_ratio_p50": round(pct(t_submit, 50) / pct(submit_ms, 50), 3),
+        })
+        rows += [
+            ("submit latency (sequential), mutual TLS", f"p50 {figures['tls_submit_latency_ms_p50']:.2f} ms", f"p99 {figures['tls_submit_latency_ms_p99']:.2f} ms"),
+            ("submits/s, 64 concurrent, mutual TLS", f"median {figures['tls_submits_per_s_median']:,.0f}", f"runs {spread(t_rates)}"),
+            ("submit latency, 64 concurrent, mutual TLS", f"p50 {figures['tls_concurrent_submit_latency_ms_p50']:.2f} ms",
+             f"p99 {figures['tls_concurrent_submit_latency_ms_p99']:.2f} ms"),
+            ("TLS / plaintext", f"throughput {figures['tls_throughput_ratio']:.2f}", f"latency p50 {figures['tls_latency_ratio_p50']:.2f}"),
+        ]
     print_table(("figure", "value", "spread"), rows)
     if args.json:
         print(json.dumps(figures))
