@@ -44,6 +44,18 @@ def _write(path: Path, data: bytes, *, private: bool, force: bool) -> None:
     tmp.replace(path)
 
 
+def _save(
+    cert_path: Path, key_path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, *, force: bool, why: str,
+) -> tuple[Path, Path]:
+    """Write a key (0600) and its certificate, refusing to replace either without force."""
+    for p in (cert_path, key_path):
+        if p.exists() and not force:
+            raise AlreadyExists(f"{p} exists; {why}")
+    _write(key_path, _key_pem(key), private=True, force=force)
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), private=False, force=force)
+    return cert_path, key_path
+
+
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
@@ -70,13 +82,8 @@ def init_ca(directory: Path, *, days: int = CA_DAYS, name: str = "corral CA", fo
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    cert_path, key_path = directory / "ca.crt", directory / "ca.key"
-    for p in (cert_path, key_path):
-        if p.exists() and not force:
-            raise AlreadyExists(f"{p} exists; pass --force to replace the CA (every certificate it issued stops being trusted)")
-    _write(key_path, _key_pem(key), private=True, force=force)
-    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), private=False, force=force)
-    return cert_path, key_path
+    return _save(directory / "ca.crt", directory / "ca.key", cert, key, force=force,
+                 why="pass --force to replace the CA (every certificate it issued stops being trusted)")
 
 
 def load_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
@@ -130,13 +137,8 @@ def issue(
         )
     )
     cert = builder.sign(ca_key, hashes.SHA256())
-    cert_path, key_path = directory / kind / f"{name}.crt", directory / kind / f"{name}.key"
-    for p in (cert_path, key_path):
-        if p.exists() and not force:
-            raise AlreadyExists(f"{p} exists; pass --force to issue it again")
-    _write(key_path, _key_pem(key), private=True, force=force)
-    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), private=False, force=force)
-    return cert_path, key_path
+    return _save(directory / kind / f"{name}.crt", directory / kind / f"{name}.key", cert, key, force=force,
+                 why="pass --force to issue it again")
 
 
 def main(argv: list[str]) -> int:

@@ -8,6 +8,7 @@ TLS and requires a client certificate from the same CA; plaintext is refused.
 
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,17 +56,11 @@ def tls_files(ca: str | None = None, cert: str | None = None, key: str | None = 
     return TlsFiles(ca, cert, key)
 
 
-def add_arguments(p: object) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     """The three flags, for any server's argparse parser."""
     for flag, env, what in (
         ("--tls-ca", "CORRAL_TLS_CA", "the cluster CA certificate"),
         ("--tls-cert", "CORRAL_TLS_CERT", "this process's certificate (corral pki issue)"),
         ("--tls-key", "CORRAL_TLS_KEY", "its private key"),
     ):
-        p.add_argument(flag, default="", help=f"{what}; with all three set, gRPC is mutual TLS only (env {env})")  # type: ignore[attr-defined]
-
-
-def peer_common_name(context: grpc.aio.ServicerContext) -> str | None:
-    """The subject CN of the caller's verified client certificate (None without TLS)."""
-    names = context.auth_context().get("x509_common_name")
-    return names[0].decode() if names else None
+        p.add_argument(flag, default="", help=f"{what}; with all three set, gRPC is mutual TLS only (env {env})")
