@@ -105,8 +105,22 @@ def add_request_flags(p: argparse.ArgumentParser, m: RpcMethod, skip: set[str] =
             # `--template ID` reads better than `--template-id ID`; both work
             aliases = [flag, flag.removesuffix("-id")] if f.name.endswith("_id") else [flag]
             p.add_argument(*aliases, dest=f.name, help=f.name.replace("_", " "))
+        elif f.name.endswith("_cpu"):
+            p.add_argument(flag, dest=f.name, type=_units(units.parse_cpu, f.name), metavar="CPU", help=f"{f.name.replace('_', ' ')} (e.g. 2 or 500m)")
+        elif f.name.endswith("_memory"):
+            p.add_argument(flag, dest=f.name, type=_units(units.parse_memory, f.name), metavar="BYTES", help=f"{f.name.replace('_', ' ')} (e.g. 512Mi, 8Gi)")
         else:
             p.add_argument(flag, dest=f.name, type=float if f.type in (_d.FieldDescriptor.TYPE_DOUBLE, _d.FieldDescriptor.TYPE_FLOAT) else int, help=f.name.replace("_", " "))
+
+
+def _units(parse: Callable[[str], int], field: str) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{field}: {e}") from None
+
+    return convert
 
 
 def build_request(m: RpcMethod, args: argparse.Namespace) -> Message:
@@ -192,6 +206,9 @@ def _submit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--driver", choices=["process", "docker"], help="how to run it (default process)")
     p.add_argument("--image", help="container image (docker driver)")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable (repeatable)")
+    p.add_argument("--secret-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment variable whose value is secret: the task gets it, every API answer shows <secret> (repeatable)")
+    p.add_argument("--network", choices=["none", "host", "bridge"], help="none (default: an empty network namespace), host, or bridge (docker)")
     p.add_argument("--user", help="run as: nobody (default), root or a numeric uid")
     p.add_argument("--priority", type=int, help="0-100")
     p.add_argument("--retries", type=int, help="attempts in all when its node is lost (default 3)")
@@ -235,11 +252,16 @@ def _spec_from_args(args: argparse.Namespace) -> pb.TaskTemplate:
         spec.driver = pb.DOCKER if args.driver == "docker" else pb.PROCESS
     if args.image:
         spec.image = args.image
-    for kv in args.env:
-        if "=" not in kv:
-            raise InvalidArgument(f"--env: {kv!r} is not KEY=VALUE")
-        k, v = kv.split("=", 1)
-        spec.env[k] = v
+    for flag, items in (("--env", args.env), ("--secret-env", getattr(args, "secret_env", []))):
+        for kv in items:
+            if "=" not in kv:
+                raise InvalidArgument(f"{flag}: expected KEY=VALUE")
+            k, v = kv.split("=", 1)
+            spec.env[k] = v
+            if flag == "--secret-env" and k not in spec.secret_env:
+                spec.secret_env.append(k)
+    if getattr(args, "network", None):
+        spec.network = args.network
     if args.user:
         spec.user = args.user
     if getattr(args, "priority", None) is not None:
@@ -525,6 +547,13 @@ _HELP = {
     "NextTemplateFires": "the next instants a schedule fires at, in its zone and UTC",
     "TemplateHistory": "a cron template's recent runs, counters and next fire",
     "SubmitTasks": "submit up to 1,000 tasks from a file ({tasks: [...]}); for more use `task submit --from-file`",
+    "CreateUser": "create a user (--role admin|operator|user, quotas); prints its first token once",
+    "ListUsers": "list users with their roles and quotas",
+    "DeleteUser": "delete a user and revoke their tokens (their tasks stay)",
+    "CreateToken": "create a bearer token (yours, or as admin anyone's); the secret is printed once",
+    "RevokeToken": "revoke a token by id or secret; refused from the next call on",
+    "ListTokens": "list tokens (ids, owners, expiry; never secrets)",
+    "ListAudit": "the audit log, newest first: who changed what, and the result",
 }
 
 

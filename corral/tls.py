@@ -64,3 +64,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         ("--tls-key", "CORRAL_TLS_KEY", "its private key"),
     ):
         p.add_argument(flag, default="", help=f"{what}; with all three set, gRPC is mutual TLS only (env {env})")
+
+
+def peer_identity(context: grpc.aio.ServicerContext) -> tuple[str, str] | None:
+    """(CN, OU) of the caller's verified certificate; None on a plaintext connection."""
+    auth = context.auth_context()
+    cn = auth.get("x509_common_name")
+    if not cn:
+        return None
+    ou = ""
+    for subject in auth.get("x509_subject", []):
+        for part in subject.decode().split(","):
+            k, _, v = part.strip().partition("=")
+            if k == "OU":
+                ou = v
+    return cn[0].decode(), ou

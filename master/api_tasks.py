@@ -21,13 +21,14 @@ from corral.tls import TlsFiles
 from corral.v1 import api_pb2, api_pb2_grpc
 from corral.v1 import types_pb2 as pb
 
-from . import keys, records, validate
+from . import authz, keys, records, validate
 from .api_templates import resolve_template
 from .auth import Authenticator, api_method, api_stream
 from .cache import Cache
 from .election import current_leader
 from .gateway import Gateway
 from .leadership import Leadership
+from .quotas import Admission
 from .request_ids import RequestIds, request_id
 from .store import Cmp, EtcdStore, Put
 from .taskops import TaskWriter
@@ -76,6 +77,7 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
     def build_task(self, request: api_pb2.SubmitTaskRequest, user: pb.User) -> pb.TaskExecution:
         if request.template_id:
             template, _ = resolve_template(self.cache, request.template_id)
+            authz.check_write(user, template.owner, f"template {template.name or template.template_id}")
             spec = validate.merge_spec(template, request.spec)
             spec.template_id = template.template_id
         else:
@@ -105,9 +107,15 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
 
     @api_method
     async def SubmitTask(self, request, context, user):  # type: ignore[override]
-        task, revision = await self._create(self.build_task(request, user), user)
-        if revision:
-            await self.cache.wait_revision(revision)
+        task = self.build_task(request, user)
+        adm = Admission(user.user_id)
+        self.auth.quotas.admit(user, task.spec, adm)
+        try:
+            task, revision = await self._create(task, user)
+            if revision:
+                await self.cache.wait_revision(revision)
+        finally:
+            self.auth.quotas.release(adm)
         return task
 
     @api_method
@@ -143,12 +151,23 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
         group committer puts them into a few large transactions."""
         resp = api_pb2.SubmitTasksResponse()
         pending: list[tuple[api_pb2.SubmitResult, pb.TaskExecution]] = []
-        for req in requests:
-            r = resp.results.add()
-            try:
-                pending.append((r, self.build_task(req, user)))
-            except CorralError as e:
-                r.code, r.error = e.code.value[0], str(e)
+        adm = Admission(user.user_id)
+        try:
+            for req in requests:
+                r = resp.results.add()
+                try:
+                    task = self.build_task(req, user)
+                    self.auth.quotas.admit(user, task.spec, adm)
+                    pending.append((r, task))
+                except CorralError as e:
+                    r.code, r.error = e.code.value[0], str(e)
+            return await self._commit_many(resp, pending, user)
+        finally:
+            self.auth.quotas.release(adm)
+
+    async def _commit_many(
+        self, resp: api_pb2.SubmitTasksResponse, pending: list[tuple[api_pb2.SubmitResult, pb.TaskExecution]], user: pb.User,
+    ) -> api_pb2.SubmitTasksResponse:
         writes = [_create_ops(task, user) for _, task in pending]
         commit = self.writer.commit
         if commit is not None:
@@ -198,6 +217,7 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
             await self.cache.sync()
         validate.check_id("task_id", request.task_id)
         task, _ = await self.writer.load(request.task_id)
+        authz.check_read(user, task.user_id, f"task {task.task_id}")
         return task
 
     @api_method
@@ -208,9 +228,12 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
         after = _page_key(request.page_token)
         tasks = self.cache.tasks
 
+        everyone = authz.can_read_all(user)
+
         def wanted(t: pb.TaskExecution) -> bool:
             return (
-                (not request.state or t.state == request.state)
+                (everyone or t.user_id == user.user_id)
+                and (not request.state or t.state == request.state)
                 and (not request.node_id or t.node_id == request.node_id)
                 and (not request.template_id or t.template_id == request.template_id)
             )
@@ -248,6 +271,7 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
         grace = request.grace_period if request.HasField("grace_period") else Duration(seconds=10)
 
         def mutate(t: pb.TaskExecution) -> pb.TaskExecution | None:
+            authz.check_write(user, t.user_id, f"task {t.task_id}")
             if t.state in records.TERMINAL:
                 raise FailedPrecondition(
                     f"task {t.task_id} already finished ({records.state_name(t.state)}); nothing to stop"
@@ -270,6 +294,8 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
     async def RetryTask(self, request, context, user):  # type: ignore[override]
         validate.check_id("task_id", request.task_id)
         rid = request_id(context)
+        current, _ = await self.writer.load(request.task_id)
+        authz.check_write(user, current.user_id, f"task {current.task_id}")
         if await self.requests.seen(user.user_id, rid):
             return (await self.writer.load(request.task_id))[0]
 
@@ -295,6 +321,12 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
     @api_stream
     async def WatchTasks(self, request, context, user) -> AsyncIterator[api_pb2.TaskEvent]:  # type: ignore[override]
         queue: asyncio.Queue[api_pb2.TaskEvent] = asyncio.Queue(maxsize=10_000)
+        everyone = authz.can_read_all(user)
+        if request.task_id:
+            rec = self.cache.tasks.get(request.task_id)
+            if rec is None:
+                raise NotFound(f"task {request.task_id} not found")
+            authz.check_read(user, rec.msg.user_id, f"task {request.task_id}")
 
         def on_change(prefix: str, ident: str, msg: object) -> None:
             if prefix != keys.TASKS:
@@ -302,10 +334,14 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
             if request.task_id and ident != request.task_id:
                 return
             if msg is None:
+                if not everyone and not request.task_id:
+                    return  # whose it was is gone with it
                 ev = api_pb2.TaskEvent(task=pb.TaskExecution(task_id=ident), deleted=True)
             else:
                 assert isinstance(msg, pb.TaskExecution)
                 if request.template_id and msg.template_id != request.template_id:
+                    return
+                if not everyone and msg.user_id != user.user_id:
                     return
                 ev = api_pb2.TaskEvent(task=msg)
             try:
@@ -348,6 +384,7 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
             raise InvalidArgument("offset: must not be negative")
         offset = request.offset
         first, _ = await self.writer.load(request.task_id)  # NOT_FOUND early
+        authz.check_read(user, first.user_id, f"task {first.task_id}")
         if first.node_id and not self.gateway.connected(first.node_id) and not self.leadership.is_leader():
             # the node's stream is held by the leader: read through it
             async for chunk in self._logs_from_leader(request, context):

@@ -11,7 +11,7 @@ from corral.errors import AlreadyExists, FailedPrecondition, InvalidArgument, No
 from corral.v1 import api_pb2, api_pb2_grpc
 from corral.v1 import types_pb2 as pb
 
-from . import cron_plan, keys, records, validate
+from . import authz, cron_plan, keys, records, validate
 from .auth import Authenticator, api_method
 from .cache import Cache
 from .cron import Schedule
@@ -40,6 +40,14 @@ def resolve_template(cache: Cache, ref: str) -> tuple[pb.TaskTemplate, int]:
     if rec is None:
         raise NotFound(f"template {ref[:80]!r} not found")
     return rec.msg, rec.rev
+
+
+def _resolve_for(cache: Cache, ref: str, user: pb.User, *, write: bool) -> tuple[pb.TaskTemplate, int]:
+    """The template, if this user may see it (or, with `write`, change it)."""
+    t, rev = resolve_template(cache, ref)
+    check = authz.check_write if write else authz.check_read
+    check(user, t.owner, f"template {t.name}")
+    return t, rev
 
 
 class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
@@ -92,13 +100,13 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
         if request.consistent:
             await self.cache.sync()
         t = pb.TaskTemplate()
-        t.CopyFrom(resolve_template(self.cache, request.template_id)[0])
+        t.CopyFrom(_resolve_for(self.cache, request.template_id, user, write=False)[0])
         return with_next_fires(t)
 
     @api_method
     async def UpdateTemplate(self, request, context, user):  # type: ignore[override]
         ref = request.template.template_id or request.template.name
-        old, rev = resolve_template(self.cache, ref)
+        old, rev = _resolve_for(self.cache, ref, user, write=True)
         t = pb.TaskTemplate()
         t.CopyFrom(request.template)
         del t.next_fires[:]  # output only
@@ -121,7 +129,7 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
 
     @api_method
     async def DeleteTemplate(self, request, context, user):  # type: ignore[override]
-        t, rev = resolve_template(self.cache, request.template_id)
+        t, rev = _resolve_for(self.cache, request.template_id, user, write=True)
         result = await self.store.txn(
             [Cmp(keys.template(t.template_id), rev)],
             [Delete(keys.template(t.template_id)), Delete(keys.template_name(t.name))],
@@ -166,7 +174,7 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
 
     @api_method
     async def PauseTemplate(self, request, context, user):  # type: ignore[override]
-        t, _ = resolve_template(self.cache, request.template_id)
+        t, _ = _resolve_for(self.cache, request.template_id, user, write=True)
         if not t.cron_schedule:
             raise FailedPrecondition(f"template {t.name} has no cron_schedule; there is nothing to pause")
         paused = await self._set_suspended(t.template_id, True)
@@ -183,14 +191,14 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
 
     @api_method
     async def ResumeTemplate(self, request, context, user):  # type: ignore[override]
-        t, _ = resolve_template(self.cache, request.template_id)
+        t, _ = _resolve_for(self.cache, request.template_id, user, write=True)
         if not t.cron_schedule:
             raise FailedPrecondition(f"template {t.name} has no cron_schedule; there is nothing to resume")
         return await self._set_suspended(t.template_id, False, skip_missed=not request.run_missed)
 
     @api_method
     async def NextTemplateFires(self, request, context, user):  # type: ignore[override]
-        t, _ = resolve_template(self.cache, request.template_id)
+        t, _ = _resolve_for(self.cache, request.template_id, user, write=False)
         if not t.cron_schedule:
             raise FailedPrecondition(f"template {t.name} has no cron_schedule")
         count = request.count or 5
@@ -206,7 +214,7 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
 
     @api_method
     async def TemplateHistory(self, request, context, user):  # type: ignore[override]
-        t, _ = resolve_template(self.cache, request.template_id)
+        t, _ = _resolve_for(self.cache, request.template_id, user, write=False)
         limit = request.limit or 20
         if not 1 <= limit <= 1000:
             raise InvalidArgument("limit: between 1 and 1000")
@@ -231,7 +239,7 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
     async def ListTemplates(self, request, context, user):  # type: ignore[override]
         if request.consistent:
             await self.cache.sync()
-        items = sorted(self.cache.templates.values(), key=lambda r: r.msg.name)
+        items = sorted((r for r in self.cache.templates.values() if authz.visible(user, r.msg.owner)), key=lambda r: r.msg.name)
         return api_pb2.ListTemplatesResponse(templates=[r.msg for r in items])
 
 

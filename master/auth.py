@@ -11,16 +11,21 @@ import asyncio
 import functools
 import hashlib
 import logging
+import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
-from corral.errors import CorralError, Unauthenticated
+from corral.errors import CorralError, DeadlineExceeded, PermissionDenied, Unauthenticated
+from corral.tls import peer_identity
 from corral.v1 import types_pb2 as pb
 
-from . import keys
+from . import authz, keys, masking
+from .audit import AuditLog
 from .cache import Cache
+from .quotas import Quotas
 from .store import Cmp, EtcdStore, Put
 
 log = logging.getLogger("corral.auth")
@@ -30,23 +35,72 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def new_secret(token_id: str) -> str:
+    """A bearer token: its id (so `token revoke` can name it) and 32 random bytes."""
+    return f"crl_{token_id}_{secrets.token_urlsafe(32)}"
+
+
+# Masters call each other (the log proxy) with their own certificate: they act for a user
+# the first master has already authorized.
+MASTER_PRINCIPAL = pb.User(user_id="master", name="master", roles=["admin"])
+
+
 class Authenticator:
-    def __init__(self, cache: Cache) -> None:
+    """Who is calling: a bearer token (a Token record, or the bootstrap admin's), or under
+    mutual TLS a client certificate (OU=client, CN=user id). A nodelet certificate speaks
+    only the nodelet protocol."""
+
+    def __init__(self, cache: Cache, audit: AuditLog | None = None, quotas: Quotas | None = None) -> None:
         self.cache = cache
+        self.audit = audit
+        self.quotas = quotas or Quotas(cache)
+
+    async def authenticate_nodelet(self, context: grpc.aio.ServicerContext) -> None:
+        """A nodelet stream: a nodelet certificate under mutual TLS (the gateway then checks
+        it names the node), or else an admin's token."""
+        identity = peer_identity(context)
+        if identity is not None and identity[1] == "nodelet":
+            return
+        user = await self._authenticate(context, identity)
+        if authz.role_of(user) != authz.ADMIN:
+            raise PermissionDenied(f"registering a node needs a nodelet certificate or an admin's token, not {user.user_id}'s")
 
     async def authenticate(self, context: grpc.aio.ServicerContext) -> pb.User:
+        identity = peer_identity(context)
+        if identity is not None and identity[1] == "nodelet":
+            raise PermissionDenied(f"a nodelet certificate ({identity[0]}) may only speak the nodelet protocol")
+        return await self._authenticate(context, identity)
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext, identity: tuple[str, str] | None) -> pb.User:
         token = ""
         for k, v in context.invocation_metadata() or ():
             if k == "authorization" and isinstance(v, str) and v.lower().startswith("bearer "):
                 token = v[7:].strip()
-        if not token:
-            raise Unauthenticated("no token: pass --token or set CORRAL_TOKEN")
         if not self.cache.ready.is_set():
             await asyncio.wait_for(self.cache.ready.wait(), 10)
-        user_id = self.cache.users_by_token.get(hash_token(token))
+        if not token:
+            if identity is not None and identity[1] == "master":
+                return MASTER_PRINCIPAL
+            if identity is not None and identity[1] == "client":
+                rec = self.cache.users.get(identity[0])
+                if rec is None:
+                    raise Unauthenticated(f"client certificate {identity[0]!r} names no user; an admin can create it with `corral user create {identity[0]}`")
+                return rec.msg
+            raise Unauthenticated("no token: pass --token or set CORRAL_TOKEN")
+        digest = hash_token(token)
+        user_id = self.cache.users_by_token.get(digest)
         if user_id is None:
-            raise Unauthenticated("the token is not valid")
-        return self.cache.users[user_id].msg
+            token_id = self.cache.tokens_by_hash.get(digest)
+            rec = self.cache.tokens.get(token_id) if token_id is not None else None
+            if rec is None:
+                raise Unauthenticated("the token is not valid (unknown or revoked)")
+            if rec.msg.HasField("expire_time") and rec.msg.expire_time.ToNanoseconds() < time.time_ns():
+                raise Unauthenticated(f"token {rec.msg.token_id} expired")
+            user_id = rec.msg.user_id
+        user = self.cache.users.get(user_id)
+        if user is None:
+            raise Unauthenticated(f"the token's user {user_id!r} no longer exists")
+        return user.msg
 
 
 async def ensure_bootstrap_admin(store: EtcdStore, token: str) -> None:
@@ -71,31 +125,91 @@ async def _abort(context: grpc.aio.ServicerContext, err: Exception) -> None:
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(err).__name__}")
 
 
+# A unary call may take this long on the master before it is cut off (the SDK sets its own
+# deadlines too; this bounds a call from a client that set none).
+UNARY_DEADLINE = 60.0
+STREAM_UPLOAD_DEADLINE = 900.0  # a client-streaming call (up to 100,000 tasks)
+_TARGET_FIELDS = ("task_id", "template_id", "node_id", "user_id", "token_id")
+
+
+def _target(request: Any, result: Any) -> str:
+    """What a mutation acted on, for the audit line."""
+    for msg in (result, getattr(result, "user", None), getattr(result, "token", None), request, getattr(request, "template", None)):
+        if msg is None or not hasattr(msg, "DESCRIPTOR"):
+            continue
+        for name in _TARGET_FIELDS:
+            if name in msg.DESCRIPTOR.fields_by_name and getattr(msg, name):
+                value = str(getattr(msg, name))
+                # a token given by its secret is named by its id part, never the secret
+                return value.rsplit("_", 1)[0] + "_…" if value.startswith("crl_") else value
+    return ""
+
+
+def _detail(result: Any) -> str:
+    accepted = getattr(result, "accepted", None)
+    if isinstance(accepted, int) and hasattr(result, "results"):
+        return f"{accepted} of {len(result.results)} tasks accepted"
+    return ""
+
+
+def _status_name(err: BaseException) -> str:
+    if isinstance(err, CorralError):
+        return err.code.name
+    if isinstance(err, asyncio.CancelledError):
+        return "CANCELLED"
+    return "INTERNAL"
+
+
+def _audit(self: Any, user: pb.User | None, method: str, request: Any, result: Any, err: BaseException | None,
+           context: grpc.aio.ServicerContext) -> None:
+    audit = self.auth.audit
+    if audit is None or method not in authz.MUTATIONS:
+        return
+    identity = peer_identity(context)
+    who = user.user_id if user is not None else (f"cert:{identity[0]}" if identity else "anonymous")
+    detail = str(err)[:200] if err is not None else _detail(result)
+    audit.record(who, method, _target(request if not hasattr(request, "__aiter__") else None, result),
+                 "OK" if err is None else _status_name(err), detail, context.peer() or "")
+
+
 def api_method(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """Wrap a unary servicer method `fn(self, request, context, user)`."""
+    """Wrap a unary servicer method `fn(self, request, context, user)`: authenticate,
+    authorize by the role table, bound its time, mask secrets in the answer, audit it."""
+    method = fn.__name__
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        user: pb.User | None = None
         try:
             user = await self.auth.authenticate(context)
-            return await fn(self, request, context, user)
+            authz.authorize(method, user)
+            limit = STREAM_UPLOAD_DEADLINE if hasattr(request, "__aiter__") else UNARY_DEADLINE
+            try:
+                result = await asyncio.wait_for(fn(self, request, context, user), limit)
+            except TimeoutError:
+                raise DeadlineExceeded(f"{method} took longer than {limit:.0f}s on the master; try again") from None
+            _audit(self, user, method, request, result, None, context)
+            return masking.response(result)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as e:  # noqa: BLE001 - translated once, here
+            _audit(self, user, method, request, None, e, context)
             await _abort(context, e)
 
     return wrapper
 
 
 def api_stream(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-    """Wrap a server-streaming servicer method `fn(self, request, context, user)`."""
+    """Wrap a server-streaming servicer method `fn(self, request, context, user)` (reads only)."""
+    method = fn.__name__
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
             user = await self.auth.authenticate(context)
+            authz.authorize(method, user)
             async for item in fn(self, request, context, user):
-                yield item
+                yield masking.response(item)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as e:  # noqa: BLE001

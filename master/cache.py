@@ -21,7 +21,7 @@ from sortedcontainers import SortedList  # type: ignore[import-untyped]
 from corral.errors import Unavailable
 from corral.v1 import types_pb2 as pb
 
-from . import keys
+from . import keys, records
 from .store import KV, Compacted, EtcdStore
 
 log = logging.getLogger("corral.cache")
@@ -43,6 +43,7 @@ _KINDS: dict[str, type[Message]] = {
     keys.TASKS: pb.TaskExecution,
     keys.NODES: pb.NodeInfo,
     keys.USERS: pb.User,
+    keys.TOKENS: pb.Token,
 }
 
 
@@ -54,7 +55,11 @@ class Cache:
         self.nodes: dict[str, Rec[pb.NodeInfo]] = {}
         self.users: dict[str, Rec[pb.User]] = {}
         self.template_names: dict[str, str] = {}
-        self.users_by_token: dict[str, str] = {}
+        self.users_by_token: dict[str, str] = {}  # the bootstrap admin's token hash
+        self.tokens: dict[str, Rec[pb.Token]] = {}
+        self.tokens_by_hash: dict[str, str] = {}
+        # per user: (tasks, cpu, memory) of unfinished tasks, what quotas are checked against
+        self.usage: dict[str, tuple[int, int, int]] = {}
         self.by_state: dict[int, set[str]] = {}
         self.by_node: dict[str, set[str]] = {}
         self.by_template: dict[str, set[str]] = {}
@@ -124,13 +129,13 @@ class Cache:
         for kv in kvs:
             if self._rev_of(kv.key) != kv.mod_revision:
                 self._apply(kv.key, kv.value, kv.mod_revision, notify=True, created=kv.create_revision)
-        for prefix, table in ((keys.TEMPLATES, self.templates), (keys.TASKS, self.tasks), (keys.NODES, self.nodes), (keys.USERS, self.users)):
+        for prefix, table in ((keys.TEMPLATES, self.templates), (keys.TASKS, self.tasks), (keys.NODES, self.nodes), (keys.USERS, self.users), (keys.TOKENS, self.tokens)):
             for ident in list(table):
                 if prefix + ident not in listed:
                     self._apply(prefix + ident, None, 0, notify=True)
 
     def _rev_of(self, key: str) -> int:
-        for prefix, table in ((keys.TEMPLATES, self.templates), (keys.TASKS, self.tasks), (keys.NODES, self.nodes), (keys.USERS, self.users)):
+        for prefix, table in ((keys.TEMPLATES, self.templates), (keys.TASKS, self.tasks), (keys.NODES, self.nodes), (keys.USERS, self.users), (keys.TOKENS, self.tokens)):
             if key.startswith(prefix):
                 rec = table.get(key[len(prefix) :])
                 return rec.rev if rec is not None else -1
@@ -145,10 +150,12 @@ class Cache:
                     fut.set_result(None)
 
     def _reset(self) -> None:
-        for d in (self.templates, self.tasks, self.nodes, self.users):
+        for d in (self.templates, self.tasks, self.nodes, self.users, self.tokens):
             d.clear()
         self.template_names.clear()
         self.users_by_token.clear()
+        self.tokens_by_hash.clear()
+        self.usage.clear()
         self.by_state.clear()
         self.by_node.clear()
         self.by_template.clear()
@@ -184,8 +191,15 @@ class Cache:
             if old_user is not None:
                 self.users_by_token.pop(old_user.msg.token_hash, None)
             self._put(self.users, ident, msg, rev)
-            if msg is not None:
+            if msg is not None and msg.token_hash:  # type: ignore[attr-defined]
                 self.users_by_token[msg.token_hash] = ident  # type: ignore[attr-defined]
+        elif prefix == keys.TOKENS:
+            old_token = self.tokens.get(ident)
+            if old_token is not None:
+                self.tokens_by_hash.pop(old_token.msg.token_hash, None)
+            self._put(self.tokens, ident, msg, rev)
+            if msg is not None:
+                self.tokens_by_hash[msg.token_hash] = ident  # type: ignore[attr-defined]
         if prefix == keys.TASKS and msg is not None:
             rec = self.tasks[ident]
             rec.rev = rev
@@ -204,6 +218,14 @@ class Cache:
         else:
             d[ident] = Rec(msg, rev)
 
+    def _use(self, t: pb.TaskExecution, sign: int) -> None:
+        n, cpu, mem = self.usage.get(t.user_id, (0, 0, 0))
+        n += sign
+        if n <= 0:
+            self.usage.pop(t.user_id, None)
+        else:
+            self.usage[t.user_id] = (n, cpu + sign * t.spec.cpu_request, mem + sign * t.spec.mem_request)
+
     def _index_task(self, ident: str, msg: pb.TaskExecution | None) -> None:
         old = self.tasks.pop(ident, None)
         if old is not None:
@@ -214,8 +236,12 @@ class Cache:
                 self.by_node.get(old.msg.node_id, set()).discard(ident)
             if old.msg.template_id:
                 self.by_template.get(old.msg.template_id, set()).discard(ident)
+            if old.msg.state not in records.TERMINAL:
+                self._use(old.msg, -1)
         if msg is None:
             return
+        if msg.state not in records.TERMINAL:
+            self._use(msg, 1)
         self.tasks[ident] = Rec(msg, 0)
         if old is None or msg.submit_time != old.msg.submit_time:
             self.task_order.add((msg.submit_time.ToNanoseconds(), ident))

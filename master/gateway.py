@@ -20,6 +20,7 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 
 from corral.errors import AlreadyExists, CorralError, InvalidArgument, PermissionDenied, Unavailable
+from corral.tls import peer_identity
 from corral.v1 import api_pb2, nodelet_pb2_grpc
 from corral.v1 import nodelet_pb2 as npb
 from corral.v1 import types_pb2 as pb
@@ -150,7 +151,7 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
         session: NodeSession | None = None
         tasks: list[asyncio.Task[None]] = []
         try:
-            await self.auth.authenticate(context)
+            await self.auth.authenticate_nodelet(context)
             if not self.leadership.is_leader():
                 await self._redirect(context)
             first = await asyncio.wait_for(anext(aiter(request_iterator)), 30)
@@ -372,19 +373,3 @@ def check_node_identity(identity: tuple[str, str] | None, node_id: str) -> None:
         raise PermissionDenied(f"a {ou or 'non-nodelet'} certificate ({cn}) cannot register a node")
     if cn != node_id:
         raise PermissionDenied(f"certificate is for node {cn!r}, not {node_id[:80]!r}")
-
-
-def peer_identity(context: grpc.aio.ServicerContext) -> tuple[str, str] | None:
-    """(CN, OU) of the caller's verified certificate; None on a plaintext connection."""
-    auth = context.auth_context()
-    cn = auth.get("x509_common_name")
-    if not cn:
-        return None
-    ou = ""
-    for subject in auth.get("x509_subject", []):
-        for part in subject.decode().split(","):
-            k, _, v = part.strip().partition("=")
-            if k == "OU":
-                ou = v
-    return cn[0].decode(), ou
-

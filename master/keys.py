@@ -8,6 +8,8 @@ CRON = "cron/"
 IDEMPOTENCY = "idem/"
 MEMBERS = "members/"
 REQUESTS = "requests/"
+TOKENS = "tokens/"
+AUDIT = "audit/"
 
 
 def template(template_id: str) -> str:
@@ -33,3 +35,7 @@ def idempotency(user_id: str, key: str) -> str:
 def template_name(name: str) -> str:
     """Name index: makes names unique through create-if-absent."""
     return f"names/template/{name}"
+
+
+def token(token_id: str) -> str:
+    return TOKENS + token_id

@@ -15,6 +15,7 @@ import time
 from corral.errors import CorralError
 
 from . import keys, records
+from .audit import AuditLog
 from .cache import Cache
 from .group_commit import GroupCommit
 from .leadership import Leadership
@@ -27,7 +28,8 @@ EVERY = 60.0       # seconds between sweeps
 
 
 class Retention:
-    def __init__(self, cache: Cache, commit: GroupCommit, leadership: Leadership, *, keep: float) -> None:
+    def __init__(self, cache: Cache, commit: GroupCommit, leadership: Leadership, *, keep: float, audit: AuditLog | None = None) -> None:
+        self.audit = audit  # its oldest records beyond its bound are trimmed here too
         self.cache = cache
         self.commit = commit
         self.leadership = leadership
@@ -60,9 +62,12 @@ class Retention:
 
     async def run(self) -> None:
         await self.cache.ready.wait()
-        while self.keep > 0:
+        while True:
             try:
-                await self.sweep()
+                if self.keep > 0:
+                    await self.sweep()
+                if self.audit is not None and (trimmed := await self.audit.trim()):
+                    log.info("retention: trimmed %d audit records beyond the newest %d", trimmed, self.audit.keep)
             except CorralError as e:
                 log.warning("retention sweep: %s", e)
-            await asyncio.sleep(max(1.0, min(EVERY, self.keep / 2)))
+            await asyncio.sleep(max(1.0, min(EVERY, self.keep / 2)) if self.keep > 0 else EVERY)

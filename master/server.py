@@ -27,6 +27,8 @@ from . import metrics
 from .api_nodes import ClusterServicer, NodeServicer
 from .api_tasks import TaskServicer
 from .api_templates import TemplateServicer
+from .api_users import AuditServicer, TokenServicer, UserServicer
+from .audit import AuditLog
 from .auth import Authenticator, ensure_bootstrap_admin
 from .cache import Cache
 from .cron_loop import CronLoop
@@ -80,6 +82,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--retention", type=_duration, default=env("CORRAL_RETENTION", "7d"),
         help="delete finished task records this long after they ended, e.g. 7d or 12h; 0 keeps them all",
     )
+    p.add_argument(
+        "--audit-keep", type=int, default=int(env("CORRAL_AUDIT_KEEP", "100000")),
+        help="audit records kept in etcd (the oldest beyond it are deleted; every record is also logged)",
+    )
     tls.add_arguments(p)
     p.add_argument("--lease-ttl", type=int, default=int(env("CORRAL_LEASE_TTL", "2")), help="leader lease in whole seconds: how fast a dead leader is replaced")
     p.add_argument("--test-force-leader", action="store_true", help=argparse.SUPPRESS)
@@ -96,7 +102,8 @@ class Master:
         self.store = EtcdStore(args.etcd, args.prefix)
         self.cache = Cache(self.store)
         self.leadership: Elected | Always = Always() if args.test_force_leader else Elected()
-        self.auth = Authenticator(self.cache)
+        self.audit = AuditLog(self.store, args.name, keep=args.audit_keep)
+        self.auth = Authenticator(self.cache, self.audit)
         from .group_commit import GroupCommit
         from .taskops import TaskWriter
 
@@ -113,7 +120,7 @@ class Master:
         )
         from .retention import Retention
 
-        self.retention = Retention(self.cache, self.commit, self.leadership, keep=args.retention)
+        self.retention = Retention(self.cache, self.commit, self.leadership, keep=args.retention, audit=self.audit)
         self.cron = CronLoop(self.store, self.cache, self.leadership, lookahead=args.lookahead, commit=self.commit)
         self.server = grpc.aio.server(options=GRPC_OPTIONS)
         self.leader: LeaderLoops | None = None
@@ -129,12 +136,15 @@ class Master:
         api_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(self.store, self.cache, self.auth, self.gateway), s)
         self.cluster = ClusterServicer(self.store, self.cache, self.auth, self.leadership, name=self.args.name, address=address, etcd=[self.args.etcd])
         api_pb2_grpc.add_ClusterServiceServicer_to_server(self.cluster, s)
+        api_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(self.store, self.cache, self.auth), s)
+        api_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(self.store, self.cache, self.auth), s)
+        api_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self.auth, self.audit), s)
         nodelet_pb2_grpc.add_NodeletServiceServicer_to_server(self.gateway, s)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, s)
         names = [
             api_pb2.DESCRIPTOR.services_by_name[n].full_name
-            for n in ("TemplateService", "TaskService", "NodeService", "ClusterService")
+            for n in ("TemplateService", "TaskService", "NodeService", "ClusterService", "UserService", "TokenService", "AuditService")
         ] + [nodelet_pb2.DESCRIPTOR.services_by_name["NodeletService"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, s)
 
@@ -157,6 +167,7 @@ class Master:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.cache.run())
+                tg.create_task(self.audit.run())
                 await self.cache.ready.wait()
                 await _set_serving(self.health)
                 member = api_pb2.Member(name=self.args.name, address=self.address, pid=os.getpid(), version=__version__)

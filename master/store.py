@@ -158,22 +158,33 @@ class EtcdStore:
         kv = resp.kvs[0]
         return KV(key, kv.value, kv.mod_revision, kv.create_revision)
 
-    async def range(self, prefix: str, limit: int = 0) -> tuple[list[KV], int]:
-        """All keys under `prefix`, and the revision the read was served at."""
+    async def range(self, prefix: str, limit: int = 0, *, keys_only: bool = False, newest_first: bool = False) -> tuple[list[KV], int]:
+        """Keys under `prefix` in key order (or reversed), at most `limit` (0 = all), and the
+        revision the read was served at."""
         start = self._k(prefix)
         end = _prefix_end(start)
         out: list[KV] = []
         revision = 0
         page = 2000 if limit == 0 else min(limit, 2000)
+        order = rpc.RangeRequest.DESCEND if newest_first else rpc.RangeRequest.NONE
         while True:
-            req = rpc.RangeRequest(key=start, range_end=end, limit=page, revision=revision)
+            req = rpc.RangeRequest(key=start, range_end=end, limit=page, revision=revision, keys_only=keys_only,
+                                   sort_target=rpc.RangeRequest.KEY, sort_order=order)
             resp = await self._call(self._kv().Range, req)
             revision = revision or resp.header.revision
             for kv in resp.kvs:
                 out.append(KV(self._strip(kv.key), kv.value, kv.mod_revision, kv.create_revision))
             if not resp.more or not resp.kvs or (limit and len(out) >= limit):
-                return out, revision
-            start = resp.kvs[-1].key + b"\x00"
+                return (out[:limit] if limit else out), revision
+            if newest_first:
+                end = resp.kvs[-1].key
+            else:
+                start = resp.kvs[-1].key + b"\x00"
+
+    async def count(self, prefix: str) -> int:
+        start = self._k(prefix)
+        resp = await self._call(self._kv().Range, rpc.RangeRequest(key=start, range_end=_prefix_end(start), count_only=True))
+        return int(resp.count)
 
     async def txn(self, compares: Sequence[Cmp], ops: Sequence[Put | Delete]) -> TxnResult:
         """Apply `ops` atomically if every compare holds."""

@@ -18,6 +18,9 @@ MAX_TIMEOUT = 366 * 86400
 MAX_ENV = 256
 MAX_ENV_BYTES = 32 * 1024
 MAX_LABELS = 64
+MAX_ARGS = 1024
+MAX_CONSTRAINTS = 64
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
 DEFAULT_CPU = 100                # 0.1 core
 DEFAULT_MEMORY = 64 * 1024**2    # 64 MiB
 DEFAULT_PIDS = 512
@@ -96,11 +99,32 @@ def check_run_spec(spec: pb.TaskTemplate, field: str = "spec") -> None:
         raise _bad(f + "env", f"at most {MAX_ENV} variables")
     if sum(len(k) + len(v) for k, v in spec.env.items()) > MAX_ENV_BYTES:
         raise _bad(f + "env", f"at most {MAX_ENV_BYTES} bytes in all")
-    for k in spec.env:
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
+    for k, v in spec.env.items():
+        if not ENV_NAME_RE.match(k):
             raise _bad(f + "env", f"{k[:60]!r} is not a valid variable name")
+        if "\x00" in v:
+            raise _bad(f + "env", f"the value of {k} must not contain NUL bytes")
+    for name in spec.secret_env:
+        if name not in spec.env:
+            raise _bad(f + "secret_env", f"{name[:60]!r} is not in env; list the names of env entries whose values are secret")
     if len(spec.labels) > MAX_LABELS:
         raise _bad(f + "labels", f"at most {MAX_LABELS} labels")
+    for k, v in spec.labels.items():
+        if not k or len(k) > 63 or len(v) > 256:
+            raise _bad(f + "labels", f"{k[:60]!r}: keys 1-63 characters, values at most 256")
+    if len(spec.args) > MAX_ARGS or sum(len(a) for a in spec.args) > MAX_SCRIPT:
+        raise _bad(f + "args", f"at most {MAX_ARGS} arguments and {MAX_SCRIPT} bytes in all")
+    if any("\x00" in a for a in spec.args):
+        raise _bad(f + "args", "must not contain NUL bytes")
+    for name, value, limit in (("image", spec.image, 512), ("working_dir", spec.working_dir, 4096)):
+        if len(value) > limit:
+            raise _bad(f + name, f"at most {limit} characters")
+    if spec.network not in ("", "none", "host", "bridge"):
+        raise _bad(f + "network", f"{spec.network[:40]!r}: use none (the default), host, or bridge (docker only)")
+    if spec.network == "bridge" and spec.driver != pb.DOCKER:
+        raise _bad(f + "network", "bridge needs the docker driver; a process task has none (its own empty network) or host")
+    if len(spec.constraints) > MAX_CONSTRAINTS or any(len(c.values) > 256 for c in spec.constraints):
+        raise _bad(f + "constraints", f"at most {MAX_CONSTRAINTS} constraints of at most 256 values each")
     if spec.user not in ("", "root", "nobody") and not re.match(r"^[0-9]{1,9}$", spec.user):
         raise _bad(f + "user", f"{spec.user[:40]!r}: use root, nobody or a numeric uid")
     if not 0 <= spec.priority <= 100:
@@ -143,7 +167,9 @@ def merge_spec(base: pb.TaskTemplate, override: pb.TaskTemplate) -> pb.TaskTempl
     for fd, value in override.ListFields():
         if fd.name in ("template_id", "name", "owner", "create_time", "update_time"):
             continue
-        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+        if fd.name == "secret_env":  # a secret stays secret whatever the override says
+            out.secret_env.extend(n for n in value if n not in out.secret_env)
+        elif fd.message_type is not None and fd.message_type.GetOptions().map_entry:
             getattr(out, fd.name).update(value)
         elif fd.is_repeated:
             field = getattr(out, fd.name)

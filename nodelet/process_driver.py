@@ -1,5 +1,6 @@
 """The process driver: a task is `/bin/sh -c run_script` in its own cgroup and in new
-pid, mount, ipc and uts namespaces, as an unprivileged user unless it asks for root.
+pid, mount, ipc, uts and (unless it asks for `network: host`) network namespaces, as an
+unprivileged user with no capabilities and no new privileges unless it asks for root.
 
 Launch: a small wrapper shell joins the task's cgroups *before* it starts anything (so the
 task is never briefly unlimited), waits for the word "go" on its stdin, then runs `unshare` → (setpriv) → an init shell that
@@ -36,9 +37,13 @@ from .driver import DriverError, Handle, Outcome, classify
 NOBODY = 65534
 LOG_CAP = 16 * 1024 * 1024
 
-# $1 exit file, $2 log file, $3 log cap, $4 uid ("root" for none), $5 script, then procs files.
+# $1 exit file, $2 log file, $3 log cap, $4 uid ("root" for none), $5 script, $6 network
+# ("host" shares the node's; anything else is a new network namespace with only a loopback,
+# down), then procs files.
 WRAPPER = r"""
-exitfile=$1; logfile=$2; cap=$3; uid=$4; script=$5; shift 5
+exitfile=$1; logfile=$2; cap=$3; uid=$4; script=$5; net=$6; shift 6
+ns="--pid --fork --mount-proc --ipc --uts --kill-child"
+[ "$net" = host ] || ns="$ns --net"
 umask 077
 for f in "$@"; do echo $$ > "$f" || exit 125; done
 read -r go || exit 0
@@ -46,9 +51,9 @@ read -r go || exit 0
 init='trap "kill -TERM \$c 2>/dev/null" TERM INT; /bin/sh -c "$0" & c=$!; while :; do wait $c; r=$?; kill -0 $c 2>/dev/null || exit $r; done'
 run() {
   if [ "$uid" = root ]; then
-    exec unshare --pid --fork --mount-proc --ipc --uts --kill-child -- /bin/sh -c "$init" "$script"
+    exec unshare $ns -- /bin/sh -c "$init" "$script"
   else
-    exec unshare --pid --fork --mount-proc --ipc --uts --kill-child -- \
+    exec unshare $ns -- \
       setpriv --reuid="$uid" --regid="$uid" --clear-groups --no-new-privs --inh-caps=-all --bounding-set=-all \
       /bin/sh -c "$init" "$script"
   fi
@@ -167,7 +172,7 @@ class ProcessDriver:
         argv = [
             "/bin/sh", "-c", WRAPPER, "corral-task",
             str(directory / "exit"), str(directory / "output.log"), str(self.log_cap), uid,
-            spec.run_script, *cg.procs_files(),
+            spec.run_script, spec.network or "none", *cg.procs_files(),
         ]
         try:
             proc = subprocess.Popen(

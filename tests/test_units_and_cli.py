@@ -40,7 +40,7 @@ def test_every_rpc_has_a_cli_command_and_sdk_method() -> None:
     methods = rpc_methods()
     # every RPC but the client-streaming SubmitTaskStream (the SDK's submit_many, the CLI's
     # `task submit --from-file`)
-    assert len(methods) == 23
+    assert len(methods) == 30
     assert callable(Client.submit_many) and callable(AsyncClient.submit_many)
     seen = set()
     for m in methods:
@@ -54,7 +54,9 @@ def test_every_rpc_has_a_cli_command_and_sdk_method() -> None:
     assert {("task", "submit"), ("task", "get"), ("task", "list"), ("task", "stop"), ("task", "logs"), ("task", "retry"),
             ("template", "create"), ("template", "get"), ("template", "update"), ("template", "delete"), ("template", "list"),
             ("node", "list"), ("node", "cordon"), ("cluster", "status"),
-            ("template", "pause"), ("template", "resume"), ("template", "next"), ("template", "history")} <= seen
+            ("template", "pause"), ("template", "resume"), ("template", "next"), ("template", "history"),
+            ("user", "create"), ("user", "list"), ("user", "delete"), ("token", "create"), ("token", "revoke"),
+            ("token", "list"), ("audit", "list")} <= seen
     for m in ("submit_task", "get_task", "stop_task", "list_tasks", "create_template", "wait_task"):
         assert hasattr(Client, m)
 

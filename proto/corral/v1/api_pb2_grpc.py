@@ -1195,3 +1195,404 @@ class ClusterService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class UserServiceStub:
+    """Users, their roles and quotas (admin only).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateUser = channel.unary_unary(
+                '/corral.v1.UserService/CreateUser',
+                request_serializer=corral_dot_v1_dot_api__pb2.CreateUserRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_api__pb2.CreateUserResponse.FromString,
+                _registered_method=True)
+        self.ListUsers = channel.unary_unary(
+                '/corral.v1.UserService/ListUsers',
+                request_serializer=corral_dot_v1_dot_api__pb2.ListUsersRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_api__pb2.ListUsersResponse.FromString,
+                _registered_method=True)
+        self.DeleteUser = channel.unary_unary(
+                '/corral.v1.UserService/DeleteUser',
+                request_serializer=corral_dot_v1_dot_api__pb2.DeleteUserRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_api__pb2.DeleteUserResponse.FromString,
+                _registered_method=True)
+
+
+class UserServiceServicer:
+    """Users, their roles and quotas (admin only).
+    """
+
+    def CreateUser(self, request, context):
+        """Create a user; the answer carries its first token's secret, shown only this once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUsers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteUser(self, request, context):
+        """Delete a user and every token of theirs; their tasks and templates stay.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_UserServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateUser,
+                    request_deserializer=corral_dot_v1_dot_api__pb2.CreateUserRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_api__pb2.CreateUserResponse.SerializeToString,
+            ),
+            'ListUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUsers,
+                    request_deserializer=corral_dot_v1_dot_api__pb2.ListUsersRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_api__pb2.ListUsersResponse.SerializeToString,
+            ),
+            'DeleteUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteUser,
+                    request_deserializer=corral_dot_v1_dot_api__pb2.DeleteUserRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_api__pb2.DeleteUserResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'corral.v1.UserService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('corral.v1.UserService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class UserService:
+    """Users, their roles and quotas (admin only).
+    """
+
+    @staticmethod
+    def CreateUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.UserService/CreateUser',
+            corral_dot_v1_dot_api__pb2.CreateUserRequest.SerializeToString,
+            corral_dot_v1_dot_api__pb2.CreateUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.UserService/ListUsers',
+            corral_dot_v1_dot_api__pb2.ListUsersRequest.SerializeToString,
+            corral_dot_v1_dot_api__pb2.ListUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.UserService/DeleteUser',
+            corral_dot_v1_dot_api__pb2.DeleteUserRequest.SerializeToString,
+            corral_dot_v1_dot_api__pb2.DeleteUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class TokenServiceStub:
+    """Bearer tokens: anyone may create and revoke their own; an admin, anyone's.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateToken = channel.unary_unary(
+                '/corral.v1.TokenService/CreateToken',
+                request_serializer=corral_dot_v1_dot_api__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_api__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/corral.v1.TokenService/RevokeToken',
+                request_serializer=corral_dot_v1_dot_api__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_api__pb2.RevokeTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/corral.v1.TokenService/ListTokens',
+                request_serializer=corral_dot_v1_dot_api__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_api__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+
+
+class TokenServiceServicer:
+    """Bearer tokens: anyone may create and revoke their own; an admin, anyone's.
+    """
+
+    def CreateToken(self, request, context):
+        """Create a token; its secret is in the answer, shown only this once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Revoke a token (by id or by its secret); refused from the next call on, on every master.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_TokenServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=corral_dot_v1_dot_api__pb2.CreateTokenRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_api__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=corral_dot_v1_dot_api__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_api__pb2.RevokeTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=corral_dot_v1_dot_api__pb2.ListTokensRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_api__pb2.ListTokensResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'corral.v1.TokenService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('corral.v1.TokenService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class TokenService:
+    """Bearer tokens: anyone may create and revoke their own; an admin, anyone's.
+    """
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.TokenService/CreateToken',
+            corral_dot_v1_dot_api__pb2.CreateTokenRequest.SerializeToString,
+            corral_dot_v1_dot_api__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.TokenService/RevokeToken',
+            corral_dot_v1_dot_api__pb2.RevokeTokenRequest.SerializeToString,
+            corral_dot_v1_dot_api__pb2.RevokeTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.TokenService/ListTokens',
+            corral_dot_v1_dot_api__pb2.ListTokensRequest.SerializeToString,
+            corral_dot_v1_dot_api__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class AuditServiceStub:
+    """The audit log: every mutation, newest first (admin and operator).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListAudit = channel.unary_unary(
+                '/corral.v1.AuditService/ListAudit',
+                request_serializer=corral_dot_v1_dot_api__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_api__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
+
+
+class AuditServiceServicer:
+    """The audit log: every mutation, newest first (admin and operator).
+    """
+
+    def ListAudit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AuditServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=corral_dot_v1_dot_api__pb2.ListAuditRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_api__pb2.ListAuditResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'corral.v1.AuditService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('corral.v1.AuditService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class AuditService:
+    """The audit log: every mutation, newest first (admin and operator).
+    """
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.AuditService/ListAudit',
+            corral_dot_v1_dot_api__pb2.ListAuditRequest.SerializeToString,
+            corral_dot_v1_dot_api__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

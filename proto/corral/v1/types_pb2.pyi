@@ -112,7 +112,7 @@ class RetryPolicy(_message.Message):
     def __init__(self, max_attempts: _Optional[int] = ..., retry_on_failure: _Optional[bool] = ...) -> None: ...
 
 class TaskTemplate(_message.Message):
-    __slots__ = ("template_id", "name", "owner", "cpu_request", "cpu_limit", "mem_request", "mem_limit", "pids_limit", "driver", "image", "run_script", "args", "env", "user", "working_dir", "timeout", "cron_schedule", "time_zone", "concurrency_policy", "misfire_policy", "starting_deadline", "suspended", "history_limit", "retry", "priority", "constraints", "labels", "ordering_key", "pull_policy", "network", "read_only_rootfs", "create_time", "update_time", "distinct_nodes", "gang", "gang_size", "placement", "next_fires", "suspend_reason")
+    __slots__ = ("template_id", "name", "owner", "cpu_request", "cpu_limit", "mem_request", "mem_limit", "pids_limit", "driver", "image", "run_script", "args", "env", "user", "working_dir", "timeout", "cron_schedule", "time_zone", "concurrency_policy", "misfire_policy", "starting_deadline", "suspended", "history_limit", "retry", "priority", "constraints", "labels", "ordering_key", "pull_policy", "network", "read_only_rootfs", "create_time", "update_time", "distinct_nodes", "gang", "gang_size", "placement", "next_fires", "suspend_reason", "secret_env")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -166,6 +166,7 @@ class TaskTemplate(_message.Message):
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     NEXT_FIRES_FIELD_NUMBER: _ClassVar[int]
     SUSPEND_REASON_FIELD_NUMBER: _ClassVar[int]
+    SECRET_ENV_FIELD_NUMBER: _ClassVar[int]
     template_id: str
     name: str
     owner: str
@@ -205,7 +206,8 @@ class TaskTemplate(_message.Message):
     placement: str
     next_fires: _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]
     suspend_reason: str
-    def __init__(self, template_id: _Optional[str] = ..., name: _Optional[str] = ..., owner: _Optional[str] = ..., cpu_request: _Optional[int] = ..., cpu_limit: _Optional[int] = ..., mem_request: _Optional[int] = ..., mem_limit: _Optional[int] = ..., pids_limit: _Optional[int] = ..., driver: _Optional[_Union[Driver, str]] = ..., image: _Optional[str] = ..., run_script: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., user: _Optional[str] = ..., working_dir: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., cron_schedule: _Optional[str] = ..., time_zone: _Optional[str] = ..., concurrency_policy: _Optional[_Union[ConcurrencyPolicy, str]] = ..., misfire_policy: _Optional[_Union[MisfirePolicy, str]] = ..., starting_deadline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., suspended: _Optional[bool] = ..., history_limit: _Optional[int] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., priority: _Optional[int] = ..., constraints: _Optional[_Iterable[_Union[Constraint, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., ordering_key: _Optional[str] = ..., pull_policy: _Optional[_Union[PullPolicy, str]] = ..., network: _Optional[str] = ..., read_only_rootfs: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., distinct_nodes: _Optional[bool] = ..., gang: _Optional[str] = ..., gang_size: _Optional[int] = ..., placement: _Optional[str] = ..., next_fires: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., suspend_reason: _Optional[str] = ...) -> None: ...
+    secret_env: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, template_id: _Optional[str] = ..., name: _Optional[str] = ..., owner: _Optional[str] = ..., cpu_request: _Optional[int] = ..., cpu_limit: _Optional[int] = ..., mem_request: _Optional[int] = ..., mem_limit: _Optional[int] = ..., pids_limit: _Optional[int] = ..., driver: _Optional[_Union[Driver, str]] = ..., image: _Optional[str] = ..., run_script: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., user: _Optional[str] = ..., working_dir: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., cron_schedule: _Optional[str] = ..., time_zone: _Optional[str] = ..., concurrency_policy: _Optional[_Union[ConcurrencyPolicy, str]] = ..., misfire_policy: _Optional[_Union[MisfirePolicy, str]] = ..., starting_deadline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., suspended: _Optional[bool] = ..., history_limit: _Optional[int] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., priority: _Optional[int] = ..., constraints: _Optional[_Iterable[_Union[Constraint, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., ordering_key: _Optional[str] = ..., pull_policy: _Optional[_Union[PullPolicy, str]] = ..., network: _Optional[str] = ..., read_only_rootfs: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., distinct_nodes: _Optional[bool] = ..., gang: _Optional[str] = ..., gang_size: _Optional[int] = ..., placement: _Optional[str] = ..., next_fires: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., suspend_reason: _Optional[str] = ..., secret_env: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AttemptRecord(_message.Message):
     __slots__ = ("attempt", "node_id", "state", "exit_code", "reason", "start_time", "finish_time")
@@ -333,14 +335,66 @@ class CronState(_message.Message):
     last_skip_reason: str
     def __init__(self, last_scheduled: _Optional[int] = ..., fired: _Optional[int] = ..., skipped: _Optional[int] = ..., last_skip_reason: _Optional[str] = ...) -> None: ...
 
+class Quota(_message.Message):
+    __slots__ = ("max_tasks", "max_cpu", "max_memory", "max_submit_rate")
+    MAX_TASKS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CPU_FIELD_NUMBER: _ClassVar[int]
+    MAX_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    MAX_SUBMIT_RATE_FIELD_NUMBER: _ClassVar[int]
+    max_tasks: int
+    max_cpu: int
+    max_memory: int
+    max_submit_rate: float
+    def __init__(self, max_tasks: _Optional[int] = ..., max_cpu: _Optional[int] = ..., max_memory: _Optional[int] = ..., max_submit_rate: _Optional[float] = ...) -> None: ...
+
 class User(_message.Message):
-    __slots__ = ("user_id", "name", "roles", "token_hash")
+    __slots__ = ("user_id", "name", "roles", "token_hash", "quota", "create_time")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ROLES_FIELD_NUMBER: _ClassVar[int]
     TOKEN_HASH_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     name: str
     roles: _containers.RepeatedScalarFieldContainer[str]
     token_hash: str
-    def __init__(self, user_id: _Optional[str] = ..., name: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., token_hash: _Optional[str] = ...) -> None: ...
+    quota: Quota
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, user_id: _Optional[str] = ..., name: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., token_hash: _Optional[str] = ..., quota: _Optional[_Union[Quota, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Token(_message.Message):
+    __slots__ = ("token_id", "user_id", "token_hash", "description", "create_time", "expire_time")
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_HASH_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    token_id: str
+    user_id: str
+    token_hash: str
+    description: str
+    create_time: _timestamp_pb2.Timestamp
+    expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, token_id: _Optional[str] = ..., user_id: _Optional[str] = ..., token_hash: _Optional[str] = ..., description: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class AuditRecord(_message.Message):
+    __slots__ = ("time", "who", "what", "target", "result", "detail", "master", "peer")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    WHO_FIELD_NUMBER: _ClassVar[int]
+    WHAT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    MASTER_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    time: _timestamp_pb2.Timestamp
+    who: str
+    what: str
+    target: str
+    result: str
+    detail: str
+    master: str
+    peer: str
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., who: _Optional[str] = ..., what: _Optional[str] = ..., target: _Optional[str] = ..., result: _Optional[str] = ..., detail: _Optional[str] = ..., master: _Optional[str] = ..., peer: _Optional[str] = ...) -> None: ...
