@@ -7,11 +7,21 @@ import sys
 import time
 
 
+def quote(value: object) -> str:
+    """A logfmt value: bare if it is a simple word, else double-quoted with escapes."""
+    text = str(value).replace("\n", " ")
+    if text and all(c.isalnum() or c in "-_.:/@+" for c in text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        msg = record.getMessage().replace("\n", " ")
-        line = f'ts={ts}.{int(record.msecs):03d}Z level={record.levelname.lower()} logger={record.name} msg="{msg}"'
+        line = f"ts={ts}.{int(record.msecs):03d}Z level={record.levelname.lower()} logger={record.name} msg={quote(record.getMessage())}"
+        # structured fields: log.info("...", extra={"fields": {"who": "alice", ...}})
+        for k, v in (getattr(record, "fields", None) or {}).items():
+            line += f" {k}={quote(v)}"
         if record.exc_info:
             line += " exc=" + repr(self.formatException(record.exc_info).replace("\n", " | "))
         return line

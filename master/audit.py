@@ -1,6 +1,7 @@
 """The audit log: every mutation as one structured line, and kept in etcd, bounded.
 
-Each record is logged at once (logger ``corral.audit``, one JSON object per line) and
+Each record is logged at once (logger ``corral.audit``, one logfmt line: who, what,
+target, result, detail) and
 buffered; the buffer is written to etcd every half second in one transaction, so auditing
 a stream of 10,000 submissions costs a few puts, not 10,000. A master that crashes loses
 at most the last half second of etcd copies; its log lines are already out. The leader
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import time
 
@@ -45,10 +45,10 @@ class AuditLog:
             time=records.ts(now), who=who, what=what, target=target[:256], result=result,
             detail=detail[:512], master=self.master, peer=peer,
         )
-        log.info(json.dumps({
-            "audit": True, "time": round(now, 6), "who": who, "what": what, "target": rec.target,
-            "result": result, "detail": rec.detail, "master": self.master, "peer": peer,
-        }, ensure_ascii=False))
+        log.info("audit", extra={"fields": {
+            "who": who, "what": what, "target": rec.target, "result": result, "detail": rec.detail,
+            "master": self.master, "peer": peer,
+        }})
         self._buffer.append(rec)
         if len(self._buffer) > MAX_BUFFER:
             del self._buffer[: len(self._buffer) - MAX_BUFFER]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
+import shlex
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -291,12 +291,17 @@ def test_audit_and_secret_env(cluster: Cluster, people: dict[str, Client]) -> No
     assert ("admin", "CreateUser", "bob", "OK") in by
     assert ("alice", "CreateTemplate", tpl.template_id, "OK") in by
     assert not any(r.what in ("GetTask", "ListTasks") for r in records), "reads are not audited"
-    lines = [json.loads(line.split("msg=", 1)[1].strip().strip('"').replace('\\"', '"'))
-             for line in cluster.masters[0].log_path.read_text(errors="replace").splitlines() if "logger=corral.audit" in line]
-    assert any(x["who"] == "bob" and x["what"] == "StopTask" and x["result"] == "PERMISSION_DENIED" for x in lines)
+    lines = [dict(_logfmt(line)) for line in cluster.masters[0].log_path.read_text(errors="replace").splitlines() if "logger=corral.audit" in line]
+    assert any(x["who"] == "bob" and x["what"] == "StopTask" and x["target"] == t.task_id and x["result"] == "PERMISSION_DENIED" for x in lines)
     with pytest.raises(errors.PermissionDenied):
         alice.list_audit()
     assert people["ops"].list_audit(who="alice", limit=5).records[0].who == "alice"
+
+
+def _logfmt(line: str) -> Iterator[tuple[str, str]]:
+    for part in shlex.split(line):
+        k, _, v = part.partition("=")
+        yield k, v
 
 
 def test_audit_is_bounded(cluster: Cluster) -> None:
