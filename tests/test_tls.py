@@ -3,14 +3,17 @@ plaintext and strangers are refused, and a nodelet speaks only for its own node.
 
 from __future__ import annotations
 
+import queue
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
 from corral import errors, pki
 from corral.client import Client
 from corral.tls import TlsFiles
+from corral.v1 import nodelet_pb2 as npb
 from corral.v1 import types_pb2 as pb
 
 from harness import TOKEN, Cluster, wait_for
@@ -69,3 +72,57 @@ def test_cluster_on_mutual_tls(cluster: Cluster, tmp_path: Path) -> None:
         assert cluster.node_id("b") not in {n.node_id for n in c2.list_nodes().nodes}
     finally:
         c2.close()
+
+
+def test_certificates_are_identities(cluster: Cluster, tmp_path: Path) -> None:
+    """A client certificate is a user (no token needed); a nodelet certificate may not use
+    the public API, and may not report on another node's task."""
+    d = tmp_path / "pki"
+    pki.init_ca(d)
+    node = cluster.node_id("a")
+    pki.issue(d, "master", "m")
+    pki.issue(d, "nodelet", node)
+    pki.issue(d, "nodelet", "other-node")
+    pki.issue(d, "client", "admin")
+    pki.issue(d, "client", "nobody-known")
+    cluster.start_master(extra=_flags(d, "master", "m"))
+    cluster.start_nodelet("a", wait=False, extra=_flags(d, "nodelet", node))
+
+    admin = Client(cluster.addr, "", tls=_files(d, "client", "admin"))  # the certificate alone
+    as_nodelet = Client(cluster.addr, TOKEN, timeout=5, tls=_files(d, "nodelet", node))
+    unknown = Client(cluster.addr, "", timeout=5, tls=_files(d, "client", "nobody-known"))
+    try:
+        wait_for(lambda: any(n.node_id == node and n.state == pb.READY for n in admin.list_nodes().nodes), 30, what="TLS nodelet READY")
+        with pytest.raises(errors.PermissionDenied, match="nodelet certificate"):
+            as_nodelet.submit_task(spec=pb.TaskTemplate(run_script="true"))
+        with pytest.raises(errors.Unauthenticated, match="names no user"):
+            unknown.list_tasks()
+        t = admin.submit_task(spec=pb.TaskTemplate(run_script="sleep 30"))
+        wait_for(lambda: admin.get_task(task_id=t.task_id).state == pb.RUNNING, 30)
+        assert admin.get_task(task_id=t.task_id).user_id == "admin"
+
+        # another node's certificate reports the task finished: ignored
+        creds = _files(d, "nodelet", "other-node").channel_credentials()
+        with grpc.secure_channel(cluster.addr.split(",")[0], creds) as ch:
+            connect = ch.stream_stream(
+                "/corral.v1.NodeletService/Connect",
+                request_serializer=npb.NodeletMessage.SerializeToString, response_deserializer=npb.MasterMessage.FromString,
+            )
+            out: queue.Queue[npb.NodeletMessage | None] = queue.Queue()
+            out.put(npb.NodeletMessage(register=npb.Register(
+                node_id="other-node", address="127.0.0.1:1", capacity=pb.Resources(cpu=1000, memory=1 << 30, pids=100), drivers=["process"])))
+            stream = connect(iter(out.get, None))
+            first = next(stream)
+            assert first.WhichOneof("msg") == "registered"
+            out.put(npb.NodeletMessage(status=npb.TaskStatus(task_id=t.task_id, attempt=1, state=pb.SUCCEEDED, exit_code=0)))
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline:
+                time.sleep(0.2)
+                assert admin.get_task(task_id=t.task_id).state == pb.RUNNING
+            out.put(None)
+            stream.cancel()
+        got = admin.get_task(task_id=t.task_id)
+        assert got.state == pb.RUNNING and got.node_id == node
+    finally:
+        for c in (admin, as_nodelet, unknown):
+            c.close()
