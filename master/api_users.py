@@ -22,6 +22,7 @@ from .cache import Cache
 from .store import Cmp, Delete, EtcdStore, Put
 
 MAX_TOKENS_PER_USER = 100
+MAX_TTL = 10 * 366 * 86400
 
 
 def _new_token(user_id: str, description: str, ttl: float) -> tuple[pb.Token, str]:
@@ -128,9 +129,9 @@ class TokenServicer(api_pb2_grpc.TokenServiceServicer):
             raise InvalidArgument(f"user_id: {target} already has {MAX_TOKENS_PER_USER} tokens; revoke some first")
         if len(request.description) > 200:
             raise InvalidArgument("description: at most 200 characters")
-        ttl = request.ttl.ToNanoseconds() / 1e9
-        if ttl < 0:
-            raise InvalidArgument("ttl: must not be negative")
+        ttl = request.ttl.seconds + request.ttl.nanos / 1e9
+        if not 0 <= ttl <= MAX_TTL:
+            raise InvalidArgument(f"ttl: between 0 (never expires) and {MAX_TTL // 86400} days")
         tok, secret = _new_token(target, request.description, ttl)
         result = await self.store.txn([Cmp(keys.token(tok.token_id), 0)], [Put(keys.token(tok.token_id), tok.SerializeToString())])
         if not result.succeeded:
