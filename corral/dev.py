@@ -16,6 +16,32 @@ import time
 from pathlib import Path
 
 from corral import procs
+from corral.tls import TlsFiles
+
+
+def _dev_pki(data_dir: Path, masters: int, nodelets: int) -> Path:
+    """A CA and certificates for etcd, each master and nodelet and an `admin` client, made
+    once in DATA_DIR/pki and reused by later runs."""
+    from corral import pki
+
+    d = data_dir / "pki"
+    if not (d / "ca.crt").exists():
+        pki.init_ca(d)
+    wanted = [("master", "etcd"), ("client", "admin")]
+    wanted += [("master", f"master-{i + 1}") for i in range(masters)]
+    wanted += [("nodelet", f"node-{i + 1}") for i in range(nodelets)]
+    for kind, name in wanted:
+        if not (d / kind / f"{name}.crt").exists():
+            pki.issue(d, kind, name)
+    return d
+
+
+def _files(d: Path, kind: str, name: str) -> TlsFiles:
+    return TlsFiles(str(d / "ca.crt"), str(d / kind / f"{name}.crt"), str(d / kind / f"{name}.key"))
+
+
+def _flags(prefix: str, f: TlsFiles) -> list[str]:
+    return [f"{prefix}-ca", f.ca, f"{prefix}-cert", f.cert, f"{prefix}-key", f.key]
 
 
 def _token(data_dir: Path) -> str:
@@ -37,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus", default="", help="cpu each nodelet offers (default: all of this machine)")
     p.add_argument("--memory", default="", help="memory each nodelet offers (default: all)")
     p.add_argument("--demo", action="store_true", help="run a short demo once the cluster is up, then keep running")
+    p.add_argument(
+        "--tls", action="store_true",
+        help="mutual TLS everywhere (clients, masters, nodelets, etcd) with certificates made in DATA_DIR/pki; plaintext is refused",
+    )
     args = p.parse_args(argv)
     if args.masters < 1 or args.nodelets < 0:
         p.error("--masters must be at least 1 and --nodelets at least 0")
@@ -54,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        print(f"corral dev: data in {data_dir}", flush=True)
-        etcd = procs.start_etcd(data_dir / "etcd", data_dir / "logs")
+        print(f"corral dev: data in {data_dir}" + ("  (mutual TLS)" if args.tls else ""), flush=True)
+        d = _dev_pki(data_dir, args.masters, args.nodelets) if args.tls else None
+        etcd = procs.start_etcd(data_dir / "etcd", data_dir / "logs", tls=_files(d, "master", "etcd") if d else None)
         started.append(etcd)
         endpoint = etcd.info["endpoint"]
         print(f"  etcd      {endpoint}  (pid {etcd.pid}, {procs.etcd_binary()})", flush=True)
@@ -64,19 +95,28 @@ def main(argv: list[str] | None = None) -> int:
             m = procs.start_master(
                 endpoint, token, data_dir, name=f"master-{i + 1}", listen=f"127.0.0.1:{args.port + i}",
                 http=f"127.0.0.1:{args.port + args.masters + i}" if args.port else "127.0.0.1:0",
+                extra=_flags("--tls", _files(d, "master", f"master-{i + 1}")) + _flags("--etcd", _files(d, "master", f"master-{i + 1}")) if d else None,
             )
             started.append(m)
             addrs.append(m.info["address"])
             print(f"  master    {m.info['address']}  (pid {m.pid}, metrics http://{m.info['http']}/metrics)", flush=True)
         masters = ",".join(addrs)
         for i in range(args.nodelets):
-            n = procs.start_nodelet(masters, token, data_dir, node_id=f"node-{i + 1}", cpus=args.cpus, memory=args.memory)
+            n = procs.start_nodelet(
+                masters, token, data_dir, node_id=f"node-{i + 1}", cpus=args.cpus, memory=args.memory,
+                extra=_flags("--tls", _files(d, "nodelet", f"node-{i + 1}")) if d else None,
+            )
             started.append(n)
             print(f"  nodelet   node-{i + 1}  (pid {n.pid})", flush=True)
         env_file = data_dir / "env"
-        env_file.write_text(f"export CORRAL_ADDR={masters}\nexport CORRAL_TOKEN={token}\n")
+        env = {"CORRAL_ADDR": masters, "CORRAL_TOKEN": token}
+        if d:
+            admin = _files(d, "client", "admin")
+            env |= {"CORRAL_TLS_CA": admin.ca, "CORRAL_TLS_CERT": admin.cert, "CORRAL_TLS_KEY": admin.key}
+            os.environ.update(env)  # the demo's client
+        env_file.write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
         env_file.chmod(0o600)
-        print(f"\nCORRAL_ADDR={masters}\nCORRAL_TOKEN={token}", flush=True)
+        print("\n" + "\n".join(f"{k}={v}" for k, v in env.items()), flush=True)
         print(f"Use it from another shell:  source {env_file}  then  corral node list", flush=True)
         print(f"Logs: {data_dir / 'logs'}   Ctrl-C stops everything.\n", flush=True)
         if args.demo:

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from corral.tls import TlsFiles
+
 
 def free_port() -> int:
     """A free loopback port below the kernel's ephemeral range (32768+), where outgoing
@@ -100,13 +102,16 @@ def _spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None
     return Proc(name, popen, log_path)
 
 
-def start_etcd(data_dir: Path, log_dir: Path, *, name: str = "etcd", client_port: int = 0) -> Proc:
+def start_etcd(data_dir: Path, log_dir: Path, *, name: str = "etcd", client_port: int = 0, tls: TlsFiles | None = None) -> Proc:
+    """One etcd member on loopback. With `tls` (a certificate with serverAuth, e.g. `corral
+    pki issue master etcd`), clients must speak mutual TLS with certificates of that CA."""
     client_port = client_port or free_port()
     peer_port = free_port()
+    scheme = "https" if tls else "http"
     argv = [
         etcd_binary(), "--name", name, "--data-dir", str(data_dir),
-        "--listen-client-urls", f"http://127.0.0.1:{client_port}",
-        "--advertise-client-urls", f"http://127.0.0.1:{client_port}",
+        "--listen-client-urls", f"{scheme}://127.0.0.1:{client_port}",
+        "--advertise-client-urls", f"{scheme}://127.0.0.1:{client_port}",
         "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
         "--initial-cluster", f"{name}=http://127.0.0.1:{peer_port}",
@@ -114,6 +119,8 @@ def start_etcd(data_dir: Path, log_dir: Path, *, name: str = "etcd", client_port
         "--quota-backend-bytes", str(4 * 1024**3), "--max-txn-ops", "1024",
         "--log-level", "warn",
     ]
+    if tls:
+        argv += ["--cert-file", tls.cert, "--key-file", tls.key, "--trusted-ca-file", tls.ca, "--client-cert-auth"]
     p = _spawn(name, argv, log_dir, {"ETCD_UNSUPPORTED_ARCH": os.environ.get("ETCD_UNSUPPORTED_ARCH", "")})
     p.info["endpoint"] = f"127.0.0.1:{client_port}"
     wait_port("127.0.0.1", client_port, p, 30)

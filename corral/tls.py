@@ -23,10 +23,11 @@ class TlsFiles:
     ca: str
     cert: str
     key: str
+    flags: str = "--tls"  # the flags these came from, for error messages
 
     def _read(self) -> tuple[bytes, bytes, bytes]:
         out = []
-        for what, path in (("--tls-ca", self.ca), ("--tls-cert", self.cert), ("--tls-key", self.key)):
+        for what, path in ((f"{self.flags}-ca", self.ca), (f"{self.flags}-cert", self.cert), (f"{self.flags}-key", self.key)):
             try:
                 out.append(Path(path).read_bytes())
             except OSError as e:
@@ -42,18 +43,20 @@ class TlsFiles:
         return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
 
 
-def tls_files(ca: str | None = None, cert: str | None = None, key: str | None = None) -> TlsFiles | None:
-    """The TLS files from arguments, else from CORRAL_TLS_*; None when none is given.
-    Giving some but not all of the three is an error that names the missing one."""
-    ca = ca or os.environ.get("CORRAL_TLS_CA", "")
-    cert = cert or os.environ.get("CORRAL_TLS_CERT", "")
-    key = key or os.environ.get("CORRAL_TLS_KEY", "")
+def tls_files(ca: str | None = None, cert: str | None = None, key: str | None = None, *, flags: str = "--tls") -> TlsFiles | None:
+    """The TLS files from arguments, else from CORRAL_TLS_* (CORRAL_ETCD_* for the etcd
+    flags); None when none is given. Giving some but not all of the three is an error that
+    names the missing one."""
+    env = "CORRAL_" + flags.removeprefix("--").upper().replace("-", "_")
+    ca = ca or os.environ.get(f"{env}_CA", "")
+    cert = cert or os.environ.get(f"{env}_CERT", "")
+    key = key or os.environ.get(f"{env}_KEY", "")
     if not (ca or cert or key):
         return None
-    for name, value in (("--tls-ca", ca), ("--tls-cert", cert), ("--tls-key", key)):
+    for name, value in ((f"{flags}-ca", ca), (f"{flags}-cert", cert), (f"{flags}-key", key)):
         if not value:
             raise InvalidArgument(f"{name}: TLS needs the CA, a certificate and its key; {name} is missing")
-    return TlsFiles(ca, cert, key)
+    return TlsFiles(ca, cert, key, flags)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,6 +67,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         ("--tls-key", "CORRAL_TLS_KEY", "its private key"),
     ):
         p.add_argument(flag, default="", help=f"{what}; with all three set, gRPC is mutual TLS only (env {env})")
+
+
+def add_etcd_arguments(p: argparse.ArgumentParser) -> None:
+    """Client TLS to etcd (etcd started with --client-cert-auth and https URLs)."""
+    for flag, env, what in (
+        ("--etcd-ca", "CORRAL_ETCD_CA", "the CA that signed etcd's certificate"),
+        ("--etcd-cert", "CORRAL_ETCD_CERT", "this master's client certificate for etcd"),
+        ("--etcd-key", "CORRAL_ETCD_KEY", "its private key"),
+    ):
+        p.add_argument(flag, default="", help=f"{what}; with all three set, etcd is reached over mutual TLS (env {env})")
 
 
 def peer_identity(context: grpc.aio.ServicerContext) -> tuple[str, str] | None:

@@ -87,6 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="audit records kept in etcd (the oldest beyond it are deleted; every record is also logged)",
     )
     tls.add_arguments(p)
+    tls.add_etcd_arguments(p)
     p.add_argument("--lease-ttl", type=int, default=int(env("CORRAL_LEASE_TTL", "2")), help="leader lease in whole seconds: how fast a dead leader is replaced")
     p.add_argument("--test-force-leader", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ready-file", default="", help="write the bound address here once serving (for scripts and tests)")
@@ -99,7 +100,7 @@ class Master:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.tls = tls.tls_files(args.tls_ca, args.tls_cert, args.tls_key)
-        self.store = EtcdStore(args.etcd, args.prefix)
+        self.store = EtcdStore(args.etcd, args.prefix, tls=tls.tls_files(args.etcd_ca, args.etcd_cert, args.etcd_key, flags="--etcd"))
         self.cache = Cache(self.store)
         self.leadership: Elected | Always = Always() if args.test_force_leader else Elected()
         self.audit = AuditLog(self.store, args.name, keep=args.audit_keep)

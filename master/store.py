@@ -18,6 +18,7 @@ import grpc
 from aetcd import rpc
 
 from corral.errors import Unavailable
+from corral.tls import TlsFiles
 
 log = logging.getLogger("corral.store")
 
@@ -94,7 +95,8 @@ class EtcdStore:
     """The master's storage over etcd (aetcd's generated stubs on our own channel), every key
     under `prefix`. `endpoints` is `host:port` or a comma-separated list of members."""
 
-    def __init__(self, endpoints: str, prefix: str = "/corral/", timeout: float = 5.0) -> None:
+    def __init__(self, endpoints: str, prefix: str = "/corral/", timeout: float = 5.0, *, tls: TlsFiles | None = None) -> None:
+        self.tls = tls
         self.endpoint = endpoints
         self.endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
         self.prefix = prefix
@@ -103,15 +105,17 @@ class EtcdStore:
 
     async def connect(self, wait: float = 30.0) -> None:
         """Connect and wait until etcd answers (raises Unavailable after `wait` seconds)."""
-        self._channel = grpc.aio.insecure_channel(
-            channel_target(self.endpoint),
-            options=[
-                ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
-                ("grpc.keepalive_time_ms", 10_000),
-                ("grpc.keepalive_timeout_ms", 5_000),
-            ],
-        )
+        options = [
+            ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
+        ]
+        target = channel_target(self.endpoint)
+        if self.tls is not None:
+            self._channel = grpc.aio.secure_channel(target, self.tls.channel_credentials(), options=options)
+        else:
+            self._channel = grpc.aio.insecure_channel(target, options=options)
         self._kvstub = rpc.KVStub(self._channel)
         self._leasestub = rpc.LeaseStub(self._channel)
         self._maintenance = rpc.MaintenanceStub(self._channel)
@@ -249,8 +253,13 @@ class EtcdStore:
     async def endpoint_health(self, timeout: float = 1.0) -> list[dict[str, object]]:
         """Ask each configured member for its status, one short connection each."""
 
+        def channel(ep: str) -> grpc.aio.Channel:
+            if self.tls is not None:
+                return grpc.aio.secure_channel(ep, self.tls.channel_credentials())
+            return grpc.aio.insecure_channel(ep)
+
         async def one(ep: str) -> dict[str, object]:
-            async with grpc.aio.insecure_channel(ep) as ch:
+            async with channel(ep) as ch:
                 try:
                     r = await rpc.MaintenanceStub(ch).Status(rpc.StatusRequest(), timeout=timeout)
                 except grpc.aio.AioRpcError as e:

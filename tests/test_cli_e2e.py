@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -114,12 +115,14 @@ def test_node_and_cluster_commands(cluster: Cluster) -> None:
     assert status["tasks_by_state"]["SUCCEEDED"] == 1
 
 
-def test_corral_dev_starts_and_stops_everything(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "tls"])
+def test_corral_dev_starts_and_stops_everything(tmp_path: Path, tls: bool) -> None:
     port = procs.free_port()
     data = tmp_path / "dev"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
     p = subprocess.Popen(
-        [sys.executable, "-m", "corral", "dev", "--data-dir", str(data), "--port", str(port), "--nodelets", "1", "--cpus", "1", "--memory", "1Gi"],
+        [sys.executable, "-m", "corral", "dev", "--data-dir", str(data), "--port", str(port), "--nodelets", "1", "--cpus", "1", "--memory", "1Gi",
+         *(["--tls"] if tls else [])],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
     )
     try:
@@ -128,11 +131,32 @@ def test_corral_dev_starts_and_stops_everything(tmp_path: Path) -> None:
             pytest.fail(f"corral dev exited early: {p.communicate()[0]}")
         lines = (data / "env").read_text().splitlines()
         assert lines[0] == f"export CORRAL_ADDR=127.0.0.1:{port}"
-        token = lines[1].split("=", 1)[1]
-        env2 = {**env, "CORRAL_ADDR": f"127.0.0.1:{port}", "CORRAL_TOKEN": token}
+        exported = dict(line.removeprefix("export ").split("=", 1) for line in lines)
+        assert ("CORRAL_TLS_CERT" in exported) == tls
+        env2 = {**env, **exported}
         wait_for(lambda: "READY" in subprocess.run([sys.executable, "-m", "corral", "node", "list"], capture_output=True, text=True, env=env2).stdout, 30)
         r = subprocess.run([sys.executable, "-m", "corral", "submit", "--command", "echo dev", "--wait"], capture_output=True, text=True, env=env2, timeout=60)
         assert r.returncode == 0, r.stderr
+        if tls:
+            # plaintext is refused by the master and by etcd
+            plain = {k: v for k, v in env2.items() if not k.startswith("CORRAL_TLS_")}
+            r = subprocess.run([sys.executable, "-m", "corral", "node", "list"], capture_output=True, text=True, env=plain, timeout=60)
+            assert r.returncode != 0
+            status = json.loads(subprocess.run([sys.executable, "-m", "corral", "cluster", "status", "-o", "json"],
+                                               capture_output=True, text=True, env=env2, timeout=60).stdout)
+            assert status["etcd"] and all(ep["healthy"] for ep in status["etcd"]), status  # the master reaches etcd over TLS
+            from corral.errors import Unavailable
+            from corral.master.store import EtcdStore
+
+            async def plaintext_etcd() -> None:
+                store = EtcdStore(status["etcd_endpoints"][0])
+                try:
+                    await store.connect(wait=2)
+                finally:
+                    await store.close()
+
+            with pytest.raises(Unavailable):
+                asyncio.run(plaintext_etcd())
     finally:
         p.send_signal(signal.SIGTERM)
         out, _ = p.communicate(timeout=60)
