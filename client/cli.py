@@ -45,6 +45,9 @@ def group_of(m: RpcMethod) -> str:
     return kebab(m.service.removesuffix("Service"))
 
 
+# Methods whose leading id may be left out ("" means yourself).
+OPTIONAL_POSITIONAL = {"CreateToken", "ListTokens"}
+
 VERB_OVERRIDES = {"NextTemplateFires": "next", "SubmitTasks": "submit-batch"}
 
 
@@ -172,7 +175,7 @@ def _print(msg: Message, args: argparse.Namespace) -> None:
 def generic(m: RpcMethod) -> Handler:
     def run(client: Client, args: argparse.Namespace) -> int:
         pos = _positional(m)
-        if pos is not None and not getattr(args, pos.name, None):
+        if pos is not None and not getattr(args, pos.name, None) and m.name not in OPTIONAL_POSITIONAL:
             raise InvalidArgument(f"{pos.name}: required (give it as the first argument)")
         req = build_request(m, args)
         result = client.call(m, req)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import shlex
 import time
 from collections.abc import Callable, Iterator
@@ -314,3 +315,33 @@ def test_audit_is_bounded(cluster: Cluster) -> None:
     newest = c.list_audit(limit=1000).records
     assert newest[0].what == "CreateTemplate" and newest[0].target == c.get_template(template_id="t39").template_id
     assert len(newest) >= 10
+
+
+def test_cli_users_and_tokens(cluster: Cluster) -> None:
+    import subprocess
+    import sys
+
+    cluster.start_master()
+
+    def corral(*args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = cluster.corral_env() | ({"CORRAL_TOKEN": token} if token else {})
+        return subprocess.run([sys.executable, "-m", "corral", *args], capture_output=True, text=True, env=env, timeout=60)
+
+    r = corral("user", "create", "erin", "--role", "user", "--max-tasks", "5", "--max-cpu", "2", "--max-memory", "1Gi",
+               "--max-submit-rate", "10", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    made = json.loads(r.stdout)
+    secret = made["secret"]
+    assert made["user"]["quota"] == {"max_tasks": "5", "max_cpu": "2000", "max_memory": str(1024**3), "max_submit_rate": 10.0}
+    listed = corral("user", "list")
+    assert "erin" in listed.stdout and secret not in listed.stdout
+    r = corral("token", "create", "--description", "laptop", "-o", "json", token=secret)
+    assert r.returncode == 0, r.stderr
+    tok = json.loads(r.stdout)
+    assert corral("task", "list", token=tok["secret"]).returncode == 0
+    assert corral("token", "revoke", tok["token"]["token_id"], token=secret).returncode == 0
+    denied = corral("task", "list", token=tok["secret"])
+    assert denied.returncode != 0 and "not valid" in denied.stderr
+    audit = corral("audit", "list", "--who", "erin")
+    assert "RevokeToken" in audit.stdout and "CreateToken" in audit.stdout, audit.stdout + audit.stderr
+    assert tok["secret"] not in audit.stdout
