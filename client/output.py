@@ -159,7 +159,42 @@ def cluster_detail(s: api_pb2.ClusterStatusResponse) -> str:
     ])
 
 
+def _quota(q: pb.Quota) -> str:
+    parts = [f"tasks {q.max_tasks}" if q.max_tasks else "", f"cpu {units.format_cpu(q.max_cpu)}" if q.max_cpu else "",
+             f"memory {units.format_memory(q.max_memory)}" if q.max_memory else "",
+             f"{q.max_submit_rate:g}/s" if q.max_submit_rate else ""]
+    return ", ".join(p for p in parts if p) or "-"
+
+
+def user_rows(users: Sequence[pb.User]) -> str:
+    return _grid(["USER", "ROLE", "QUOTA", "CREATED"],
+                 [[u.user_id, ",".join(u.roles), _quota(u.quota), _ago(u.create_time) if u.create_time.seconds else "-"] for u in users])
+
+
+def token_rows(tokens: Sequence[pb.Token]) -> str:
+    return _grid(["TOKEN ID", "USER", "DESCRIPTION", "CREATED", "EXPIRES"],
+                 [[t.token_id, t.user_id, t.description or "-", _ago(t.create_time),
+                   t.expire_time.ToJsonString() if t.expire_time.seconds else "never"] for t in tokens])
+
+
+def secret_note(secret: str) -> str:
+    return f"\nToken (shown only this once; pass it as --token or CORRAL_TOKEN):\n{secret}"
+
+
 def table(msg: Message) -> str:
+    if isinstance(msg, api_pb2.ListUsersResponse):
+        return user_rows(msg.users)
+    if isinstance(msg, api_pb2.CreateUserResponse):
+        return user_rows([msg.user]) + "\n" + secret_note(msg.secret)
+    if isinstance(msg, api_pb2.ListTokensResponse):
+        return token_rows(msg.tokens)
+    if isinstance(msg, api_pb2.CreateTokenResponse):
+        return token_rows([msg.token]) + "\n" + secret_note(msg.secret)
+    if isinstance(msg, api_pb2.RevokeTokenResponse):
+        return f"revoked {msg.token.token_id} ({msg.token.user_id})"
+    if isinstance(msg, api_pb2.ListAuditResponse):
+        return _grid(["TIME", "WHO", "WHAT", "TARGET", "RESULT", "DETAIL"],
+                     [[r.time.ToJsonString(), r.who, r.what, r.target or "-", r.result, r.detail or ""] for r in msg.records])
     if isinstance(msg, pb.TaskExecution):
         return task_detail(msg)
     if isinstance(msg, api_pb2.ListTasksResponse):

@@ -17,7 +17,7 @@ from corral.v1 import types_pb2 as pb
 
 from . import authz, keys, records, validate
 from .audit import AuditLog
-from .auth import Authenticator, api_method, hash_token, new_secret
+from .auth import Authenticator, api_method, hash_token, new_secret, token_label
 from .cache import Cache
 from .store import Cmp, Delete, EtcdStore, Put
 
@@ -147,7 +147,7 @@ class TokenServicer(api_pb2_grpc.TokenServiceServicer):
         token_id = self.cache.tokens_by_hash.get(hash_token(ref), ref) if ref.startswith("crl_") else ref
         rec = self.cache.tokens.get(token_id)
         if rec is None:
-            raise NotFound(f"token {token_id[:40]} not found")
+            raise NotFound(f"token {token_label(token_id)[:40]} not found")
         self._owner(user, rec.msg.user_id)
         result = await self.store.txn([Cmp(keys.token(token_id), rec.rev)], [Delete(keys.token(token_id))])
         if not result.succeeded:

@@ -40,6 +40,11 @@ def new_secret(token_id: str) -> str:
     return f"crl_{token_id}_{secrets.token_urlsafe(32)}"
 
 
+def token_label(value: str) -> str:
+    """A token given by its secret is named by its id part, never the secret."""
+    return "_".join(value.split("_", 2)[:2]) + "_…" if value.startswith("crl_") else value
+
+
 # Masters call each other (the log proxy) with their own certificate: they act for a user
 # the first master has already authorized.
 MASTER_PRINCIPAL = pb.User(user_id="master", name="master", roles=["admin"])
@@ -139,9 +144,7 @@ def _target(request: Any, result: Any) -> str:
             continue
         for name in _TARGET_FIELDS:
             if name in msg.DESCRIPTOR.fields_by_name and getattr(msg, name):
-                value = str(getattr(msg, name))
-                # a token given by its secret is named by its id part, never the secret
-                return value.rsplit("_", 1)[0] + "_…" if value.startswith("crl_") else value
+                return token_label(str(getattr(msg, name)))
     return ""
 
 

@@ -179,6 +179,10 @@ def test_tokens_are_hashed_and_revocation_is_immediate(cluster: Cluster, people:
         alice.revoke_token(token_id=made.secret)
         with pytest.raises(errors.Unauthenticated):
             ci.list_tasks()
+        with pytest.raises(errors.NotFound):  # audited by the token's id, never its secret
+            alice.revoke_token(token_id=made.secret)
+        audit = str(admin.list_audit(limit=1000))
+        assert f"crl_{made.token.token_id}_…" in audit and made.secret.split("_", 2)[2][:8] not in audit
         # a deleted user's tokens all stop at once
         assert admin.delete_user(user_id="bob").tokens_revoked == 1
         with pytest.raises(errors.Unauthenticated):
