@@ -83,3 +83,20 @@ def test_log_is_capped(cluster: Cluster) -> None:
     final = c.wait_task(t.task_id, timeout=30)
     assert final.state == pb.SUCCEEDED, "the task is not killed by the cap"
     assert len(out(c, t.task_id)) == 10 * 1024
+
+
+def test_no_network_unless_asked(cluster: Cluster) -> None:
+    """A process task gets its own empty network namespace (only a loopback, down) unless
+    its spec says network: host."""
+    cluster.start_master()
+    cluster.start_nodelet("a")
+    c = cluster.client()
+    script = "readlink /proc/self/ns/net; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | tr '\\n' ,"
+    own = c.submit_task(spec=pb.TaskTemplate(run_script=script))
+    host = c.submit_task(spec=pb.TaskTemplate(run_script=script, network="host"))
+    for t in (own, host):
+        assert c.wait_task(t.task_id, timeout=30).state == pb.SUCCEEDED
+    ns_own, ifaces_own = out(c, own.task_id).splitlines()
+    ns_host, ifaces_host = out(c, host.task_id).splitlines()
+    assert ns_own != os.readlink("/proc/self/ns/net") and ifaces_own == "lo,"
+    assert ns_host == os.readlink("/proc/self/ns/net") and ifaces_host.count(",") >= 1
