@@ -12,6 +12,7 @@ from pathlib import Path
 
 from corral import pki, procs
 from corral.client import Client
+from corral.tls import TlsFiles
 
 
 def pct(xs: Sequence[float], q: float) -> float:
@@ -41,17 +42,24 @@ def local_cluster(
     token = secrets.token_urlsafe(16)
     started: list[procs.Proc] = []
     node_args: list[str] = []
-    saved = {k: os.environ.get(k) for k in ("CORRAL_TLS_CA", "CORRAL_TLS_CERT", "CORRAL_TLS_KEY")}
+    saved = {k: os.environ.get(k) for k in ("CORRAL_TLS_CA", "CORRAL_TLS_CERT", "CORRAL_TLS_KEY", "CORRAL_ETCD_CA", "CORRAL_ETCD_CERT", "CORRAL_ETCD_KEY")}
+    etcd_tls: TlsFiles | None = None
     if tls:
         d = tmp / "pki"
         pki.init_ca(d)
-        master_args = [*master_args, *_tls_flags(d, "master", "master")]
+        master_flags = _tls_flags(d, "master", "master")
+        # etcd serves TLS too; the master (and the raw-etcd baseline) use the master's certificate
+        master_args = [*master_args, *master_flags, *[f.replace("--tls-", "--etcd-") for f in master_flags]]
+        _tls_flags(d, "master", "etcd")
+        etcd_tls = TlsFiles(str(d / "ca.crt"), str(d / "master" / "etcd.crt"), str(d / "master" / "etcd.key"))
+        os.environ.update({"CORRAL_ETCD_CA": str(d / "ca.crt"), "CORRAL_ETCD_CERT": str(d / "master" / "master.crt"),
+                           "CORRAL_ETCD_KEY": str(d / "master" / "master.key")})
         if node_id is not None:
             node_args = _tls_flags(d, "nodelet", node_id)
         pki.issue(d, "client", "bench")
         os.environ.update({"CORRAL_TLS_CA": str(d / "ca.crt"), "CORRAL_TLS_CERT": str(d / "client" / "bench.crt"), "CORRAL_TLS_KEY": str(d / "client" / "bench.key")})
     try:
-        etcd = procs.start_etcd(tmp / "etcd", tmp / "logs")
+        etcd = procs.start_etcd(tmp / "etcd", tmp / "logs", tls=etcd_tls)
         started.append(etcd)
         m = procs.start_master(etcd.info["endpoint"], token, tmp, name="master", extra=["--log-level", "warning", *master_args])
         started.append(m)

@@ -92,7 +92,10 @@ def etcd_puts(endpoint: str, seconds: float, concurrency: int = 64, size: int = 
     from corral.master.store import EtcdStore, Put
 
     async def run() -> float:
-        store = EtcdStore(endpoint, prefix=f"/bench-raw-{secrets.token_hex(3)}/")
+        from corral.tls import tls_files
+
+        # over TLS when the cluster's etcd is (CORRAL_ETCD_* set by local_cluster(tls=True))
+        store = EtcdStore(endpoint, prefix=f"/bench-raw-{secrets.token_hex(3)}/", tls=tls_files(flags="--etcd"))
         await store.connect()
         value = os.urandom(size)
         count = 0

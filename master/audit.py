@@ -23,6 +23,7 @@ from . import keys, records
 from .store import Delete, EtcdStore, Put
 
 log = logging.getLogger("corral.audit")
+log.setLevel(logging.INFO)  # audit lines are written whatever --log-level says
 
 FLUSH_EVERY = 0.5   # seconds between etcd writes of the buffer
 MAX_BUFFER = 10_000  # records waiting for etcd; beyond it the oldest are dropped (and counted)
