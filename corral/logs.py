@@ -15,13 +15,19 @@ def quote(value: object) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def format_line(created: float, level: str, logger: str, msg: str, fields: dict[str, object] | None = None) -> str:
+    """One log line: `ts=… level=… logger=… msg=…` then the structured fields."""
+    ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+    line = f"ts={ts}.{int(created * 1000) % 1000:03d}Z level={level} logger={logger} msg={quote(msg)}"
+    for k, v in (fields or {}).items():
+        line += f" {k}={quote(v)}"
+    return line
+
+
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        line = f"ts={ts}.{int(record.msecs):03d}Z level={record.levelname.lower()} logger={record.name} msg={quote(record.getMessage())}"
         # structured fields: log.info("...", extra={"fields": {"who": "alice", ...}})
-        for k, v in (getattr(record, "fields", None) or {}).items():
-            line += f" {k}={quote(v)}"
+        line = format_line(record.created, record.levelname.lower(), record.name, record.getMessage(), getattr(record, "fields", None))
         if record.exc_info:
             line += " exc=" + repr(self.formatException(record.exc_info).replace("\n", " | "))
         return line
