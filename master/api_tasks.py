@@ -241,6 +241,10 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
         ids: set[str] | None = None
         if request.template_id or request.state:
             ids = self.cache.by_template.get(request.template_id, set()) if request.template_id else self.cache.tasks_in(request.state)
+        if not everyone:  # a user's own tasks: their index, when it is the smaller set
+            own = self.cache.by_user.get(user.user_id, set())
+            if ids is None or len(own) < len(ids):
+                ids = own
         if ids is not None and len(ids) <= SORT_SUBSET:
             # a small filtered index: sort just that subset
             order = sorted(((tasks[i].msg.submit_time.ToNanoseconds(), i) for i in ids if i in tasks), reverse=True)

@@ -63,6 +63,7 @@ class Cache:
         self.by_state: dict[int, set[str]] = {}
         self.by_node: dict[str, set[str]] = {}
         self.by_template: dict[str, set[str]] = {}
+        self.by_user: dict[str, set[str]] = {}
         # every task by (submit time ns, id): ListTasks pages newest first without sorting
         self.task_order = SortedList()
         self.revision = 0
@@ -159,6 +160,7 @@ class Cache:
         self.by_state.clear()
         self.by_node.clear()
         self.by_template.clear()
+        self.by_user.clear()
         self.task_order.clear()
 
     def _apply(self, key: str, value: bytes | None, rev: int, *, notify: bool, created: int = 0) -> None:
@@ -236,6 +238,7 @@ class Cache:
                 self.by_node.get(old.msg.node_id, set()).discard(ident)
             if old.msg.template_id:
                 self.by_template.get(old.msg.template_id, set()).discard(ident)
+            self.by_user.get(old.msg.user_id, set()).discard(ident)
             if old.msg.state not in records.TERMINAL:
                 self._use(old.msg, -1)
         if msg is None:
@@ -250,3 +253,4 @@ class Cache:
             self.by_node.setdefault(msg.node_id, set()).add(ident)
         if msg.template_id:
             self.by_template.setdefault(msg.template_id, set()).add(ident)
+        self.by_user.setdefault(msg.user_id, set()).add(ident)

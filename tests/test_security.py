@@ -156,6 +156,18 @@ def test_users_see_and_touch_only_their_own(people: dict[str, Client]) -> None:
     # the task is untouched by all of that; its owner and an admin may stop it
     assert alice.get_task(task_id=t.task_id).state == pb.PENDING
     assert admin.stop_task(task_id=t.task_id).stop_requested
+    # a user's list pages through their own tasks only, newest first
+    for _ in range(3):
+        admin.submit_task(spec=pb.TaskTemplate(run_script="true"))
+    ids = [t.task_id] + [alice.submit_task(spec=pb.TaskTemplate(run_script="true")).task_id for _ in range(4)]
+    seen, token = [], ""
+    while True:
+        page = alice.list_tasks(page_size=2, page_token=token)
+        seen += [x.task_id for x in page.tasks]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == ids[::-1]
 
 
 def test_tokens_are_hashed_and_revocation_is_immediate(cluster: Cluster, people: dict[str, Client]) -> None:
