@@ -111,7 +111,7 @@ class GroupCommit:
             if batch and (ops + len(w.ops) > self.max_ops or size + w.size > self.max_bytes):
                 self._pending.appendleft(w)
                 break
-            if w.op_keys & (put_keys | cmp_keys) or w.cmp_keys & put_keys:
+            if not (w.op_keys.isdisjoint(put_keys) and w.op_keys.isdisjoint(cmp_keys) and w.cmp_keys.isdisjoint(put_keys)):
                 skipped.append(w)
                 continue
             batch.append(w)
