@@ -151,6 +151,7 @@ class TaskCgroup:
     def remove(self) -> None:
         """Kill what is left and delete the directories (retried: rmdir races with exit)."""
         self.kill_all()
+        self._uncharge()
         for d in self.dirs.values():
             for _ in range(100):
                 try:
@@ -162,6 +163,22 @@ class TaskCgroup:
                     if e.errno != errno.EBUSY:
                         raise
                     time.sleep(0.01)
+
+    def _uncharge(self) -> None:
+        """Give back the page cache charged to the group (its log and work files) before it
+        is removed. Otherwise a removed memory cgroup lingers in the kernel as a dying one
+        for as long as those pages stay cached, and they pile up: on this machine 58,604
+        memory cgroups had accumulated (26 after dropping the caches); with this, one run
+        of bench/cron_lateness.py (about 35,000 tasks) left 339 instead of 12,705."""
+        try:
+            if self.version == "v2":
+                current = _read(self.dirs["unified"] / "memory.current").strip()
+                if current and current != "0" and (self.dirs["unified"] / "memory.reclaim").exists():
+                    _write(self.dirs["unified"] / "memory.reclaim", current)
+            elif "memory" in self.dirs:
+                _write(self.dirs["memory"] / "memory.force_empty", "0")
+        except (OSError, KeyError):
+            pass  # best effort: the group is removed either way
 
     # -- figures ------------------------------------------------------------------------------
 

@@ -100,3 +100,26 @@ def test_no_network_unless_asked(cluster: Cluster) -> None:
     ns_host, ifaces_host = out(c, host.task_id).splitlines()
     assert ns_own != os.readlink("/proc/self/ns/net") and ifaces_own == "lo,"
     assert ns_host == os.readlink("/proc/self/ns/net") and ifaces_host.count(",") >= 1
+
+
+def test_removed_cgroup_gives_back_its_page_cache(tmp_path: Path) -> None:
+    """Page cache a task wrote is uncharged before its cgroup is removed, so the kernel can
+    free the group instead of keeping it as a dying one."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (cgroups)")
+    import secrets
+    import subprocess
+
+    cg = cgroups.TaskCgroup(f"corral/test-uncharge-{secrets.token_hex(3)}")
+    cg.create(cgroups.Limits(cpu_millis=1000, memory=256 * 1024**2, pids=64))
+    try:
+        path = tmp_path / "data"
+        # a process inside the group writes 32 MiB: the pages are charged to the group
+        script = f'for f in "$@"; do echo $$ > "$f"; done; head -c 33554432 /dev/zero > {path}'
+        subprocess.run(["/bin/sh", "-c", script, "sh", *cg.procs_files()], check=True, timeout=60)
+        assert cg.memory_usage() > 16 * 1024**2
+        cg._uncharge()
+        assert cg.memory_usage() < 4 * 1024**2
+    finally:
+        cg.remove()
+    assert not cg.exists()
