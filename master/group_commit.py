@@ -5,8 +5,12 @@ etcd commits a few thousand single-key transactions a second on a small machine 
 of thousands of writes a second inside large transactions (one raft entry, one fsync).
 Every write the master makes is "these puts, if these compares hold" for one record; many
 such writes arrive concurrently (submissions, placements, status reports, cron fires). The
-committer keeps up to `max_inflight` transactions in flight and puts everything that
-arrived meanwhile into the next one: no added wait when idle, big batches under load.
+committer sends at once when nothing is in flight (no added wait when idle); while a
+transaction is in flight it holds new writes back for the next one, and opens a second
+(up to `max_inflight`) only when a large batch is waiting. Small concurrent writes thus
+share transactions: measured with 64 concurrent unary submissions, always pipelining up to
+4 transactions carried 1.9 writes each (1,860 submissions/s); waiting for the one in
+flight carries about 5 each, and both etcd and the master spend less CPU per write.
 
 Each caller gets the answer its own transaction would have had. A combined transaction
 whose compares do not all hold reads back the compared keys; the writes whose compares still hold are retried together and
@@ -56,6 +60,7 @@ class GroupCommit:
         self.max_ops = max_ops
         self.max_bytes = max_bytes
         self.max_inflight = max_inflight
+        self.eager = max(1, max_ops // 8)  # writes waiting that justify another transaction in flight
         self._pending: collections.deque[_Write] = collections.deque()
         self._inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -85,6 +90,8 @@ class GroupCommit:
 
     def _kick(self) -> None:
         while self._pending and self._inflight < self.max_inflight:
+            if self._inflight and len(self._pending) < self.eager:
+                break  # a bigger batch after the one in flight is cheaper than another transaction now
             batch = self._take()
             self._inflight += 1
             t = asyncio.create_task(self._commit(batch))
