@@ -1,7 +1,7 @@
 """Leader election on etcd, after etcd's own concurrency recipe (session.go, election.go).
 
-A `Session` is a lease kept alive in the background; its `lost` event is set when the lease
-cannot be refreshed before it would expire. An `Election` is a key prefix plus a session:
+A `Session` is a lease kept alive by a background thread; its `lost` event is set when the
+lease cannot be refreshed before it would expire. An `Election` is a key prefix plus a session:
 each candidate creates `<prefix><lease id>` bound to its lease, candidates queue by create
 revision, and each waits only for its predecessor's key to go (no thundering herd). The
 winner's key create revision is its fencing token: every leader write compares it, so a
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 
@@ -26,27 +27,45 @@ PREFIX = "election/"
 
 
 class Session:
+    """A lease, kept alive by a thread of its own with its own event loop and etcd channel:
+    a master whose main loop is busy (thousands of nodelet streams, a burst of
+    submissions) must not lose its lease, and with it leadership and every stream, because
+    a refresh waited behind that work. (A stopped or dead process still loses it.)"""
+
     def __init__(self, store: EtcdStore, ttl: int) -> None:
         self.store = store
         self.ttl = max(1, int(ttl))
         self.lease = 0
         self.lost = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     async def start(self) -> None:
         self.lease = await self.store.grant_lease(self.ttl)
-        self._task = asyncio.create_task(self._keepalive())
+        loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._keepalive_thread, args=(loop,), name=f"lease-{self.lease:x}", daemon=True)
+        self._thread.start()
+
+    def _keepalive_thread(self, main: asyncio.AbstractEventLoop) -> None:
+        try:
+            asyncio.run(self._keepalive())
+        finally:
+            with contextlib.suppress(RuntimeError):  # the main loop is closed already
+                main.call_soon_threadsafe(self.lost.set)
 
     async def _keepalive(self) -> None:
+        store = EtcdStore(self.store.endpoint, self.store.prefix, tls=self.store.tls)
         expires = time.monotonic() + self.ttl
         try:
-            while True:
-                await asyncio.sleep(self.ttl / 3)
+            await store.connect(wait=self.ttl)
+            while not self._stop.is_set():
+                if await asyncio.to_thread(self._stop.wait, self.ttl / 3):  # closed meanwhile
+                    return
                 try:
-                    remaining = await asyncio.wait_for(self.store.keepalive(self.lease), self.ttl / 3)
-                except (Unavailable, TimeoutError) as e:
+                    remaining = await asyncio.wait_for(store.keepalive(self.lease), self.ttl / 3)
+                except Exception as e:  # noqa: BLE001 - any failed refresh: retry until the lease would expire
                     if time.monotonic() >= expires:
-                        log.warning("session lease %x lost: %s", self.lease, e)
+                        log.warning("session lease %x lost: %r", self.lease, e)
                         return
                     continue
                 if remaining <= 0:
@@ -54,13 +73,12 @@ class Session:
                     return
                 expires = time.monotonic() + remaining
         finally:
-            self.lost.set()
+            await store.close()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self._stop.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 5)
         if self.lease:
             with contextlib.suppress(Unavailable):
                 await self.store.revoke_lease(self.lease)

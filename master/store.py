@@ -237,15 +237,18 @@ class EtcdStore:
         return int(resp.ID)
 
     async def keepalive(self, lease_id: int) -> int:
-        """Refresh a lease once; returns the remaining TTL (0 when the lease is gone)."""
+        """Refresh a lease once; returns the remaining TTL (0 when etcd says the lease is
+        gone). No answer is Unavailable, not an expiry: the lease may well be alive."""
+        call = self._leasestub.LeaseKeepAlive(iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]), timeout=self._timeout)
         try:
-            async for reply in self._leasestub.LeaseKeepAlive(
-                iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]), timeout=self._timeout
-            ):
-                return int(reply.TTL)
+            reply = await call.read()
         except grpc.aio.AioRpcError as e:
             raise Unavailable(f"etcd keepalive: {e.code().name}: {e.details()}") from e
-        return 0
+        finally:
+            call.cancel()
+        if reply is grpc.aio.EOF:
+            raise Unavailable("etcd keepalive: the stream ended without an answer")
+        return int(reply.TTL)
 
     async def revoke_lease(self, lease_id: int) -> None:
         await self._call(self._leasestub.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease_id))

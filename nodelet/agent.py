@@ -39,7 +39,7 @@ TERMINAL = {pb.SUCCEEDED, pb.FAILED, pb.OOM_KILLED, pb.TIMED_OUT, pb.STOPPED, pb
 TIMEOUT_GRACE = 5.0
 MAX_BACKOFF = 1.0  # seconds; short, so a nodelet finds a newly elected leader soon
 FINGERPRINT_EVERY = 10.0  # seconds between driver health checks
-MASTER_SILENCE_BEATS = 3  # heartbeats unanswered before the nodelet drops the stream
+MASTER_SILENCE_BEATS = 5  # heartbeat intervals without a word from the master before the nodelet drops the stream (the master answers at least every second beat)
 
 
 def _ts(seconds: float) -> Timestamp:
