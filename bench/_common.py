@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -35,7 +37,8 @@ def local_cluster(
 ) -> Iterator[tuple[str, str, str]]:
     """etcd, one master and one nodelet (as `corral dev` runs them), until the nodelet offers
     `driver`; no nodelet when `node_id` is None. Yields (master address, token, etcd
-    endpoint); stops everything by PID. With `tls`, a fresh `corral pki` CA and mutual TLS
+    endpoint); stops everything by PID and deletes its files (CORRAL_BENCH_KEEP=1 keeps
+    them, to read the logs). With `tls`, a fresh `corral pki` CA and mutual TLS
     everywhere: CORRAL_TLS_* point at a client certificate meanwhile, so every Client made
     in this process or its children uses it."""
     tmp = Path(tempfile.mkdtemp(prefix="corral-bench-"))
@@ -79,6 +82,10 @@ def local_cluster(
     finally:
         for p in reversed(started):
             p.stop()
+        if os.environ.get("CORRAL_BENCH_KEEP"):
+            print(f"kept {tmp} (logs, etcd data)", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
