@@ -59,24 +59,22 @@ def tls_files(ca: str | None = None, cert: str | None = None, key: str | None = 
     return TlsFiles(ca, cert, key, flags)
 
 
+def _add_three(p: argparse.ArgumentParser, flags: str, whats: tuple[str, str, str], effect: str) -> None:
+    env = "CORRAL_" + flags.removeprefix("--").upper()
+    for part, what in zip(("ca", "cert", "key"), whats, strict=True):
+        p.add_argument(f"{flags}-{part}", default="", help=f"{what}; with all three set, {effect} (env {env}_{part.upper()})")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The three flags, for any server's argparse parser."""
-    for flag, env, what in (
-        ("--tls-ca", "CORRAL_TLS_CA", "the cluster CA certificate"),
-        ("--tls-cert", "CORRAL_TLS_CERT", "this process's certificate (corral pki issue)"),
-        ("--tls-key", "CORRAL_TLS_KEY", "its private key"),
-    ):
-        p.add_argument(flag, default="", help=f"{what}; with all three set, gRPC is mutual TLS only (env {env})")
+    _add_three(p, "--tls", ("the cluster CA certificate", "this process's certificate (corral pki issue)", "its private key"),
+               "gRPC is mutual TLS only")
 
 
 def add_etcd_arguments(p: argparse.ArgumentParser) -> None:
     """Client TLS to etcd (etcd started with --client-cert-auth and https URLs)."""
-    for flag, env, what in (
-        ("--etcd-ca", "CORRAL_ETCD_CA", "the CA that signed etcd's certificate"),
-        ("--etcd-cert", "CORRAL_ETCD_CERT", "this master's client certificate for etcd"),
-        ("--etcd-key", "CORRAL_ETCD_KEY", "its private key"),
-    ):
-        p.add_argument(flag, default="", help=f"{what}; with all three set, etcd is reached over mutual TLS (env {env})")
+    _add_three(p, "--etcd", ("the CA that signed etcd's certificate", "this master's client certificate for etcd", "its private key"),
+               "etcd is reached over mutual TLS")
 
 
 def peer_identity(context: grpc.aio.ServicerContext) -> tuple[str, str] | None:

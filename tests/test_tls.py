@@ -29,18 +29,22 @@ def _files(d: Path, kind: str, name: str) -> TlsFiles:
     return TlsFiles(str(d / "ca.crt"), str(d / kind / f"{name}.crt"), str(d / kind / f"{name}.key"))
 
 
-def test_cluster_on_mutual_tls(cluster: Cluster, tmp_path: Path) -> None:
-    d, other = tmp_path / "pki", tmp_path / "other"
+def _tls_cluster(cluster: Cluster, d: Path, certs: list[tuple[str, str]]) -> str:
+    """A CA in `d`, a master and nodelet "a" on mutual TLS, and the extra `certs`; the node id."""
     pki.init_ca(d)
-    pki.init_ca(other)
     node = cluster.node_id("a")
-    pki.issue(d, "master", "m")
-    pki.issue(d, "nodelet", node)
-    pki.issue(d, "nodelet", "some-other-node")
-    pki.issue(d, "client", "admin")
-    pki.issue(other, "client", "mallory")
+    for kind, name in [("master", "m"), ("nodelet", node), ("client", "admin"), *certs]:
+        pki.issue(d, kind, name)
     cluster.start_master(extra=_flags(d, "master", "m"))
     cluster.start_nodelet("a", wait=False, extra=_flags(d, "nodelet", node))
+    return node
+
+
+def test_cluster_on_mutual_tls(cluster: Cluster, tmp_path: Path) -> None:
+    d, other = tmp_path / "pki", tmp_path / "other"
+    pki.init_ca(other)
+    pki.issue(other, "client", "mallory")
+    node = _tls_cluster(cluster, d, [("nodelet", "some-other-node")])
 
     c = Client(cluster.addr, TOKEN, tls=_files(d, "client", "admin"))
     try:
@@ -78,15 +82,7 @@ def test_certificates_are_identities(cluster: Cluster, tmp_path: Path) -> None:
     """A client certificate is a user (no token needed); a nodelet certificate may not use
     the public API, and may not report on another node's task."""
     d = tmp_path / "pki"
-    pki.init_ca(d)
-    node = cluster.node_id("a")
-    pki.issue(d, "master", "m")
-    pki.issue(d, "nodelet", node)
-    pki.issue(d, "nodelet", "other-node")
-    pki.issue(d, "client", "admin")
-    pki.issue(d, "client", "nobody-known")
-    cluster.start_master(extra=_flags(d, "master", "m"))
-    cluster.start_nodelet("a", wait=False, extra=_flags(d, "nodelet", node))
+    node = _tls_cluster(cluster, d, [("nodelet", "other-node"), ("client", "nobody-known")])
 
     admin = Client(cluster.addr, "", tls=_files(d, "client", "admin"))  # the certificate alone
     as_nodelet = Client(cluster.addr, TOKEN, timeout=5, tls=_files(d, "nodelet", node))
