@@ -123,7 +123,7 @@ class TokenServicer(api_pb2_grpc.TokenServiceServicer):
     @api_method
     async def CreateToken(self, request, context, user):  # type: ignore[override]
         target = self._owner(user, request.user_id)
-        if target == "master" or target not in self.cache.users:
+        if target not in self.cache.users:
             raise NotFound(f"user {target} not found")
         if sum(1 for t in self.cache.tokens.values() if t.msg.user_id == target) >= MAX_TOKENS_PER_USER:
             raise InvalidArgument(f"user_id: {target} already has {MAX_TOKENS_PER_USER} tokens; revoke some first")

@@ -10,7 +10,7 @@ per user on each master (one second of burst).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from corral import units
 from corral.errors import ResourceExhausted
@@ -33,7 +33,7 @@ class Admission:
     tasks: int = 0
     cpu: int = 0
     memory: int = 0
-    released: bool = field(default=False)
+    released: bool = False
 
 
 class Quotas:
