@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from corral import procs
+from corral.nodelet import cgroups
 
 from harness import Cluster, wait_for
 
@@ -160,6 +161,7 @@ def test_corral_dev_starts_and_stops_everything(tmp_path: Path, tls: bool) -> No
     finally:
         p.send_signal(signal.SIGTERM)
         out, _ = p.communicate(timeout=60)
+        cgroups.remove_tree("corral/node-1")  # the dev nodelet's (empty) cgroup parent
     started = [int(x) for x in __import__("re").findall(r"\(pid (\d+)", out)]
     assert len(started) == 3, out  # etcd, master, nodelet
     assert "stopped" in out
