@@ -24,6 +24,7 @@ from multiprocessing.process import BaseProcess
 
 import grpc
 
+from corral.batching import Drainer
 from corral.v1 import nodelet_pb2 as npb
 from corral.v1 import nodelet_pb2_grpc
 from corral.v1 import types_pb2 as pb
@@ -54,7 +55,7 @@ class SimNodelet:
     def _register(self) -> npb.NodeletMessage:
         return npb.NodeletMessage(register=npb.Register(
             node_id=self.node_id, address="sim", drivers=["process"], version="sim",
-            capacity=pb.Resources(cpu=16_000, memory=64 << 30, pids=1 << 20), labels={"sim": "1"},
+            capacity=pb.Resources(cpu=16_000, memory=64 << 30, pids=1 << 20), labels={"sim": "1"}, batches=True,
         ))
 
     async def run(self) -> None:
@@ -70,28 +71,34 @@ class SimNodelet:
         await self.queue.put(self._register())
 
         async def outgoing():  # type: ignore[no-untyped-def]
+            drainer = Drainer(self.queue)  # as the real nodelet does
             while True:
-                yield await self.queue.get()
+                msgs = await drainer.next()
+                yield msgs[0] if len(msgs) == 1 else npb.NodeletMessage(batch=npb.NodeletBatch(messages=msgs))
 
         call = stub.Connect(outgoing(), metadata=(("authorization", f"Bearer {self.token}"),))
         beats = asyncio.create_task(self._beats())
         try:
             async for msg in call:
-                kind = msg.WhichOneof("msg")
-                if kind == "registered":
-                    hb = msg.registered.heartbeat_interval
-                    self.interval = max(0.05, hb.seconds + hb.nanos / 1e9)
-                elif kind == "start":
-                    t = msg.start.task
-                    if t.task_id not in self.running:
-                        self.running[t.task_id] = t.attempt
-                        self.started += 1
-                        self._status(t.task_id, t.attempt, pb.RUNNING)
-                        asyncio.get_running_loop().call_later(self.task_seconds, self._finish, t.task_id, t.attempt, pb.SUCCEEDED)
-                elif kind == "stop":
-                    self._finish(msg.stop.task_id, msg.stop.attempt, msg.stop.state or pb.STOPPED)
+                for m in (msg.batch.messages if msg.WhichOneof("msg") == "batch" else (msg,)):
+                    self._on_message(m)
         finally:
             beats.cancel()
+
+    def _on_message(self, msg: npb.MasterMessage) -> None:
+        kind = msg.WhichOneof("msg")
+        if kind == "registered":
+            hb = msg.registered.heartbeat_interval
+            self.interval = max(0.05, hb.seconds + hb.nanos / 1e9)
+        elif kind == "start":
+            t = msg.start.task
+            if t.task_id not in self.running:
+                self.running[t.task_id] = t.attempt
+                self.started += 1
+                self._status(t.task_id, t.attempt, pb.RUNNING)
+                asyncio.get_running_loop().call_later(self.task_seconds, self._finish, t.task_id, t.attempt, pb.SUCCEEDED)
+        elif kind == "stop":
+            self._finish(msg.stop.task_id, msg.stop.attempt, msg.stop.state or pb.STOPPED)
 
     def _status(self, task_id: str, attempt: int, state: int) -> None:
         st = npb.TaskStatus(task_id=task_id, attempt=attempt, state=state)

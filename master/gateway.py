@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
+from corral.batching import Drainer
 from corral.errors import AlreadyExists, CorralError, InvalidArgument, PermissionDenied, Unavailable
 from corral.tls import peer_identity
 from corral.v1 import api_pb2, nodelet_pb2_grpc
@@ -53,6 +54,7 @@ class NodeSession:
     closed: bool = False
     kicked: asyncio.Event = field(default_factory=asyncio.Event)
     last_sent: float = 0.0  # monotonic time of the last message written to the node
+    batches: bool = False  # the nodelet understands MasterBatch
 
     def send(self, msg: npb.MasterMessage) -> None:
         if not self.closed:
@@ -211,28 +213,46 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
                 raise Unavailable(f"node {session.node_id} was marked DOWN; register again")
             self.last_seen[session.node_id] = time.monotonic()
             kind = msg.WhichOneof("msg")
-            if kind == "heartbeat":
-                # The ack only tells the nodelet this master is alive, so it goes out when
-                # nothing else was written for about two intervals: every second beat on an
-                # idle node, never while tasks flow. With 5,000 nodes, one write per beat
-                # per node was a third of the leader's time. (The nodelet waits five.)
-                if time.monotonic() - session.last_sent >= ACK_AFTER_BEATS * self.heartbeat_interval:
-                    session.send(npb.MasterMessage(heartbeat_ack=npb.HeartbeatAck()))
-                session.used.CopyFrom(msg.heartbeat.used)
-                session.task_usage = {u.task_id: u for u in msg.heartbeat.tasks}
-            elif kind == "status":
+            if kind == "status":
                 await self._on_status(session, msg.status)
-            elif kind == "log_data":
-                fut = session.logs.get(msg.log_data.request_id)
-                if fut is not None and not fut.done():
-                    fut.set_result(msg.log_data)
+            elif kind == "batch":
+                statuses = []
+                for m in msg.batch.messages:
+                    if m.WhichOneof("msg") == "status":
+                        statuses.append(m.status)
+                    else:
+                        self._on_message(session, m)
+                await self._on_statuses(session, statuses)
             else:
-                raise InvalidArgument(f"unexpected message on a nodelet stream: {kind}")
+                self._on_message(session, msg)
+
+    def _on_message(self, session: NodeSession, msg: npb.NodeletMessage) -> None:
+        """A heartbeat or log data (statuses are awaited by the caller)."""
+        kind = msg.WhichOneof("msg")
+        if kind == "heartbeat":
+            # The ack only tells the nodelet this master is alive, so it goes out when
+            # nothing else was written for about two intervals: every second beat on an
+            # idle node, never while tasks flow. With 5,000 nodes, one write per beat
+            # per node was a third of the leader's time. (The nodelet waits five.)
+            if time.monotonic() - session.last_sent >= ACK_AFTER_BEATS * self.heartbeat_interval:
+                session.send(npb.MasterMessage(heartbeat_ack=npb.HeartbeatAck()))
+            session.used.CopyFrom(msg.heartbeat.used)
+            session.task_usage = {u.task_id: u for u in msg.heartbeat.tasks}
+        elif kind == "log_data":
+            fut = session.logs.get(msg.log_data.request_id)
+            if fut is not None and not fut.done():
+                fut.set_result(msg.log_data)
+        else:
+            raise InvalidArgument(f"unexpected message on a nodelet stream: {kind}")
 
     async def _write(self, session: NodeSession, context: grpc.aio.ServicerContext) -> None:
+        drainer = Drainer(session.outbox) if session.batches else None
         while True:
-            msg = await session.outbox.get()
-            await context.write(msg)
+            if drainer is None:
+                await context.write(await session.outbox.get())
+            else:
+                msgs = await drainer.next()
+                await context.write(msgs[0] if len(msgs) == 1 else npb.MasterMessage(batch=npb.MasterBatch(messages=msgs)))
             session.last_sent = time.monotonic()
 
     async def _register(self, reg: npb.Register, peer: str) -> NodeSession:
@@ -247,7 +267,7 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
         existing = self.sessions.get(reg.node_id)
         if existing is not None and not existing.closed:
             raise AlreadyExists(f"node {reg.node_id} is already connected from {existing.peer}")
-        session = NodeSession(reg.node_id, peer)
+        session = NodeSession(reg.node_id, peer, batches=reg.batches)
         self.sessions[reg.node_id] = session
         self.last_seen[reg.node_id] = time.monotonic()
         await self._save_node(reg)
@@ -308,24 +328,56 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
                 await self.writer.update(task_id, lost, fenced=True)
 
     async def _on_status(self, session: NodeSession, st: npb.TaskStatus) -> None:
-        if st.state not in (pb.RUNNING, pb.PREEMPTED, *records.TERMINAL):
-            log.warning("node %s sent status with state %s for %s", session.node_id, st.state, st.task_id)
+        await self._on_task_statuses(session, [st])
+
+    async def _on_statuses(self, session: NodeSession, statuses: list[npb.TaskStatus]) -> None:
+        """The statuses of one batch: one write per task, so a task's RUNNING and its
+        outcome sent together commit together; the tasks side by side."""
+        by_task: dict[str, list[npb.TaskStatus]] = {}
+        for st in statuses:
+            by_task.setdefault(st.task_id, []).append(st)
+        if len(by_task) == 1:
+            await self._on_task_statuses(session, statuses)
+        elif by_task:
+            await asyncio.gather(*(self._on_task_statuses(session, sts) for sts in by_task.values()))
+
+    async def _on_task_statuses(self, session: NodeSession, sts: list[npb.TaskStatus]) -> None:
+        """Statuses of one task, in the order the nodelet sent them; each is acknowledged
+        once committed."""
+        valid = []
+        for st in sts:
+            if st.state not in (pb.RUNNING, pb.PREEMPTED, *records.TERMINAL):
+                log.warning("node %s sent status with state %s for %s", session.node_id, st.state, st.task_id)
+                continue
+            rec = self.cache.tasks.get(st.task_id)
+            if rec is None or rec.msg.node_id != session.node_id or rec.msg.attempt != st.attempt:
+                # Unknown, or a copy the cluster has replaced: kill it, forget it.
+                if st.state == pb.RUNNING:
+                    stale = pb.TaskExecution(task_id=st.task_id, attempt=st.attempt, node_id=session.node_id)
+                    self.send_stop(stale, pb.LOST, "this copy was replaced; the task runs elsewhere")
+                else:
+                    session.send(npb.MasterMessage(ack=npb.StatusAck(task_id=st.task_id, attempt=st.attempt, state=st.state)))
+                continue
+            if st.state == pb.RUNNING and rec.msg.stop_requested:
+                self.send_stop(rec.msg, pb.STOPPED, "stop requested")
+            valid.append(st)
+        if not valid:
             return
-        rec = self.cache.tasks.get(st.task_id)
-        if rec is None or rec.msg.node_id != session.node_id or rec.msg.attempt != st.attempt:
-            # Unknown, or a copy the cluster has replaced: kill it, forget it.
-            if st.state == pb.RUNNING:
-                stale = pb.TaskExecution(task_id=st.task_id, attempt=st.attempt, node_id=session.node_id)
-                self.send_stop(stale, pb.LOST, "this copy was replaced; the task runs elsewhere")
-            else:
-                session.send(npb.MasterMessage(ack=npb.StatusAck(task_id=st.task_id, attempt=st.attempt, state=st.state)))
-            return
-        if st.state == pb.RUNNING and rec.msg.stop_requested:
-            self.send_stop(rec.msg, pb.STOPPED, "stop requested")
-        await self.writer.update(st.task_id, lambda t: apply_status(t, st), fenced=True)
-        session.send(npb.MasterMessage(ack=npb.StatusAck(task_id=st.task_id, attempt=st.attempt, state=st.state)))
-        if st.state in records.TERMINAL:
+        await self.writer.update(valid[0].task_id, functools.partial(apply_statuses, sts=valid), fenced=True)
+        for st in valid:
+            session.send(npb.MasterMessage(ack=npb.StatusAck(task_id=st.task_id, attempt=st.attempt, state=st.state)))
+        if any(st.state in records.TERMINAL for st in valid):
             self.on_change()
+
+
+def apply_statuses(task: pb.TaskExecution, sts: list[npb.TaskStatus]) -> pb.TaskExecution | None:
+    """The task record after several reports in order, or None when none changes it."""
+    changed = None
+    for st in sts:
+        new = apply_status(task, st)
+        if new is not None:
+            task = changed = new
+    return changed
 
 
 def apply_status(task: pb.TaskExecution, st: npb.TaskStatus) -> pb.TaskExecution | None:

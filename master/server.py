@@ -23,7 +23,7 @@ from corral import __version__, logs, tls
 from corral.errors import CorralError
 from corral.v1 import api_pb2, api_pb2_grpc, nodelet_pb2, nodelet_pb2_grpc
 
-from . import metrics
+from . import gc_tuning, metrics
 from .api_nodes import ClusterServicer, NodeServicer
 from .api_tasks import TaskServicer
 from .api_templates import TemplateServicer
@@ -170,6 +170,7 @@ class Master:
                 tg.create_task(self.cache.run())
                 tg.create_task(self.audit.run())
                 await self.cache.ready.wait()
+                gc_tuning.freeze_loaded()
                 await _set_serving(self.health)
                 member = api_pb2.Member(name=self.args.name, address=self.address, pid=os.getpid(), version=__version__)
                 if isinstance(self.leadership, Elected):
@@ -242,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(p)
     args = p.parse_args(argv)
     logs.setup(args.log_level)
+    gc_tuning.tune()
     try:
         asyncio.run(_run(args))
     except KeyboardInterrupt:

@@ -25,6 +25,7 @@ import psutil
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from corral import __version__
+from corral.batching import Drainer
 from corral.tls import TlsFiles
 from corral.v1 import nodelet_pb2 as npb
 from corral.v1 import nodelet_pb2_grpc
@@ -226,6 +227,7 @@ class Nodelet:
             drivers=drivers,
             driver_health=health,
             version=__version__,
+            batches=True,
         )
         known = dict(self.outbox)
         for h in self.handles.values():
@@ -242,8 +244,10 @@ class Nodelet:
             await queue.put(self._register(await asyncio.to_thread(self._fingerprint)))
 
             async def outgoing():  # type: ignore[no-untyped-def]
+                drainer = Drainer(queue)
                 while True:
-                    yield await queue.get()
+                    msgs = await drainer.next()
+                    yield msgs[0] if len(msgs) == 1 else npb.NodeletMessage(batch=npb.NodeletBatch(messages=msgs))
 
             call = stub.Connect(outgoing(), metadata=(("authorization", f"Bearer {self.token}"),))
             self._last_heard = time.monotonic()
@@ -263,29 +267,36 @@ class Nodelet:
     async def _read_stream(self, call: Any, queue: asyncio.Queue[npb.NodeletMessage], addr: str) -> None:
         async for msg in call:
             self._last_heard = time.monotonic()
-            kind = msg.WhichOneof("msg")
-            if kind == "registered":
-                hb = msg.registered.heartbeat_interval
-                self.heartbeat_interval = max(0.05, hb.seconds + hb.nanos / 1e9) or 1.0
-                self._queue = queue
-                self._registered_once = True
-                self.connected.set()
-                # statuses that changed after the Register was built; duplicates are harmless
-                for st in list(self.outbox.values()):
-                    queue.put_nowait(npb.NodeletMessage(status=st))
-                log.info("registered with %s as %s", addr, self.node_id)
-            elif kind == "start":
-                # starts run side by side (a container start takes a while); a stop that
-                # arrives meanwhile waits for its start first (see _stop)
-                task_id = msg.start.task.task_id
-                if task_id not in self._starting:
-                    self._starting[task_id] = asyncio.create_task(self._start_guarded(msg.start.task))
-            elif kind == "stop":
-                self._background(self._stop(msg.stop))
-            elif kind == "ack":
-                self._ack(msg.ack)
-            elif kind == "read_logs":
-                await queue.put(npb.NodeletMessage(log_data=await asyncio.to_thread(self._read_logs, msg.read_logs)))
+            if msg.WhichOneof("msg") == "batch":
+                for m in msg.batch.messages:
+                    await self._on_message(m, queue, addr)
+            else:
+                await self._on_message(msg, queue, addr)
+
+    async def _on_message(self, msg: npb.MasterMessage, queue: asyncio.Queue[npb.NodeletMessage], addr: str) -> None:
+        kind = msg.WhichOneof("msg")
+        if kind == "registered":
+            hb = msg.registered.heartbeat_interval
+            self.heartbeat_interval = max(0.05, hb.seconds + hb.nanos / 1e9) or 1.0
+            self._queue = queue
+            self._registered_once = True
+            self.connected.set()
+            # statuses that changed after the Register was built; duplicates are harmless
+            for st in list(self.outbox.values()):
+                queue.put_nowait(npb.NodeletMessage(status=st))
+            log.info("registered with %s as %s", addr, self.node_id)
+        elif kind == "start":
+            # starts run side by side (a container start takes a while); a stop that
+            # arrives meanwhile waits for its start first (see _stop)
+            task_id = msg.start.task.task_id
+            if task_id not in self._starting:
+                self._starting[task_id] = asyncio.create_task(self._start_guarded(msg.start.task))
+        elif kind == "stop":
+            self._background(self._stop(msg.stop))
+        elif kind == "ack":
+            self._ack(msg.ack)
+        elif kind == "read_logs":
+            await queue.put(npb.NodeletMessage(log_data=await asyncio.to_thread(self._read_logs, msg.read_logs)))
 
     async def _heartbeats(self, queue: asyncio.Queue[npb.NodeletMessage]) -> None:
         """Beat once registered; end (raising MasterSilent) when the master stops answering."""
