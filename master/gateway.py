@@ -328,22 +328,25 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
                 await self.writer.update(task_id, lost, fenced=True)
 
     async def _on_status(self, session: NodeSession, st: npb.TaskStatus) -> None:
-        await self._on_task_statuses(session, [st])
+        valid = self._screen(session, [st])
+        if valid:
+            await self.writer.update(st.task_id, functools.partial(apply_statuses, sts=valid), fenced=True)
+            self._acknowledge(session, valid)
 
     async def _on_statuses(self, session: NodeSession, statuses: list[npb.TaskStatus]) -> None:
         """The statuses of one batch: one write per task, so a task's RUNNING and its
-        outcome sent together commit together; the tasks side by side."""
+        outcome sent together commit together; all the tasks' writes at once."""
         by_task: dict[str, list[npb.TaskStatus]] = {}
         for st in statuses:
             by_task.setdefault(st.task_id, []).append(st)
-        if len(by_task) == 1:
-            await self._on_task_statuses(session, statuses)
-        elif by_task:
-            await asyncio.gather(*(self._on_task_statuses(session, sts) for sts in by_task.values()))
+        screened = [valid for sts in by_task.values() if (valid := self._screen(session, sts))]
+        await self.writer.update_many([(v[0].task_id, functools.partial(apply_statuses, sts=v)) for v in screened], fenced=True)
+        for valid in screened:
+            self._acknowledge(session, valid)
 
-    async def _on_task_statuses(self, session: NodeSession, sts: list[npb.TaskStatus]) -> None:
-        """Statuses of one task, in the order the nodelet sent them; each is acknowledged
-        once committed."""
+    def _screen(self, session: NodeSession, sts: list[npb.TaskStatus]) -> list[npb.TaskStatus]:
+        """Of one task's statuses (in the order the nodelet sent them), those to commit.
+        Reports on a copy the cluster does not know or has replaced are answered here."""
         valid = []
         for st in sts:
             if st.state not in (pb.RUNNING, pb.PREEMPTED, *records.TERMINAL):
@@ -361,12 +364,12 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
             if st.state == pb.RUNNING and rec.msg.stop_requested:
                 self.send_stop(rec.msg, pb.STOPPED, "stop requested")
             valid.append(st)
-        if not valid:
-            return
-        await self.writer.update(valid[0].task_id, functools.partial(apply_statuses, sts=valid), fenced=True)
-        for st in valid:
+        return valid
+
+    def _acknowledge(self, session: NodeSession, committed: list[npb.TaskStatus]) -> None:
+        for st in committed:
             session.send(npb.MasterMessage(ack=npb.StatusAck(task_id=st.task_id, attempt=st.attempt, state=st.state)))
-        if any(st.state in records.TERMINAL for st in valid):
+        if any(st.state in records.TERMINAL for st in committed):
             self.on_change()
 
 

@@ -25,7 +25,7 @@ from corral.v1 import types_pb2 as pb
 from . import records
 from .cache import Cache
 from .gateway import Gateway
-from .taskops import TaskWriter
+from .taskops import Mutator, TaskWriter
 
 log = logging.getLogger("corral.scheduler")
 
@@ -149,7 +149,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
-        self._sem = asyncio.Semaphore(concurrency)
+        self.concurrency = concurrency  # placements per batch of writes
         self._heap: list[tuple[float, str]] = []
         self._ready: set[str] = set()
         self.tally = Tally()
@@ -276,7 +276,7 @@ class Scheduler:
         by_id = {t.task_id: t for t in due_tasks}
         for pre in plan.preemptions:
             await self._preempt(pre)
-        await asyncio.gather(*(self._assign(p) for p in plan.placements))
+        await self._assign_all(plan.placements)
         for u in plan.unplaced:
             t = by_id[u.task_id]
             self._wake_at_deadline(t)
@@ -363,9 +363,10 @@ class Scheduler:
                 self.gateway.send_stop(stale, pb.PREEMPTED, f"preempted for {pre.for_task}")
                 log.info("preempted %s on %s for %s", victim, pre.node_id, pre.for_task)
 
-    async def _assign(self, p: sc.Placement) -> None:
-        """The plan applier: re-check the node against the latest committed state, commit
-        what still fits; a task refused too often is left PENDING with its reason."""
+    def _assignment(self, p: sc.Placement) -> Mutator:
+        """The plan applier's change for one placement: re-check the node against the
+        latest committed state, assign what still fits; a task refused too often is left
+        PENDING with its reason."""
 
         def mutate(t: pb.TaskExecution) -> pb.TaskExecution | None:
             if t.state != pb.PENDING or t.stop_requested:
@@ -387,9 +388,13 @@ class Scheduler:
             t.reason = ""
             return t
 
-        async with self._sem:
-            # the gateway sends the committed assignment to the node (see Gateway._on_cache_change)
-            await self.writer.update(p.task_id, mutate, fenced=True)
+        return mutate
+
+    async def _assign_all(self, placements: list[sc.Placement]) -> None:
+        """Commit a pass's placements, `concurrency` per batch of writes. The gateway sends
+        each committed assignment to its node (see Gateway._on_cache_change)."""
+        chunks = [placements[i : i + self.concurrency] for i in range(0, len(placements), self.concurrency)]
+        await asyncio.gather(*(self.writer.update_many([(p.task_id, self._assignment(p)) for p in c], fenced=True) for c in chunks))
 
 
 def _skip(t: pb.TaskExecution, deadline: float, now: float) -> pb.TaskExecution | None:
