@@ -70,20 +70,24 @@ class SimNodelet:
         self.queue = asyncio.Queue()
         await self.queue.put(self._register())
 
-        async def outgoing():  # type: ignore[no-untyped-def]
-            drainer = Drainer(self.queue)  # as the real nodelet does
-            while True:
-                msgs = await drainer.next()
-                yield msgs[0] if len(msgs) == 1 else npb.NodeletMessage(batch=npb.NodeletBatch(messages=msgs))
-
-        call = stub.Connect(outgoing(), metadata=(("authorization", f"Bearer {self.token}"),))
+        call = stub.Connect(metadata=(("authorization", f"Bearer {self.token}"),))
         beats = asyncio.create_task(self._beats())
+        writer = asyncio.create_task(self._write(call))
+        writer.add_done_callback(lambda t: t.cancelled() or t.exception())  # its error is the reader's too
         try:
             async for msg in call:
                 for m in (msg.batch.messages if msg.WhichOneof("msg") == "batch" else (msg,)):
                     self._on_message(m)
         finally:
             beats.cancel()
+            writer.cancel()
+            call.cancel()
+
+    async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
+        drainer = Drainer(self.queue)  # as the real nodelet does
+        while True:
+            msgs = await drainer.next()
+            await call.write(msgs[0] if len(msgs) == 1 else npb.NodeletMessage(batch=npb.NodeletBatch(messages=msgs)))
 
     def _on_message(self, msg: npb.MasterMessage) -> None:
         kind = msg.WhichOneof("msg")

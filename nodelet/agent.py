@@ -243,24 +243,17 @@ class Nodelet:
             queue: asyncio.Queue[npb.NodeletMessage] = asyncio.Queue()
             await queue.put(self._register(await asyncio.to_thread(self._fingerprint)))
 
-            async def outgoing():  # type: ignore[no-untyped-def]
-                drainer = Drainer(queue)
-                while True:
-                    msgs = await drainer.next()
-                    yield msgs[0] if len(msgs) == 1 else npb.NodeletMessage(batch=npb.NodeletBatch(messages=msgs))
-
-            call = stub.Connect(outgoing(), metadata=(("authorization", f"Bearer {self.token}"),))
+            call = stub.Connect(metadata=(("authorization", f"Bearer {self.token}"),))
             self._last_heard = time.monotonic()
             reader = asyncio.create_task(self._read_stream(call, queue, addr))
+            writer = asyncio.create_task(_write_stream(call, queue))
             beats = asyncio.create_task(self._heartbeats(queue))
             try:
-                done, _ = await asyncio.wait({reader, beats}, return_when=asyncio.FIRST_COMPLETED)
-                if reader in done:
-                    reader.result()
-                else:
-                    beats.result()
+                done, _ = await asyncio.wait({reader, writer, beats}, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    t.result()
             finally:
-                for t in (reader, beats):
+                for t in (reader, writer, beats):
                     t.cancel()
                 call.cancel()
 
@@ -526,6 +519,16 @@ class Nodelet:
         except FileNotFoundError:
             data = b""
         return npb.LogData(request_id=req.request_id, data=data, offset=req.offset)
+
+
+async def _write_stream(call: Any, queue: asyncio.Queue[npb.NodeletMessage]) -> None:
+    """Send what is queued; what queued up while the stream was busy goes as one batch.
+    (Written through call.write, not a request generator: cancelling a stream whose
+    generator is waiting raised "aclose(): asynchronous generator is already running".)"""
+    drainer = Drainer(queue)
+    while True:
+        msgs = await drainer.next()
+        await call.write(msgs[0] if len(msgs) == 1 else npb.NodeletMessage(batch=npb.NodeletBatch(messages=msgs)))
 
 
 def default_node_id() -> str:
