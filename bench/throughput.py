@@ -31,6 +31,7 @@ import statistics
 import sys
 import time
 
+import psutil
 from _common import local_cluster, pct, print_table
 from e2e import concurrent_submits, etcd_puts
 
@@ -127,7 +128,6 @@ def _wait(what: str, cond, timeout: float) -> float:  # type: ignore[no-untyped-
 
 
 def fleet_figures(nodes: int, tasks: int) -> dict[str, object]:
-    import psutil
     from sim_nodelets import start_fleet
 
     with local_cluster(None, master_args=["--heartbeat-timeout", "3"]) as (addr, token, _):
@@ -201,6 +201,7 @@ def main() -> int:
             runs["raw_txn_puts"].append(etcd_puts(endpoint, secs, concurrency=8, per_txn=128))
             print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in runs.items()), file=sys.stderr)
         page_ms, records = list_first_page(addr, token)
+        master_rss = psutil.Process(int(os.environ["CORRAL_BENCH_MASTER_PID"])).memory_info().rss / 2**20
 
     fleets = [fleet_figures(int(n), args.fleet_tasks or (2000 if args.quick else 10_000))
               for n in (args.nodes or ("500" if args.quick else "1000,5000")).split(",") if n.strip()]
@@ -218,6 +219,8 @@ def main() -> int:
         "list_first_page_ms_p50": round(pct(page_ms, 50), 2),
         "list_first_page_ms_p99": round(pct(page_ms, 99), 2),
         "records": records,
+        "master_rss_mib": round(master_rss, 1),
+        "master_bytes_per_record": round(master_rss * 2**20 / max(records, 1)),
         "fleets": fleets,
     }
 
@@ -234,6 +237,7 @@ def main() -> int:
         ("raw etcd puts, 64 concurrent", f"{med['raw_puts']:,.0f}/s", spread(runs["raw_puts"]), "", ""),
         ("raw etcd puts in 128-put txns, 8 writers", f"{med['raw_txn_puts']:,.0f}/s", spread(runs["raw_txn_puts"]), "", ""),
         (f"task list first page ({records:,} records)", f"p50 {figures['list_first_page_ms_p50']} ms", f"p99 {figures['list_first_page_ms_p99']} ms", "", ""),
+        (f"master memory ({records:,} records cached)", f"{master_rss:,.0f} MiB RSS", f"{figures['master_bytes_per_record']:,} B/record", "", ""),
     ]
     for f in fleets:
         rows.append((f"{f['nodes']:,} simulated nodelets: placements", f"{f['placements_per_s']:,.0f}/s", f"{f['tasks']:,} tasks",

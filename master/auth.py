@@ -168,8 +168,11 @@ def _audit(self: Any, user: pb.User | None, method: str, request: Any, result: A
     audit = self.auth.audit
     if audit is None or method not in authz.MUTATIONS:
         return
-    identity = peer_identity(context)
-    who = user.user_id if user is not None else (f"cert:{identity[0]}" if identity else "anonymous")
+    if user is not None:
+        who = user.user_id
+    else:
+        identity = peer_identity(context)
+        who = f"cert:{identity[0]}" if identity else "anonymous"
     detail = str(err)[:200] if err is not None else _detail(result)
     audit.record(who, method, _target(request if not hasattr(request, "__aiter__") else None, result),
                  "OK" if err is None else _status_name(err), detail, context.peer() or "")

@@ -36,6 +36,41 @@ class Rec(Generic[M]):
     created: int = 0  # etcd create revision: the order records were first committed in
 
 
+class Packed:
+    """A task record kept as its etcd bytes and parsed on each read of `.msg`.
+
+    A parsed TaskExecution holds about 1.25 KB (its own arena) against ~150 bytes
+    serialized, and a large store is mostly records nobody touches often: finished tasks
+    kept for history, tasks due later. Only assigned and running tasks, which the leader
+    reads on every report, stay parsed. Each read parses a new copy (0.5 µs), so `.msg`
+    is never shared or changed in place.
+    """
+
+    __slots__ = ("raw", "rev", "created")
+
+    def __init__(self, raw: bytes, rev: int = 0, created: int = 0) -> None:
+        self.raw = raw
+        self.rev = rev
+        self.created = created
+
+    @property
+    def msg(self) -> pb.TaskExecution:
+        m = pb.TaskExecution()
+        m.ParseFromString(self.raw)
+        return m
+
+
+TaskRec = Rec[pb.TaskExecution] | Packed
+
+
+def editable(rec: TaskRec) -> pb.TaskExecution:
+    """A copy of the record the caller may change (a packed record parses to a new one)."""
+    if isinstance(rec, Packed):
+        return rec.msg
+    copy = pb.TaskExecution()
+    copy.CopyFrom(rec.msg)
+    return copy
+
 Listener = Callable[[str, str, Message | None], None]
 
 _KINDS: dict[str, type[Message]] = {
@@ -51,7 +86,7 @@ class Cache:
     def __init__(self, store: EtcdStore) -> None:
         self.store = store
         self.templates: dict[str, Rec[pb.TaskTemplate]] = {}
-        self.tasks: dict[str, Rec[pb.TaskExecution]] = {}
+        self.tasks: dict[str, TaskRec] = {}
         self.nodes: dict[str, Rec[pb.NodeInfo]] = {}
         self.users: dict[str, Rec[pb.User]] = {}
         self.template_names: dict[str, str] = {}
@@ -66,6 +101,8 @@ class Cache:
         self.by_user: dict[str, set[str]] = {}
         # every task by (submit time ns, id): ListTasks pages newest first without sorting
         self.task_order = SortedList()
+        # finished tasks by (finish time ns, id): retention takes the oldest without a scan
+        self.finished = SortedList()
         self.revision = 0
         self.ready = asyncio.Event()
         self._listeners: list[Listener] = []
@@ -162,6 +199,7 @@ class Cache:
         self.by_template.clear()
         self.by_user.clear()
         self.task_order.clear()
+        self.finished.clear()
 
     def _apply(self, key: str, value: bytes | None, rev: int, *, notify: bool, created: int = 0) -> None:
         prefix = next((p for p in _KINDS if key.startswith(p)), None)
@@ -178,7 +216,7 @@ class Cache:
                 log.error("cache: undecodable record at %s", key)
                 return
         if prefix == keys.TASKS:
-            self._index_task(ident, msg)  # type: ignore[arg-type]
+            self._index_task(ident, msg, value)  # type: ignore[arg-type]
         elif prefix == keys.TEMPLATES:
             old = self.templates.pop(ident, None)
             if old is not None:
@@ -228,25 +266,30 @@ class Cache:
         else:
             self.usage[t.user_id] = (n, cpu + sign * t.spec.cpu_request, mem + sign * t.spec.mem_request)
 
-    def _index_task(self, ident: str, msg: pb.TaskExecution | None) -> None:
-        old = self.tasks.pop(ident, None)
-        if old is not None:
-            if msg is None or msg.submit_time != old.msg.submit_time:
-                self.task_order.discard((old.msg.submit_time.ToNanoseconds(), ident))
-            self.by_state.get(old.msg.state, set()).discard(ident)
-            if old.msg.node_id:
-                self.by_node.get(old.msg.node_id, set()).discard(ident)
-            if old.msg.template_id:
-                self.by_template.get(old.msg.template_id, set()).discard(ident)
-            self.by_user.get(old.msg.user_id, set()).discard(ident)
-            if old.msg.state not in records.TERMINAL:
-                self._use(old.msg, -1)
+    def _index_task(self, ident: str, msg: pb.TaskExecution | None, raw: bytes | None = None) -> None:
+        old_rec = self.tasks.pop(ident, None)
+        if old_rec is not None:
+            old = old_rec.msg
+            if msg is None or msg.submit_time != old.submit_time:
+                self.task_order.discard((old.submit_time.ToNanoseconds(), ident))
+            self.by_state.get(old.state, set()).discard(ident)
+            if old.node_id:
+                self.by_node.get(old.node_id, set()).discard(ident)
+            if old.template_id:
+                self.by_template.get(old.template_id, set()).discard(ident)
+            self.by_user.get(old.user_id, set()).discard(ident)
+            if old.state in records.TERMINAL:
+                self.finished.discard((old.finish_time.ToNanoseconds(), ident))
+            else:
+                self._use(old, -1)
         if msg is None:
             return
-        if msg.state not in records.TERMINAL:
+        if msg.state in records.TERMINAL:
+            self.finished.add((msg.finish_time.ToNanoseconds(), ident))
+        else:
             self._use(msg, 1)
-        self.tasks[ident] = Rec(msg, 0)
-        if old is None or msg.submit_time != old.msg.submit_time:
+        self.tasks[ident] = Rec(msg, 0) if msg.state in records.ACTIVE or raw is None else Packed(raw)
+        if old_rec is None or msg.submit_time != old.submit_time:
             self.task_order.add((msg.submit_time.ToNanoseconds(), ident))
         self.by_state.setdefault(msg.state, set()).add(ident)
         if msg.node_id:

@@ -204,11 +204,16 @@ class Scheduler:
             self.tally = Tally()
             self.snapshots = Snapshots()
             self._orders, self._order_of = {}, {}
-            for task_id, rec in list(self.cache.tasks.items()):
-                self.tally.update(task_id, rec.msg)
-                self._track_order(task_id, rec.msg)
-            for task_id in list(self.cache.tasks_in(pb.PENDING)):
-                self._track(self.cache.tasks[task_id].msg)
+            # finished tasks neither hold resources nor an ordering key: only the others
+            for state, ids in list(self.cache.by_state.items()):
+                if state in records.TERMINAL:
+                    continue
+                for task_id in list(ids):
+                    msg = self.cache.tasks[task_id].msg
+                    self.tally.update(task_id, msg)
+                    self._track_order(task_id, msg)
+                    if state == pb.PENDING:
+                        self._track(msg)
             self._wake.set()
             while True:
                 await self._wake.wait()

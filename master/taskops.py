@@ -15,7 +15,7 @@ from corral.errors import Aborted, NotFound
 from corral.v1 import types_pb2 as pb
 
 from . import keys
-from .cache import Cache
+from .cache import Cache, editable
 from .group_commit import GroupCommit
 from .leadership import Leadership
 from .store import Cmp, EtcdStore, Put
@@ -120,9 +120,7 @@ class TaskWriter:
             if rec is None:
                 slow.append(i)
                 continue
-            copy = pb.TaskExecution()
-            copy.CopyFrom(rec.msg)
-            new = mutate(copy)
+            new = mutate(editable(rec))
             if new is None:
                 continue
             writes.append(([Cmp(keys.task(task_id), rec.rev), *fence], [Put(keys.task(task_id), new.SerializeToString())]))
