@@ -14,6 +14,7 @@ from pathlib import Path
 
 from corral import pki, procs
 from corral.client import Client
+from corral.nodelet import cgroups
 from corral.tls import TlsFiles
 
 
@@ -82,6 +83,8 @@ def local_cluster(
     finally:
         for p in reversed(started):
             p.stop()
+        if node_id is not None:  # the nodelet's cgroup parent (its tasks' groups are gone with them)
+            cgroups.remove_tree(f"corral/{node_id}")
         if os.environ.get("CORRAL_BENCH_KEEP"):
             print(f"kept {tmp} (logs, etcd data)", file=sys.stderr)
         else:
