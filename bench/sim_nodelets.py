@@ -24,7 +24,7 @@ from multiprocessing.process import BaseProcess
 
 import grpc
 
-from corral.batching import Drainer
+from corral.batching import Drainer, nodelet_batch, unbatch
 from corral.v1 import nodelet_pb2 as npb
 from corral.v1 import nodelet_pb2_grpc
 from corral.v1 import types_pb2 as pb
@@ -76,18 +76,17 @@ class SimNodelet:
         writer.add_done_callback(lambda t: t.cancelled() or t.exception())  # its error is the reader's too
         try:
             async for msg in call:
-                for m in (msg.batch.messages if msg.WhichOneof("msg") == "batch" else (msg,)):
-                    self._on_message(m)
+                for m in unbatch(msg):
+                    self._on_message(m)  # type: ignore[arg-type]
         finally:
             beats.cancel()
             writer.cancel()
             call.cancel()
 
     async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
-        drainer = Drainer(self.queue)  # as the real nodelet does
+        drainer = Drainer(self.queue, nodelet_batch)  # as the real nodelet does
         while True:
-            msgs = await drainer.next()
-            await call.write(msgs[0] if len(msgs) == 1 else npb.NodeletMessage(batch=npb.NodeletBatch(messages=msgs)))
+            await call.write(await drainer.next())
 
     def _on_message(self, msg: npb.MasterMessage) -> None:
         kind = msg.WhichOneof("msg")

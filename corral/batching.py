@@ -10,7 +10,10 @@ at once: batching adds no wait.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
 from typing import Generic, Protocol, TypeVar
+
+from corral.v1 import nodelet_pb2 as npb
 
 MAX_MESSAGES = 512  # messages per batch
 MAX_BYTES = 1 << 20  # a batch stays well under gRPC's default 4 MiB receive limit
@@ -23,23 +26,40 @@ class _Sized(Protocol):
 M = TypeVar("M", bound=_Sized)
 
 
-class Drainer(Generic[M]):
-    """Takes the next message and whatever else is queued behind it, within the limits. A
-    message that would push a batch over `max_bytes` is held back and opens the next one."""
+def nodelet_batch(msgs: list[npb.NodeletMessage]) -> npb.NodeletMessage:
+    return npb.NodeletMessage(batch=npb.NodeletBatch(messages=msgs))
 
-    def __init__(self, queue: asyncio.Queue[M], *, max_messages: int = MAX_MESSAGES, max_bytes: int = MAX_BYTES) -> None:
+
+def master_batch(msgs: list[npb.MasterMessage]) -> npb.MasterMessage:
+    return npb.MasterMessage(batch=npb.MasterBatch(messages=msgs))
+
+
+def unbatch(msg: npb.NodeletMessage | npb.MasterMessage) -> Sequence[npb.NodeletMessage | npb.MasterMessage]:
+    """The messages a received message stands for, in order (itself, unless a batch)."""
+    return msg.batch.messages if msg.WhichOneof("msg") == "batch" else (msg,)
+
+
+class Drainer(Generic[M]):
+    """Takes the next message and whatever else is queued behind it, within the limits, as
+    one message to write (`wrap` makes the batch). A message that would push a batch over
+    `max_bytes` is held back and opens the next one."""
+
+    def __init__(
+        self, queue: asyncio.Queue[M], wrap: Callable[[list[M]], M], *, max_messages: int = MAX_MESSAGES, max_bytes: int = MAX_BYTES,
+    ) -> None:
         self.queue = queue
+        self.wrap = wrap
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self._held: M | None = None
 
-    async def next(self) -> list[M]:
+    async def next(self) -> M:
         if self._held is not None:
             first, self._held = self._held, None
         else:
             first = await self.queue.get()
         if self.queue.empty():
-            return [first]
+            return first
         out = [first]
         size = first.ByteSize()
         while len(out) < self.max_messages and not self.queue.empty():
@@ -49,4 +69,4 @@ class Drainer(Generic[M]):
                 self._held = msg
                 break
             out.append(msg)
-        return out
+        return out[0] if len(out) == 1 else self.wrap(out)

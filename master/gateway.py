@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from corral.batching import Drainer
+from corral.batching import Drainer, master_batch
 from corral.errors import AlreadyExists, CorralError, InvalidArgument, PermissionDenied, Unavailable
 from corral.tls import peer_identity
 from corral.v1 import api_pb2, nodelet_pb2_grpc
@@ -246,13 +246,9 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
             raise InvalidArgument(f"unexpected message on a nodelet stream: {kind}")
 
     async def _write(self, session: NodeSession, context: grpc.aio.ServicerContext) -> None:
-        drainer = Drainer(session.outbox) if session.batches else None
+        drainer = Drainer(session.outbox, master_batch) if session.batches else None
         while True:
-            if drainer is None:
-                await context.write(await session.outbox.get())
-            else:
-                msgs = await drainer.next()
-                await context.write(msgs[0] if len(msgs) == 1 else npb.MasterMessage(batch=npb.MasterBatch(messages=msgs)))
+            await context.write(await (drainer.next() if drainer is not None else session.outbox.get()))
             session.last_sent = time.monotonic()
 
     async def _register(self, reg: npb.Register, peer: str) -> NodeSession:
@@ -328,10 +324,7 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
                 await self.writer.update(task_id, lost, fenced=True)
 
     async def _on_status(self, session: NodeSession, st: npb.TaskStatus) -> None:
-        valid = self._screen(session, [st])
-        if valid:
-            await self.writer.update(st.task_id, functools.partial(apply_statuses, sts=valid), fenced=True)
-            self._acknowledge(session, valid)
+        await self._on_statuses(session, [st])
 
     async def _on_statuses(self, session: NodeSession, statuses: list[npb.TaskStatus]) -> None:
         """The statuses of one batch: one write per task, so a task's RUNNING and its

@@ -41,9 +41,10 @@ class Retention:
         cutoff_ns = int((now - self.keep) * 1e9)
         out = []
         # oldest first, from the cache's finish-time index: no scan of every finished task
-        for finish_ns, task_id in self.cache.finished.irange(maximum=(cutoff_ns, "")):
+        # (from 1 ns: a task without a finish time is kept, as before)
+        for _, task_id in self.cache.finished.irange(minimum=(1, ""), maximum=(cutoff_ns, "")):
             rec = self.cache.tasks.get(task_id)
-            if finish_ns > 0 and finish_ns < cutoff_ns and rec is not None:  # (no finish time: kept, as before)
+            if rec is not None:
                 out.append((task_id, rec.rev))
         return out
 

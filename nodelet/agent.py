@@ -25,7 +25,7 @@ import psutil
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from corral import __version__
-from corral.batching import Drainer
+from corral.batching import Drainer, nodelet_batch, unbatch
 from corral.tls import TlsFiles
 from corral.v1 import nodelet_pb2 as npb
 from corral.v1 import nodelet_pb2_grpc
@@ -260,11 +260,8 @@ class Nodelet:
     async def _read_stream(self, call: Any, queue: asyncio.Queue[npb.NodeletMessage], addr: str) -> None:
         async for msg in call:
             self._last_heard = time.monotonic()
-            if msg.WhichOneof("msg") == "batch":
-                for m in msg.batch.messages:
-                    await self._on_message(m, queue, addr)
-            else:
-                await self._on_message(msg, queue, addr)
+            for m in unbatch(msg):
+                await self._on_message(m, queue, addr)  # type: ignore[arg-type]
 
     async def _on_message(self, msg: npb.MasterMessage, queue: asyncio.Queue[npb.NodeletMessage], addr: str) -> None:
         kind = msg.WhichOneof("msg")
@@ -525,10 +522,9 @@ async def _write_stream(call: Any, queue: asyncio.Queue[npb.NodeletMessage]) -> 
     """Send what is queued; what queued up while the stream was busy goes as one batch.
     (Written through call.write, not a request generator: cancelling a stream whose
     generator is waiting raised "aclose(): asynchronous generator is already running".)"""
-    drainer = Drainer(queue)
+    drainer = Drainer(queue, nodelet_batch)
     while True:
-        msgs = await drainer.next()
-        await call.write(msgs[0] if len(msgs) == 1 else npb.NodeletMessage(batch=npb.NodeletBatch(messages=msgs)))
+        await call.write(await drainer.next())
 
 
 def default_node_id() -> str:
