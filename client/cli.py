@@ -98,6 +98,9 @@ def add_request_flags(p: argparse.ArgumentParser, m: RpcMethod, skip: set[str] =
             if not any(a.dest == "file" for a in p._actions):
                 p.add_argument("-f", "--file", dest="file", metavar="FILE", help=f"{f.name} as a YAML or JSON file in the proto's field names ('-' for stdin)")
         elif f.is_repeated:
+            if f.type == _d.FieldDescriptor.TYPE_STRING:
+                singular = flag.removesuffix("s") if flag.endswith("permissions") else flag
+                p.add_argument(singular, dest=f.name, action="append", metavar="VALUE", help=f"{f.name.replace('_', ' ')} (repeatable)")
             continue
         elif f.type == _d.FieldDescriptor.TYPE_BOOL:
             p.add_argument(flag, dest=f.name, action="store_true", default=None, help=f.name.replace("_", " "))
@@ -110,7 +113,7 @@ def add_request_flags(p: argparse.ArgumentParser, m: RpcMethod, skip: set[str] =
             p.add_argument(*aliases, dest=f.name, help=f.name.replace("_", " "))
         elif f.name.endswith("_cpu"):
             p.add_argument(flag, dest=f.name, type=_units(units.parse_cpu, f.name), metavar="CPU", help=f"{f.name.replace('_', ' ')} (e.g. 2 or 500m)")
-        elif f.name.endswith("_memory"):
+        elif f.name.endswith(("_memory", "_bytes")):
             p.add_argument(flag, dest=f.name, type=_units(units.parse_memory, f.name), metavar="BYTES", help=f"{f.name.replace('_', ' ')} (e.g. 512Mi, 8Gi)")
         else:
             p.add_argument(flag, dest=f.name, type=float if f.type in (_d.FieldDescriptor.TYPE_DOUBLE, _d.FieldDescriptor.TYPE_FLOAT) else int, help=f.name.replace("_", " "))
@@ -137,7 +140,9 @@ def build_request(m: RpcMethod, args: argparse.Namespace) -> Message:
             continue
         if value is None:
             continue
-        if _is_message(f, "google.protobuf.Duration"):
+        if f.is_repeated:
+            getattr(req, f.name).extend(value)
+        elif _is_message(f, "google.protobuf.Duration"):
             getattr(req, f.name).CopyFrom(_duration(value, f.name))
         elif _is_message(f, "google.protobuf.Timestamp"):
             getattr(req, f.name).CopyFrom(_timestamp(value, f.name))
@@ -212,7 +217,7 @@ def _submit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--secret-env", action="append", default=[], metavar="KEY=VALUE",
                    help="environment variable whose value is secret: the task gets it, every API answer shows <secret> (repeatable)")
     p.add_argument("--network", choices=["none", "host", "bridge"], help="none (default: an empty network namespace), host, or bridge (docker)")
-    p.add_argument("--user", help="run as: nobody (default), root or a numeric uid")
+    p.add_argument("--user", help="run as: your own uid (default), root or another numeric uid (each needs a permission an admin grants)")
     p.add_argument("--priority", type=int, help="0-100")
     p.add_argument("--retries", type=int, help="attempts in all when its node is lost (default 3)")
     p.add_argument("--ordering-key", metavar="KEY", help="tasks sharing this key run one at a time, in submission order")
@@ -550,10 +555,11 @@ _HELP = {
     "NextTemplateFires": "the next instants a schedule fires at, in its zone and UTC",
     "TemplateHistory": "a cron template's recent runs, counters and next fire",
     "SubmitTasks": "submit up to 1,000 tasks from a file ({tasks: [...]}); for more use `task submit --from-file`",
-    "CreateUser": "create a user (--role admin|operator|user, quotas); prints its first token once",
-    "ListUsers": "list users with their roles and quotas",
+    "CreateUser": "create a user (--role admin|operator|user, --permission, quotas); prints its first token once",
+    "ListUsers": "list users with their uids, roles, permissions and quotas",
+    "UpdateUser": "grant or revoke permissions (--grant run_as_root|run_as_uid|host_network) and change quotas",
     "DeleteUser": "delete a user and revoke their tokens (their tasks stay)",
-    "CreateToken": "create a bearer token (yours, or as admin anyone's); the secret is printed once",
+    "CreateToken": "create a bearer token (yours, as admin anyone's, or with --node-id a node's credential); the secret is printed once",
     "RevokeToken": "revoke a token by id or secret; refused from the next call on",
     "ListTokens": "list tokens (ids, owners, expiry; never secrets)",
     "ListAudit": "the audit log, newest first: who changed what, and the result",

@@ -162,13 +162,16 @@ def cluster_detail(s: api_pb2.ClusterStatusResponse) -> str:
 def _quota(q: pb.Quota) -> str:
     parts = [f"tasks {q.max_tasks}" if q.max_tasks else "", f"cpu {units.format_cpu(q.max_cpu)}" if q.max_cpu else "",
              f"memory {units.format_memory(q.max_memory)}" if q.max_memory else "",
-             f"{q.max_submit_rate:g}/s" if q.max_submit_rate else ""]
+             f"{q.max_submit_rate:g}/s" if q.max_submit_rate else "",
+             f"stored {q.max_stored_records:,} records" if q.max_stored_records else "",
+             f"stored {units.format_memory(q.max_stored_bytes)}" if q.max_stored_bytes else ""]
     return ", ".join(p for p in parts if p) or "-"
 
 
 def user_rows(users: Sequence[pb.User]) -> str:
-    return _grid(["USER", "ROLE", "QUOTA", "CREATED"],
-                 [[u.user_id, ",".join(u.roles), _quota(u.quota), _ago(u.create_time) if u.create_time.seconds else "-"] for u in users])
+    return _grid(["USER", "ROLE", "UID", "PERMISSIONS", "QUOTA", "CREATED"],
+                 [[u.user_id, ",".join(u.roles), str(u.uid or "-"), ",".join(u.permissions) or "-", _quota(u.quota),
+                   _ago(u.create_time) if u.create_time.seconds else "-"] for u in users])
 
 
 def token_rows(tokens: Sequence[pb.Token]) -> str:
@@ -184,6 +187,8 @@ def secret_note(secret: str) -> str:
 def table(msg: Message) -> str:
     if isinstance(msg, api_pb2.ListUsersResponse):
         return user_rows(msg.users)
+    if isinstance(msg, pb.User):
+        return user_rows([msg])
     if isinstance(msg, api_pb2.CreateUserResponse):
         return user_rows([msg.user]) + "\n" + secret_note(msg.secret)
     if isinstance(msg, api_pb2.ListTokensResponse):

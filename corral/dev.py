@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from corral import procs
+from corral.credentials import write_secret_file
 from corral.tls import TlsFiles
 
 
@@ -47,10 +48,10 @@ def _flags(prefix: str, f: TlsFiles) -> list[str]:
 def _token(data_dir: Path) -> str:
     path = data_dir / "token"
     if path.exists():
+        path.chmod(0o600)
         return path.read_text().strip()
     token = secrets.token_urlsafe(24)
-    path.write_text(token + "\n")
-    path.chmod(0o600)
+    write_secret_file(path, token)
     return token
 
 
@@ -102,9 +103,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  master    {m.info['address']}  (pid {m.pid}, metrics http://{m.info['http']}/metrics)", flush=True)
         masters = ",".join(addrs)
         for i in range(args.nodelets):
+            node_id = f"node-{i + 1}"
+            # a node credential, not the admin's token: it can register only this node
+            cred = "" if d else procs.node_token(masters, token, node_id, reuse=data_dir / "nodes" / f"{node_id}.token")
             n = procs.start_nodelet(
-                masters, token, data_dir, node_id=f"node-{i + 1}", cpus=args.cpus, memory=args.memory,
-                extra=_flags("--tls", _files(d, "nodelet", f"node-{i + 1}")) if d else None,
+                masters, cred, data_dir, node_id=node_id, cpus=args.cpus, memory=args.memory,
+                extra=_flags("--tls", _files(d, "nodelet", node_id)) if d else None,
             )
             started.append(n)
             print(f"  nodelet   node-{i + 1}  (pid {n.pid})", flush=True)
@@ -114,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
             admin = _files(d, "client", "admin")
             env |= {"CORRAL_TLS_CA": admin.ca, "CORRAL_TLS_CERT": admin.cert, "CORRAL_TLS_KEY": admin.key}
             os.environ.update(env)  # the demo's client
-        env_file.write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
-        env_file.chmod(0o600)
-        print("\n" + "\n".join(f"{k}={v}" for k, v in env.items()), flush=True)
+        write_secret_file(env_file, "".join(f"export {k}={v}\n" for k, v in env.items()).rstrip("\n"))
+        # never the token itself: logs and terminals are read by others
+        print("\n" + "\n".join(f"{k}={v if k != 'CORRAL_TOKEN' else '<in ' + str(env_file) + '>'}" for k, v in env.items()), flush=True)
         print(f"Use it from another shell:  source {env_file}  then  corral node list", flush=True)
         print(f"Logs: {data_dir / 'logs'}   Ctrl-C stops everything.\n", flush=True)
         if args.demo:

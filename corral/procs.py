@@ -20,6 +20,8 @@ from pathlib import Path
 
 from corral.tls import TlsFiles
 
+ETCD_QUOTA = 4 * 1024**3  # every etcd started here; masters are told, so they refuse new work well before it
+
 
 def free_port() -> int:
     """A free loopback port below the kernel's ephemeral range (32768+), where outgoing
@@ -116,7 +118,7 @@ def start_etcd(data_dir: Path, log_dir: Path, *, name: str = "etcd", client_port
         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
         "--initial-cluster", f"{name}=http://127.0.0.1:{peer_port}",
         "--auto-compaction-mode", "periodic", "--auto-compaction-retention", "5m",
-        "--quota-backend-bytes", str(4 * 1024**3), "--max-txn-ops", "1024",
+        "--quota-backend-bytes", str(ETCD_QUOTA), "--max-txn-ops", "1024",
         "--log-level", "warn",
     ]
     if tls:
@@ -141,7 +143,7 @@ def start_etcd_cluster(data_dir: Path, log_dir: Path, *, members: int = 3) -> li
             "--listen-peer-urls", f"http://127.0.0.1:{p}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{p}",
             "--initial-cluster", initial, "--initial-cluster-state", "new",
             "--auto-compaction-mode", "periodic", "--auto-compaction-retention", "5m",
-            "--quota-backend-bytes", str(4 * 1024**3), "--max-txn-ops", "1024", "--log-level", "warn",
+            "--quota-backend-bytes", str(ETCD_QUOTA), "--max-txn-ops", "1024", "--log-level", "warn",
         ]
         proc = _spawn(n, argv, log_dir)
         proc.info["endpoint"] = f"127.0.0.1:{c}"
@@ -174,10 +176,11 @@ def start_master(
     with contextlib.suppress(FileNotFoundError):
         ready.unlink()
     argv = corral_argv(
-        "master", "--etcd", etcd, "--listen", listen, f"--bootstrap-token={token}",
+        "master", "--etcd", etcd, "--listen", listen, "--store-quota", str(ETCD_QUOTA),
         "--name", name, "--ready-file", str(ready), "--http", http, *(extra or []),
     )
-    p = _spawn(name, argv, run_dir / "logs")
+    # the token through the environment: a command line is world-readable (ps)
+    p = _spawn(name, argv, run_dir / "logs", {"CORRAL_BOOTSTRAP_TOKEN": token})
     deadline = time.monotonic() + timeout
     while not ready.exists():
         if not p.alive():
@@ -192,17 +195,45 @@ def start_master(
     return p
 
 
+def node_token(masters: str, admin_token: str, node_id: str, *, reuse: Path | None = None, tls: TlsFiles | None = None, timeout: float = 30.0) -> str:
+    """A node credential for `node_id` (registers only that node, never calls the public
+    API), made through the API with an admin's token. With `reuse`, a secret kept in that
+    file (mode 0600) is used again while the cluster still knows it."""
+    from corral.client import Client
+    from corral.credentials import write_secret_file
+
+    deadline = time.monotonic() + timeout
+    with Client(masters, admin_token, tls=tls, timeout=10) as c:
+        while True:
+            try:
+                if reuse is not None and reuse.exists():
+                    secret = reuse.read_text().strip()
+                    token_id = secret.split("_")[1] if secret.startswith("crl_") else ""
+                    if any(t.token_id == token_id and t.node_id == node_id for t in c.list_tokens(user_id="*").tokens):  # type: ignore[attr-defined]
+                        return secret
+                secret = c.create_token(node_id=node_id, description=f"node {node_id}").secret  # type: ignore[attr-defined]
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    if reuse is not None:
+        reuse.parent.mkdir(parents=True, exist_ok=True)
+        write_secret_file(reuse, secret)
+    return secret
+
+
 def start_nodelet(
     masters: str, token: str, run_dir: Path, *, node_id: str, cpus: str = "", memory: str = "",
     labels: dict[str, str] | None = None, extra: list[str] | None = None,
 ) -> Proc:
-    argv = corral_argv("nodelet", "--masters", masters, f"--token={token}", "--node-id", node_id, "--data-dir", str(run_dir / node_id))
+    argv = corral_argv("nodelet", "--masters", masters, "--node-id", node_id, "--data-dir", str(run_dir / node_id))
     if cpus:
         argv += ["--cpus", cpus]
     if memory:
         argv += ["--memory", memory]
     for k, v in (labels or {}).items():
         argv += ["--label", f"{k}={v}"]
-    p = _spawn(node_id, argv + (extra or []), run_dir / "logs")
+    p = _spawn(node_id, argv + (extra or []), run_dir / "logs", {"CORRAL_TOKEN": token})
     p.info["node_id"] = node_id
     return p

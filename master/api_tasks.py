@@ -21,7 +21,7 @@ from corral.tls import TlsFiles
 from corral.v1 import api_pb2, api_pb2_grpc
 from corral.v1 import types_pb2 as pb
 
-from . import authz, keys, records, validate
+from . import authz, keys, permissions, records, validate
 from .api_templates import resolve_template
 from .auth import Authenticator, api_method, api_stream
 from .cache import Cache
@@ -37,16 +37,20 @@ MAX_PAGE = 1000
 SORT_SUBSET = 10_000  # a filtered list sorts its index below this size, else walks the order
 MAX_BATCH = 1000      # tasks per SubmitTasks call
 MAX_STREAM = 100_000  # tasks per SubmitTaskStream
+MAX_STREAM_BYTES = 128 * 1024 * 1024  # and their bytes: one call cannot carry gigabytes
 LOG_CHUNK = 64 * 1024
 
 
-def _create_ops(task: pb.TaskExecution, user: pb.User) -> tuple[list[Cmp], list[Put]]:
+def _create_ops(task: pb.TaskExecution, user: pb.User, lease: int) -> tuple[list[Cmp], list[Put]]:
+    """Create-if-absent of the task and of its idempotency key, which expires with `lease`
+    (23-24 hours: a retried submission within a day finds its first task; the store does
+    not keep every key ever used)."""
     compares = [Cmp(keys.task(task.task_id), 0)]
     ops = [Put(keys.task(task.task_id), task.SerializeToString())]
     if task.idempotency_key:
         idem = keys.idempotency(user.user_id, task.idempotency_key)
         compares.append(Cmp(idem, 0))
-        ops.append(Put(idem, task.task_id.encode()))
+        ops.append(Put(idem, task.task_id.encode(), lease=lease))
     return compares, ops
 
 
@@ -84,6 +88,7 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
             spec = pb.TaskTemplate()
             spec.CopyFrom(request.spec)
         validate.check_run_spec(spec, "spec")
+        permissions.check_spec(user, spec)
         validate.apply_defaults(spec)
         if len(request.idempotency_key) > 128:
             raise InvalidArgument("idempotency_key: at most 128 characters")
@@ -129,11 +134,14 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
         """Take tasks as they stream in and commit them in batches meanwhile."""
         results: list[asyncio.Future[api_pb2.SubmitTasksResponse]] = []
         chunk: list[api_pb2.SubmitTaskRequest] = []
-        count = 0
+        count = size = 0
         async for req in request_iterator:
             count += 1
+            size += req.ByteSize()
             if count > MAX_STREAM:
                 raise InvalidArgument(f"tasks: at most {MAX_STREAM} per stream; open another stream for more")
+            if size > MAX_STREAM_BYTES:
+                raise InvalidArgument(f"tasks: at most {MAX_STREAM_BYTES >> 20} MiB of requests per stream; open another stream for more")
             chunk.append(req)
             if len(chunk) == MAX_BATCH:
                 results.append(asyncio.ensure_future(self._submit_many(chunk, user)))
@@ -168,7 +176,8 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
     async def _commit_many(
         self, resp: api_pb2.SubmitTasksResponse, pending: list[tuple[api_pb2.SubmitResult, pb.TaskExecution]], user: pb.User,
     ) -> api_pb2.SubmitTasksResponse:
-        writes = [_create_ops(task, user) for _, task in pending]
+        lease = await self.requests.lease() if any(t.idempotency_key for _, t in pending) else 0
+        writes = [_create_ops(task, user, lease) for _, task in pending]
         commit = self.writer.commit
         if commit is not None:
             done = await commit.txn_many(writes)
@@ -196,7 +205,7 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
     async def _create(self, task: pb.TaskExecution, user: pb.User) -> tuple[pb.TaskExecution, int]:
         """Create one task (create-if-absent, with its idempotency key in the same
         transaction); the task and the revision to wait for (0: it existed already)."""
-        compares, ops = _create_ops(task, user)
+        compares, ops = _create_ops(task, user, await self.requests.lease() if task.idempotency_key else 0)
         commit = self.writer.commit
         result = await (commit.txn(compares, ops) if commit is not None else self.store.txn(compares, ops))
         if not result.succeeded:

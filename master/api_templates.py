@@ -11,7 +11,7 @@ from corral.errors import AlreadyExists, FailedPrecondition, InvalidArgument, No
 from corral.v1 import api_pb2, api_pb2_grpc
 from corral.v1 import types_pb2 as pb
 
-from . import authz, cron_plan, keys, records, validate
+from . import authz, cron_plan, keys, permissions, records, validate
 from .auth import Authenticator, api_method
 from .cache import Cache
 from .cron import Schedule
@@ -71,8 +71,11 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
         else:
             t.template_id = records.new_template_id()
         validate.check_run_spec(t, "template")
+        permissions.check_spec(user, t, "template")
         validate.apply_defaults(t)
         t.owner = user.user_id
+        self.auth.quotas.check_store(user)
+        self.auth.quotas.check_stored(user, 1, t.ByteSize())
         now = records.ts(time.time())
         t.create_time.CopyFrom(now)
         t.update_time.CopyFrom(now)
@@ -115,6 +118,9 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
             raise InvalidArgument("template.name: a template cannot be renamed; create a new one")
         t.name = old.name
         validate.check_run_spec(t, "template")
+        owner = self.cache.users.get(old.owner)
+        if owner is not None:  # the owner's permissions, not the editor's: its runs are the owner's
+            permissions.check_spec(owner.msg, t, "template")
         validate.apply_defaults(t)
         t.owner = old.owner
         t.create_time.CopyFrom(old.create_time)

@@ -15,7 +15,7 @@ from corral.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDe
 from corral.v1 import api_pb2, api_pb2_grpc
 from corral.v1 import types_pb2 as pb
 
-from . import authz, keys, records, validate
+from . import authz, keys, permissions, records, uids, validate
 from .audit import AuditLog
 from .auth import Authenticator, api_method, hash_token, new_secret, token_label
 from .cache import Cache
@@ -44,6 +44,16 @@ def _public(tok: pb.Token) -> pb.Token:
     return out
 
 
+def _check_quota(request: object) -> None:
+    """Quota fields of a create or update request: none negative (0 means no limit, or for
+    the stored-record limits the master's default)."""
+    for name in ("max_tasks", "max_cpu", "max_memory", "max_stored_records", "max_stored_bytes"):
+        if getattr(request, name) < 0:
+            raise InvalidArgument(f"{name}: must not be negative (0 means no limit)")
+    if not 0 <= request.max_submit_rate <= 1e6:  # type: ignore[attr-defined]
+        raise InvalidArgument("max_submit_rate: between 0 (no limit) and 1000000 per second")
+
+
 def _public_user(u: pb.User) -> pb.User:
     out = pb.User()
     out.CopyFrom(u)
@@ -52,10 +62,11 @@ def _public_user(u: pb.User) -> pb.User:
 
 
 class UserServicer(api_pb2_grpc.UserServiceServicer):
-    def __init__(self, store: EtcdStore, cache: Cache, auth: Authenticator) -> None:
+    def __init__(self, store: EtcdStore, cache: Cache, auth: Authenticator, *, uid_range: tuple[int, int] = uids.DEFAULT_RANGE) -> None:
         self.store = store
         self.cache = cache
         self.auth = auth
+        self.uid_range = uid_range
 
     @api_method
     async def CreateUser(self, request, context, user):  # type: ignore[override]
@@ -63,27 +74,52 @@ class UserServicer(api_pb2_grpc.UserServiceServicer):
         role = request.role or authz.USER
         if role not in authz.ROLES:
             raise InvalidArgument(f"role: {role[:40]!r} is not one of {', '.join(authz.ROLES)}")
-        for name in ("max_tasks", "max_cpu", "max_memory"):
-            if getattr(request, name) < 0:
-                raise InvalidArgument(f"{name}: must not be negative (0 means no limit)")
-        if not 0 <= request.max_submit_rate <= 1e6:
-            raise InvalidArgument("max_submit_rate: between 0 (no limit) and 1000000 per second")
+        _check_quota(request)
         if len(request.name) > 128:
             raise InvalidArgument("name: at most 128 characters")
+        permissions.check_names(list(request.permissions), "permissions")
         u = pb.User(
             user_id=request.user_id, name=request.name or request.user_id, roles=[role], create_time=records.ts(time.time()),
             quota=pb.Quota(max_tasks=request.max_tasks, max_cpu=request.max_cpu, max_memory=request.max_memory,
-                           max_submit_rate=request.max_submit_rate),
+                           max_submit_rate=request.max_submit_rate, max_stored_records=request.max_stored_records,
+                           max_stored_bytes=request.max_stored_bytes),
+            permissions=sorted(set(request.permissions)),
         )
+        self.auth.quotas.check_store(user)
         tok, secret = _new_token(u.user_id, "created with the user", 0)
-        result = await self.store.txn(
-            [Cmp(keys.user(u.user_id), 0)],
-            [Put(keys.user(u.user_id), u.SerializeToString()), Put(keys.token(tok.token_id), tok.SerializeToString())],
+        ok, revision = await uids.create_user(
+            self.store, keys.user(u.user_id), u, self.uid_range,
+            [Cmp(keys.user(u.user_id), 0)], [Put(keys.token(tok.token_id), tok.SerializeToString())],
         )
-        if not result.succeeded:
+        if not ok:
             raise AlreadyExists(f"user {u.user_id} already exists")
-        await self.cache.wait_revision(result.revision)
+        await self.cache.wait_revision(revision)
         return api_pb2.CreateUserResponse(user=u, token=_public(tok), secret=secret)
+
+    @api_method
+    async def UpdateUser(self, request, context, user):  # type: ignore[override]
+        validate.check_id("user_id", request.user_id)
+        permissions.check_names(list(request.grant), "grant")
+        permissions.check_names(list(request.revoke), "revoke")
+        _check_quota(request)
+        for _ in range(5):
+            rec = self.cache.users.get(request.user_id)
+            if rec is None:
+                raise NotFound(f"user {request.user_id} not found")
+            u = pb.User()
+            u.CopyFrom(rec.msg)
+            held = (set(u.permissions) | set(request.grant)) - set(request.revoke)
+            del u.permissions[:]
+            u.permissions.extend(sorted(held))
+            for name in ("max_tasks", "max_cpu", "max_memory", "max_submit_rate", "max_stored_records", "max_stored_bytes"):
+                if request.HasField(name):
+                    setattr(u.quota, name, getattr(request, name))
+            result = await self.store.txn([Cmp(keys.user(u.user_id), rec.rev)], [Put(keys.user(u.user_id), u.SerializeToString())])
+            if result.succeeded:
+                await self.cache.wait_revision(result.revision)  # applies from the next call on
+                return _public_user(u)
+            await self.cache.sync()
+        raise NotFound(f"user {request.user_id} kept changing meanwhile; try again")
 
     @api_method
     async def ListUsers(self, request, context, user):  # type: ignore[override]
@@ -122,6 +158,8 @@ class TokenServicer(api_pb2_grpc.TokenServiceServicer):
 
     @api_method
     async def CreateToken(self, request, context, user):  # type: ignore[override]
+        if request.node_id:
+            return await self._create_node_token(request, user)
         target = self._owner(user, request.user_id)
         if target not in self.cache.users:
             raise NotFound(f"user {target} not found")
@@ -133,6 +171,24 @@ class TokenServicer(api_pb2_grpc.TokenServiceServicer):
         if not 0 <= ttl <= MAX_TTL:
             raise InvalidArgument(f"ttl: between 0 (never expires) and {MAX_TTL // 86400} days")
         tok, secret = _new_token(target, request.description, ttl)
+        result = await self.store.txn([Cmp(keys.token(tok.token_id), 0)], [Put(keys.token(tok.token_id), tok.SerializeToString())])
+        if not result.succeeded:
+            raise InvalidArgument("token id collision; try again")
+        await self.cache.wait_revision(result.revision)
+        return api_pb2.CreateTokenResponse(token=_public(tok), secret=secret)
+
+    async def _create_node_token(self, request: api_pb2.CreateTokenRequest, user: pb.User) -> api_pb2.CreateTokenResponse:
+        """A node credential: registers only `node_id` and speaks only the nodelet protocol."""
+        if authz.role_of(user) != authz.ADMIN:
+            raise PermissionDenied("only an admin may create a node token")
+        validate.check_id("node_id", request.node_id)
+        if request.user_id:
+            raise InvalidArgument("user_id: a node token belongs to its node; leave user_id out")
+        ttl = request.ttl.seconds + request.ttl.nanos / 1e9
+        if not 0 <= ttl <= MAX_TTL:
+            raise InvalidArgument(f"ttl: between 0 (never expires) and {MAX_TTL // 86400} days")
+        tok, secret = _new_token(f"node:{request.node_id}", request.description or f"node {request.node_id}", ttl)
+        tok.node_id = request.node_id
         result = await self.store.txn([Cmp(keys.token(tok.token_id), 0)], [Put(keys.token(tok.token_id), tok.SerializeToString())])
         if not result.succeeded:
             raise InvalidArgument("token id collision; try again")

@@ -60,15 +60,23 @@ class Authenticator:
         self.audit = audit
         self.quotas = quotas or Quotas(cache)
 
-    async def authenticate_nodelet(self, context: grpc.aio.ServicerContext) -> None:
+    async def authenticate_nodelet(self, context: grpc.aio.ServicerContext) -> str:
         """A nodelet stream: a nodelet certificate under mutual TLS (the gateway then checks
-        it names the node), or else an admin's token."""
+        it names the node), a node token, or an admin's token. Returns the node id the
+        credential is bound to ("" when it may register any node: certificate or admin)."""
         identity = peer_identity(context)
         if identity is not None and identity[1] == "nodelet":
-            return
+            return ""
+        token = _bearer(context)
+        if token:
+            await self._ready()
+            rec = self._token_record(token)
+            if rec is not None and rec.node_id:
+                return rec.node_id
         user = await self._authenticate(context, identity)
         if authz.role_of(user) != authz.ADMIN:
-            raise PermissionDenied(f"registering a node needs a nodelet certificate or an admin's token, not {user.user_id}'s")
+            raise PermissionDenied(f"registering a node needs a node token, a nodelet certificate or an admin's token, not {user.user_id}'s")
+        return ""
 
     async def authenticate(self, context: grpc.aio.ServicerContext) -> pb.User:
         identity = peer_identity(context)
@@ -76,13 +84,23 @@ class Authenticator:
             raise PermissionDenied(f"a nodelet certificate ({identity[0]}) may only speak the nodelet protocol")
         return await self._authenticate(context, identity)
 
-    async def _authenticate(self, context: grpc.aio.ServicerContext, identity: tuple[str, str] | None) -> pb.User:
-        token = ""
-        for k, v in context.invocation_metadata() or ():
-            if k == "authorization" and isinstance(v, str) and v.lower().startswith("bearer "):
-                token = v[7:].strip()
+    async def _ready(self) -> None:
         if not self.cache.ready.is_set():
             await asyncio.wait_for(self.cache.ready.wait(), 10)
+
+    def _token_record(self, token: str) -> pb.Token | None:
+        """The live Token record of a bearer secret (None: unknown, revoked or expired)."""
+        token_id = self.cache.tokens_by_hash.get(hash_token(token))
+        rec = self.cache.tokens.get(token_id) if token_id is not None else None
+        if rec is None:
+            return None
+        if rec.msg.HasField("expire_time") and rec.msg.expire_time.ToNanoseconds() < time.time_ns():
+            raise Unauthenticated(f"token {rec.msg.token_id} expired")
+        return rec.msg
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext, identity: tuple[str, str] | None) -> pb.User:
+        token = _bearer(context)
+        await self._ready()
         if not token:
             if identity is not None and identity[1] == "master":
                 return MASTER_PRINCIPAL
@@ -92,35 +110,45 @@ class Authenticator:
                     raise Unauthenticated(f"client certificate {identity[0]!r} names no user; an admin can create it with `corral user create {identity[0]}`")
                 return rec.msg
             raise Unauthenticated("no token: pass --token or set CORRAL_TOKEN")
-        digest = hash_token(token)
-        user_id = self.cache.users_by_token.get(digest)
+        user_id = self.cache.users_by_token.get(hash_token(token))
         if user_id is None:
-            token_id = self.cache.tokens_by_hash.get(digest)
-            rec = self.cache.tokens.get(token_id) if token_id is not None else None
-            if rec is None:
+            tok = self._token_record(token)
+            if tok is None:
                 raise Unauthenticated("the token is not valid (unknown or revoked)")
-            if rec.msg.HasField("expire_time") and rec.msg.expire_time.ToNanoseconds() < time.time_ns():
-                raise Unauthenticated(f"token {rec.msg.token_id} expired")
-            user_id = rec.msg.user_id
+            if tok.node_id:
+                raise PermissionDenied(f"token {tok.token_id} is node {tok.node_id}'s credential: it may only speak the nodelet protocol")
+            user_id = tok.user_id
         user = self.cache.users.get(user_id)
         if user is None:
             raise Unauthenticated(f"the token's user {user_id!r} no longer exists")
         return user.msg
 
 
-async def ensure_bootstrap_admin(store: EtcdStore, token: str) -> None:
-    """Make `token` the admin user's token (created on first start)."""
-    user = pb.User(user_id="admin", name="admin", roles=["admin"], token_hash=hash_token(token))
+def _bearer(context: grpc.aio.ServicerContext) -> str:
+    token = ""
+    for k, v in context.invocation_metadata() or ():
+        if k == "authorization" and isinstance(v, str) and v.lower().startswith("bearer "):
+            token = v[7:].strip()
+    return token
+
+
+async def ensure_bootstrap_admin(store: EtcdStore, token: str, uid_range: tuple[int, int]) -> None:
+    """Make `token` the admin user's token (created on first start, with its own uid)."""
+    from . import uids
+
     kv = await store.get(keys.user("admin"))
+    user = pb.User(user_id="admin", name="admin", roles=["admin"], token_hash=hash_token(token))
     if kv is not None:
         old = pb.User()
         old.ParseFromString(kv.value)
         if old.token_hash == user.token_hash:
             return
-    await store.txn(
-        [Cmp(keys.user("admin"), kv.mod_revision if kv else 0)],
-        [Put(keys.user("admin"), user.SerializeToString())],
-    )
+        old.token_hash = user.token_hash  # keep its uid, quota and creation time
+        user = old
+    if user.uid:
+        await store.txn([Cmp(keys.user("admin"), kv.mod_revision if kv else 0)], [Put(keys.user("admin"), user.SerializeToString())])
+    else:
+        await uids.create_user(store, keys.user("admin"), user, uid_range, [Cmp(keys.user("admin"), kv.mod_revision if kv else 0)], [])
 
 
 async def _abort(context: grpc.aio.ServicerContext, err: Exception) -> None:

@@ -61,6 +61,7 @@ POLICY: dict[str, frozenset[str]] = {
     # UserService
     "CreateUser": _ADMIN,
     "ListUsers": _OPERATORS,
+    "UpdateUser": _ADMIN,
     "DeleteUser": _ADMIN,
     # TokenService: own tokens for everyone, anyone's for an admin (checked by the method)
     "CreateToken": _EVERYONE,

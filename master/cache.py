@@ -95,6 +95,9 @@ class Cache:
         self.tokens_by_hash: dict[str, str] = {}
         # per user: (tasks, cpu, memory) of unfinished tasks, what quotas are checked against
         self.usage: dict[str, tuple[int, int, int]] = {}
+        # per user: [records, bytes] of everything their work keeps stored: tasks of any
+        # state with their idempotency keys, and templates (the storage quota)
+        self.stored: dict[str, list[int]] = {}
         self.by_state: dict[int, set[str]] = {}
         self.by_node: dict[str, set[str]] = {}
         self.by_template: dict[str, set[str]] = {}
@@ -194,6 +197,7 @@ class Cache:
         self.users_by_token.clear()
         self.tokens_by_hash.clear()
         self.usage.clear()
+        self.stored.clear()
         self.by_state.clear()
         self.by_node.clear()
         self.by_template.clear()
@@ -221,9 +225,11 @@ class Cache:
             old = self.templates.pop(ident, None)
             if old is not None:
                 self.template_names.pop(old.msg.name, None)
+                self._store(old.msg.owner, -1, -old.msg.ByteSize())
             if msg is not None:
                 self.templates[ident] = Rec(msg, rev)  # type: ignore[arg-type]
                 self.template_names[msg.name] = ident  # type: ignore[attr-defined]
+                self._store(msg.owner, 1, len(value) if value is not None else msg.ByteSize())  # type: ignore[attr-defined]
         elif prefix == keys.NODES:
             self._put(self.nodes, ident, msg, rev)
         elif prefix == keys.USERS:
@@ -258,6 +264,20 @@ class Cache:
         else:
             d[ident] = Rec(msg, rev)
 
+    def _store(self, user_id: str, records: int, size: int) -> None:
+        held = self.stored.setdefault(user_id, [0, 0])
+        held[0] += records
+        held[1] += size
+        if held[0] <= 0:
+            del self.stored[user_id]
+
+    @staticmethod
+    def _stored_size(ident: str, msg: pb.TaskExecution, size: int) -> int:
+        """A task's stored bytes: its record, plus its idempotency key (key and value)."""
+        if msg.idempotency_key:
+            size += len(keys.idempotency(msg.user_id, msg.idempotency_key)) + len(ident)
+        return size
+
     def _use(self, t: pb.TaskExecution, sign: int) -> None:
         n, cpu, mem = self.usage.get(t.user_id, (0, 0, 0))
         n += sign
@@ -282,8 +302,11 @@ class Cache:
                 self.finished.discard((old.finish_time.ToNanoseconds(), ident))
             else:
                 self._use(old, -1)
+            old_size = len(old_rec.raw) if isinstance(old_rec, Packed) else old.ByteSize()
+            self._store(old.user_id, -1, -self._stored_size(ident, old, old_size))
         if msg is None:
             return
+        self._store(msg.user_id, 1, self._stored_size(ident, msg, len(raw) if raw is not None else msg.ByteSize()))
         if msg.state in records.TERMINAL:
             self.finished.add((msg.finish_time.ToNanoseconds(), ident))
         else:

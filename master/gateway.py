@@ -26,7 +26,7 @@ from corral.v1 import api_pb2, nodelet_pb2_grpc
 from corral.v1 import nodelet_pb2 as npb
 from corral.v1 import types_pb2 as pb
 
-from . import keys, records, validate
+from . import keys, permissions, records, validate
 from .auth import Authenticator
 from .cache import Cache
 from .election import current_leader
@@ -110,7 +110,10 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
         s = self.sessions.get(task.node_id)
         if s is None or s.closed:
             return False
-        s.send(npb.MasterMessage(start=npb.StartTask(task=task)))
+        owner = self.cache.users.get(task.user_id)
+        uid, refused = permissions.run_as(owner.msg if owner is not None else None, task.user_id, task.spec)
+        run_as = npb.RunAs(uid=permissions.NOBODY, refused=refused) if refused else npb.RunAs(uid=uid)
+        s.send(npb.MasterMessage(start=npb.StartTask(task=task, run_as=run_as)))
         return True
 
     def send_stop(self, task: pb.TaskExecution, state: int, reason: str) -> bool:
@@ -157,13 +160,15 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
         session: NodeSession | None = None
         tasks: list[asyncio.Task[None]] = []
         try:
-            await self.auth.authenticate_nodelet(context)
+            bound = await self.auth.authenticate_nodelet(context)
             if not self.leadership.is_leader():
                 await self._redirect(context)
             first = await asyncio.wait_for(anext(aiter(request_iterator)), 30)
             if first.WhichOneof("msg") != "register":
                 raise InvalidArgument("the first message on a nodelet stream must be register")
             check_node_identity(peer_identity(context), first.register.node_id)
+            if bound and bound != first.register.node_id:
+                raise PermissionDenied(f"this token is node {bound}'s credential; it cannot register {first.register.node_id[:80]!r}")
             session = await self._register(first.register, context.peer())
             tasks = [
                 asyncio.create_task(self._read(session, request_iterator)),

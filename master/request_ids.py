@@ -4,7 +4,8 @@ transaction, so a retried or concurrently repeated call returns the first result
 of doing the work twice.
 
 The records expire: they are bound to leases granted per hour with a day's TTL, so each
-lives between 23 and 24 hours without any clean-up loop.
+lives between 23 and 24 hours without any clean-up loop. Submissions' idempotency keys
+use the same leases: a key is honoured for at least 23 hours, then forgotten.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ class RequestIds:
         self._granted = 0.0
         self._lock = asyncio.Lock()
 
-    async def _lease_id(self) -> int:
+    async def lease(self) -> int:
+        """A lease that expires 23-24 hours from now (shared by everything written within
+        the hour): request ids and idempotency keys are bound to it."""
         async with self._lock:
             if not self._lease or time.monotonic() - self._granted > ROTATE_EVERY:
                 self._lease = await self.store.grant_lease(LEASE_TTL)
@@ -52,7 +55,7 @@ class RequestIds:
         if not rid:
             return [], []
         k = self.key(user_id, rid)
-        return [Cmp(k, 0)], [Put(k, result_id.encode(), lease=await self._lease_id())]
+        return [Cmp(k, 0)], [Put(k, result_id.encode(), lease=await self.lease())]
 
     async def seen(self, user_id: str, rid: str) -> str | None:
         """The result id recorded for this request id, if the work was done already."""

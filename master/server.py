@@ -20,11 +20,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import corral.scheduler_core as sc
-from corral import __version__, logs, tls
+from corral import __version__, credentials, logs, tls
 from corral.errors import CorralError
 from corral.v1 import api_pb2, api_pb2_grpc, nodelet_pb2, nodelet_pb2_grpc
 
-from . import gc_tuning, metrics
+from . import gc_tuning, metrics, uids
 from .api_nodes import ClusterServicer, NodeServicer
 from .api_tasks import TaskServicer
 from .api_templates import TemplateServicer
@@ -37,6 +37,7 @@ from .gateway import Gateway
 from .leader import LeaderLoops
 from .leadership import Always, Elected
 from .liveness import Liveness
+from .quotas import Quotas
 from .scheduling import Scheduler
 from .store import EtcdStore
 
@@ -58,6 +59,24 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _uid_range(text: str) -> tuple[int, int]:
+    from . import uids
+
+    try:
+        return uids.parse_range(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _bytes(text: str) -> int:
+    from corral import units
+
+    try:
+        return units.parse_memory(text) if text.strip() != "0" else 0
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     env = os.environ.get
     p.add_argument("--etcd", default=env("CORRAL_ETCD", "127.0.0.1:2379"), help="etcd endpoint host:port (env CORRAL_ETCD)")
@@ -65,7 +84,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listen", default=env("CORRAL_LISTEN", "127.0.0.1:7070"), help="gRPC listen address; port 0 picks a free one")
     p.add_argument("--advertise", default=env("CORRAL_ADVERTISE", ""), help="address clients and nodelets reach this master at")
     p.add_argument("--name", default=env("CORRAL_NAME", socket.gethostname()), help="member name shown in cluster status")
-    p.add_argument("--bootstrap-token", default=env("CORRAL_BOOTSTRAP_TOKEN", ""), help="token of the first admin user (env CORRAL_BOOTSTRAP_TOKEN)")
+    credentials.add_secret_arguments(p, "bootstrap-token", "CORRAL_BOOTSTRAP_TOKEN", "token of the first admin user")
+    p.add_argument(
+        "--uid-range", type=_uid_range, default=env("CORRAL_UID_RANGE", "2000000-2999999"),
+        help="uids given to users, one each, for their tasks to run as (default 2000000-2999999); keep it apart from the nodes' own accounts",
+    )
+    p.add_argument(
+        "--user-max-records", type=int, default=int(env("CORRAL_USER_MAX_RECORDS", "200000")),
+        help="records (tasks of any state, templates) a user-role account may keep stored unless its quota says otherwise (default 200000; 0: no limit)",
+    )
+    p.add_argument(
+        "--user-max-bytes", type=_bytes, default=env("CORRAL_USER_MAX_BYTES", "256Mi"),
+        help="bytes of those records a user-role account may keep stored unless its quota says otherwise (default 256Mi; 0: no limit)",
+    )
+    p.add_argument(
+        "--store-quota", type=_bytes, default=env("CORRAL_STORE_QUOTA", "2Gi"),
+        help="etcd's --quota-backend-bytes (default 2Gi, etcd's own default): new work is refused once 80%% of it is in use, keeping room for the work already accepted",
+    )
     p.add_argument("--heartbeat-interval", type=float, default=float(env("CORRAL_HEARTBEAT_INTERVAL", "1")), help="seconds between nodelet heartbeats")
     p.add_argument("--heartbeat-timeout", type=float, default=float(env("CORRAL_HEARTBEAT_TIMEOUT", "10")), help="seconds of silence before a node is DOWN")
     p.add_argument("--http", default=env("CORRAL_HTTP", "127.0.0.1:7071"), help="address of the /metrics and /healthz endpoint; empty to disable")
@@ -109,7 +144,8 @@ class Master:
         self.cache = Cache(self.store)
         self.leadership: Elected | Always = Always() if args.test_force_leader else Elected()
         self.audit = AuditLog(self.store, args.name, keep=args.audit_keep)
-        self.auth = Authenticator(self.cache, self.audit)
+        self.quotas = Quotas(self.cache, user_max_records=args.user_max_records, user_max_bytes=args.user_max_bytes, store_quota=args.store_quota)
+        self.auth = Authenticator(self.cache, self.audit, self.quotas)
         from .group_commit import GroupCommit
         from .taskops import TaskWriter
 
@@ -142,7 +178,7 @@ class Master:
         api_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(self.store, self.cache, self.auth, self.gateway), s)
         self.cluster = ClusterServicer(self.store, self.cache, self.auth, self.leadership, name=self.args.name, address=address, etcd=[self.args.etcd])
         api_pb2_grpc.add_ClusterServiceServicer_to_server(self.cluster, s)
-        api_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(self.store, self.cache, self.auth), s)
+        api_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(self.store, self.cache, self.auth, uid_range=self.args.uid_range), s)
         api_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(self.store, self.cache, self.auth), s)
         api_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self.auth, self.audit), s)
         nodelet_pb2_grpc.add_NodeletServiceServicer_to_server(self.gateway, s)
@@ -157,7 +193,9 @@ class Master:
     async def run(self) -> None:
         await self.store.connect()
         if self.args.bootstrap_token:
-            await ensure_bootstrap_admin(self.store, self.args.bootstrap_token)
+            await ensure_bootstrap_admin(self.store, self.args.bootstrap_token, self.args.uid_range)
+        if assigned := await uids.assign_missing(self.store, self.args.uid_range):
+            log.info("gave %d users made before uids their own uid", assigned)
         if self.tls is not None:
             port = self.server.add_secure_port(self.args.listen, self.tls.server_credentials())
         else:
@@ -174,6 +212,7 @@ class Master:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.cache.run())
                 tg.create_task(self.audit.run())
+                tg.create_task(self.quotas.watch_store(self.store))
                 await self.cache.ready.wait()
                 gc_tuning.freeze_loaded()
                 await _set_serving(self.health)
@@ -247,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="corral master", description="Run one corral master replica.")
     add_arguments(p)
     args = p.parse_args(argv)
+    args.bootstrap_token = credentials.resolve_secret(p, args, "bootstrap-token", "CORRAL_BOOTSTRAP_TOKEN")
     logs.setup(args.log_level)
     gc_tuning.tune()
     try:

@@ -106,7 +106,10 @@ class Nodelet:
 
     async def run(self) -> None:
         self.tasks_dir.mkdir(parents=True, exist_ok=True)
-        self.tasks_dir.chmod(0o711)  # tasks may traverse to their own folder, not list others
+        # the nodelet's alone: tasks see it as an empty folder (launcher.py), and a task
+        # granted root is the only one that could reach it anyway
+        self.data_dir.chmod(0o700)
+        self.tasks_dir.chmod(0o700)
         await self.recover_all()
         await asyncio.to_thread(self._remove_orphan_containers)
         await self._connect_forever()
@@ -280,7 +283,7 @@ class Nodelet:
             # arrives meanwhile waits for its start first (see _stop)
             task_id = msg.start.task.task_id
             if task_id not in self._starting:
-                self._starting[task_id] = asyncio.create_task(self._start_guarded(msg.start.task))
+                self._starting[task_id] = asyncio.create_task(self._start_guarded(msg.start))
         elif kind == "stop":
             self._background(self._stop(msg.stop))
         elif kind == "ack":
@@ -366,15 +369,16 @@ class Nodelet:
         self._bg.add(t)
         t.add_done_callback(self._bg.discard)
 
-    async def _start_guarded(self, task: pb.TaskExecution) -> None:
+    async def _start_guarded(self, start: npb.StartTask) -> None:
+        task = start.task
         try:
-            await self._start(task)
+            await self._start(task, start.run_as if start.HasField("run_as") else None)
         except Exception:  # noqa: BLE001 - one task's failure must not end the stream
             log.exception("starting task %s failed", task.task_id)
         finally:
             self._starting.pop(task.task_id, None)
 
-    async def _start(self, task: pb.TaskExecution) -> None:
+    async def _start(self, task: pb.TaskExecution, run_as: npb.RunAs | None) -> None:
         """Start a task, at its due time if that is still ahead: the master sends tasks a
         little early (its look-ahead), the driver prepares everything it can, and the
         nodelet's own timer launches it on the instant."""
@@ -387,6 +391,12 @@ class Nodelet:
         driver_name = {pb.DOCKER: "docker"}.get(task.spec.driver, "process")
         driver = self.drivers.get(driver_name)
         self.dirs[task.task_id] = directory
+        if run_as is None or run_as.refused:
+            why = run_as.refused if run_as is not None else "the master sent no run-as uid (an older master?); not started"
+            self._end_unstarted(task, directory, driver_name, pb.FAILED, why)
+            return
+        # drivers read the uid the cluster decided from here, never what the submitter wrote
+        task.spec.user = str(run_as.uid)
         if driver is None:
             self._end_unstarted(task, directory, driver_name, pb.FAILED, f"driver {driver_name} is not available on node {self.node_id}")
             return

@@ -1,6 +1,7 @@
 """The Docker driver: a task is a container made through the Docker SDK, with its limits
 (cpu → nano_cpus, memory with swap equal to it, pids) read back after start; no network,
-no capabilities and no new privileges unless asked; labels that let a restarted nodelet
+no capabilities and no new privileges, as the uid the cluster gave the task's owner (never
+privileged, never a host mount or device: the API has no way to ask for one); labels that let a restarted nodelet
 find its containers again. Output streams into the task's log as it is produced; an exited
 container is removed once its logs are collected.
 
@@ -23,7 +24,6 @@ from .driver import DriverError, Handle, Outcome, classify
 
 log = logging.getLogger("corral.docker")
 
-NOBODY = "65534:65534"
 PULL_TIMEOUT = 120.0
 
 
@@ -107,7 +107,9 @@ class DockerDriver:
             command: list[str] | None = ["/bin/sh", "-c", spec.run_script, *spec.args]
         else:
             command = list(spec.args) or None
-        user = "0:0" if spec.user == "root" else (f"{spec.user}:{spec.user}" if spec.user.isdigit() else NOBODY)
+        if not spec.user.isdigit():
+            raise DriverError(f"no run-as uid for this task (user {spec.user[:40]!r}); the master decides it")
+        user = f"{spec.user}:{spec.user}"  # the owner's uid as the cluster decided, its gid alike
         kwargs: dict[str, Any] = dict(
             image=spec.image,
             command=command,

@@ -8,7 +8,7 @@ import os
 import signal
 from pathlib import Path
 
-from corral import logs, tls, units
+from corral import credentials, logs, tls, units
 from corral.errors import CorralError
 
 from .agent import Nodelet, default_node_id
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     env = os.environ.get
     p = argparse.ArgumentParser(prog="corral nodelet", description="Run the corral node agent on this machine.")
     p.add_argument("--masters", default=env("CORRAL_MASTERS", env("CORRAL_ADDR", "127.0.0.1:7070")), help="comma-separated master addresses (env CORRAL_MASTERS)")
-    p.add_argument("--token", default=env("CORRAL_TOKEN", ""), help="token to authenticate with (env CORRAL_TOKEN)")
+    credentials.add_secret_arguments(p, "token", "CORRAL_TOKEN", "this node's token (`corral token create --node-id NODE`)")
     p.add_argument("--node-id", default=env("CORRAL_NODE_ID", default_node_id()), help="this node's id (default: host name)")
     p.add_argument("--data-dir", default=env("CORRAL_DATA_DIR", ""), help="task state and logs (default /var/lib/corral/nodelet-<node-id>)")
     p.add_argument("--cpus", default=env("CORRAL_CPUS", ""), help="cpu capacity to offer, e.g. 2 or 1500m (default: all)")
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     tls.add_arguments(p)
     p.add_argument("--log-level", default=env("CORRAL_LOG_LEVEL", "info"))
     args = p.parse_args(argv)
+    args.token = credentials.resolve_secret(p, args, "token", "CORRAL_TOKEN")
     logs.setup(args.log_level)
     data_dir = Path(args.data_dir or f"/var/lib/corral/nodelet-{args.node_id}")
     labels = dict(kv.split("=", 1) for kv in args.label)
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(e))
     drivers: dict[str, Driver] = {}
     if "process" in wanted:
-        drivers["process"] = ProcessDriver(args.node_id, log_cap=cap)
+        drivers["process"] = ProcessDriver(args.node_id, log_cap=cap, hide=[str(data_dir.resolve())])
     if "docker" in wanted:
         drivers["docker"] = DockerDriver(args.node_id, log_cap=cap)
     nodelet = Nodelet(

@@ -1,29 +1,34 @@
 """The process driver: a task is `/bin/sh -c run_script` in its own cgroup and in new
-pid, mount, ipc, uts and (unless it asks for `network: host`) network namespaces, as an
-unprivileged user with no capabilities and no new privileges unless it asks for root.
+pid, mount, ipc, uts and (unless it may and asks for `network: host`) network namespaces,
+as the uid the cluster gave its owner, with no capabilities and no new privileges.
 
-Launch: a small wrapper shell joins the task's cgroups *before* it starts anything (so the
-task is never briefly unlimited), waits for the word "go" on its stdin, then runs `unshare` → (setpriv) → an init shell that
-forwards SIGTERM to the script (a namespace's pid 1 otherwise ignores it). The wrapper
-writes the exit code to a file and pipes the output through a size cap into the log. It
-runs in its own session, so it outlives a nodelet restart; the new nodelet finds it by pid
-(checked against the cgroup) and waits on it through a pidfd.
+Launch, in three parts, none of which lets the task's settings near root:
+1. a wrapper shell with a fixed environment and absolute paths joins the task's cgroups
+   *before* it starts anything (so the task is never briefly unlimited), then runs the
+   rest with its output piped through a size cap into the log, and writes the exit code
+   to a file. It reads only what the nodelet passes (paths and numbers). It runs in its
+   own session, so it outlives a nodelet restart; the new nodelet finds it by pid
+   (checked against the cgroup) and waits on it through a pidfd.
+2. `unshare` makes the namespaces and waits for the task (killing it if unshare dies).
+3. launcher.py, pid 1 of the new namespaces, sets up the task's view of the machine
+   (read-only host tree, private tmpfs scratch, its own /proc, the nodelet's data hidden),
+   drops to the task's uid, waits for the word "go" on its stdin, and only then applies
+   the task's environment, working directory and script at its final exec.
 
-Why the wait for "go": a task due later is forked ahead of its instant (its cgroup made,
-the wrapper joined to it and parked on a pipe), so at the instant the nodelet only writes
-to the pipe. Forking a hundred wrappers at one instant, each then building namespaces,
-would make the last ones start tens of milliseconds late on a small machine. A wrapper
-whose pipe closes without "go" (stopped before its instant, or the nodelet died) exits
-without running anything.
+Why the wait for "go": a task due later is prepared ahead of its instant (cgroup made,
+namespaces and mounts built, privileges dropped, parked on a pipe), so at the instant the
+nodelet only writes to the pipe. A launcher whose pipe closes without "go" (stopped
+before its instant, or the nodelet died) exits without running anything.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
-import shutil
 import signal
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,31 +39,29 @@ from corral.v1 import types_pb2 as pb
 from .cgroups import Limits, TaskCgroup, detect
 from .driver import DriverError, Handle, Outcome, classify
 
-NOBODY = 65534
 LOG_CAP = 16 * 1024 * 1024
+LAUNCHER = str(Path(__file__).with_name("launcher.py"))
+# What the privileged parts run with: nothing of the task's, nothing of the nodelet's.
+FIXED_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 
-# $1 exit file, $2 log file, $3 log cap, $4 uid ("root" for none), $5 script, $6 network
-# ("host" shares the node's; anything else is a new network namespace with only a loopback,
-# down), then procs files.
-WRAPPER = r"""
-exitfile=$1; logfile=$2; cap=$3; uid=$4; script=$5; net=$6; shift 6
-ns="--pid --fork --mount-proc --ipc --uts --kill-child"
-[ "$net" = host ] || ns="$ns --net"
+
+def _tool(name: str) -> str:
+    """A system tool by absolute path, never looked up through anyone's $PATH."""
+    for d in ("/usr/bin", "/bin", "/usr/sbin", "/sbin"):
+        if os.access(f"{d}/{name}", os.X_OK):
+            return f"{d}/{name}"
+    return ""
+
+
+UNSHARE, HEAD, CAT = _tool("unshare"), _tool("head"), _tool("cat")
+
+# $1 exit file, $2 log file, $3 log cap, $4 how many cgroup procs files follow, then those
+# files, then the command to run (unshare … launcher.py SPEC), which reads "go" from stdin.
+WRAPPER = f"""
+exitfile=$1; logfile=$2; cap=$3; n=$4; shift 4
 umask 077
-for f in "$@"; do echo $$ > "$f" || exit 125; done
-read -r go || exit 0
-[ "$go" = go ] || exit 0
-init='trap "kill -TERM \$c 2>/dev/null" TERM INT; /bin/sh -c "$0" & c=$!; while :; do wait $c; r=$?; kill -0 $c 2>/dev/null || exit $r; done'
-run() {
-  if [ "$uid" = root ]; then
-    exec unshare $ns -- /bin/sh -c "$init" "$script"
-  else
-    exec unshare $ns -- \
-      setpriv --reuid="$uid" --regid="$uid" --clear-groups --no-new-privs --inh-caps=-all --bounding-set=-all \
-      /bin/sh -c "$init" "$script"
-  fi
-}
-{ (umask 022; run); echo $? > "$exitfile.tmp"; mv "$exitfile.tmp" "$exitfile"; } 2>&1 </dev/null | { head -c "$cap" > "$logfile"; cat > /dev/null; }
+while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n - 1)); done
+{{ "$@"; echo $? > "$exitfile"; }} 2>&1 | {{ {HEAD} -c "$cap" > "$logfile"; {CAT} > /dev/null; }}
 """
 
 
@@ -71,21 +74,12 @@ class Prepared:
     error: str = ""
 
 
-def _uid(spec: pb.TaskTemplate) -> str:
-    if spec.user == "root":
-        return "root"
-    if spec.user.isdigit():
-        return spec.user
-    return str(NOBODY)
-
-
-def _prepare_dirs(directory: Path, work: Path, uid: str) -> None:
-    """The task's folder (readable by the nodelet) and a work folder the task's user owns."""
-    directory.mkdir(parents=True, exist_ok=True)
-    work.mkdir(exist_ok=True)
-    if uid != "root":
-        os.chown(work, int(uid), int(uid))
-        os.chmod(directory, 0o711)
+def _run_as(spec: pb.TaskTemplate) -> int:
+    """The uid the cluster decided (the nodelet puts it in spec.user before a driver sees
+    the task); anything else is refused rather than guessed."""
+    if not spec.user.isdigit():
+        raise DriverError(f"no run-as uid for this task (user {spec.user[:40]!r}); the master decides it")
+    return int(spec.user)
 
 
 def _pid_in(pid: int, cg: TaskCgroup) -> bool:
@@ -108,18 +102,19 @@ def _task_pids(cg: TaskCgroup) -> list[int]:
 class ProcessDriver:
     name = "process"
 
-    def __init__(self, node_id: str, *, cgroup_root: str = "corral", log_cap: int = LOG_CAP) -> None:
+    def __init__(self, node_id: str, *, cgroup_root: str = "corral", log_cap: int = LOG_CAP, hide: list[str] | None = None) -> None:
         self.node_id = node_id
         self.cgroup_root = cgroup_root
         self.log_cap = log_cap
+        self.hide = hide or []  # paths a task sees as an empty folder (the nodelet's data)
         self.version = detect()
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._prepare_pool = ThreadPoolExecutor(8, thread_name_prefix="prepare")
 
     def fingerprint(self) -> tuple[bool, str]:
-        for tool in ("unshare", "setpriv"):
-            if shutil.which(tool) is None:
-                return False, f"{tool} not found"
+        for tool, path in (("unshare", UNSHARE), ("head", HEAD), ("cat", CAT)):
+            if not path:
+                return False, f"{tool} not found in /usr/bin or /bin"
         if os.geteuid() != 0:
             return False, "the process driver needs root (cgroups, namespaces)"
         return True, ""
@@ -140,9 +135,9 @@ class ProcessDriver:
 
     def _prepare(self, task: pb.TaskExecution, directory: Path) -> Prepared:
         spec = task.spec
-        work = directory / "work"
-        uid = _uid(spec)
-        _prepare_dirs(directory, work, uid)
+        uid = _run_as(spec)
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o700)  # the nodelet's own: log, exit code, handle; never the task's
         safe = task.task_id.replace("@", "_").replace(":", "_")
         handle = Handle(
             task_id=task.task_id,
@@ -154,29 +149,44 @@ class ProcessDriver:
             cgroup_version=self.version,
         )
         cg = self._cgroup(handle)
-        limits = Limits(spec.cpu_limit or spec.cpu_request, spec.mem_limit or spec.mem_request, spec.pids_limit or 512)
+        memory = spec.mem_limit or spec.mem_request
+        limits = Limits(spec.cpu_limit or spec.cpu_request, memory, spec.pids_limit or 512)
         try:
             cg.create(limits)
         except OSError as e:
             cg.remove()
             raise DriverError(f"cgroup setup failed: {e}") from e
-        env = {
-            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "HOME": str(work),
-            "CORRAL_TASK_ID": task.task_id,
-            "CORRAL_TEMPLATE_ID": task.template_id,
-            "CORRAL_ATTEMPT": str(task.attempt),
-            "CORRAL_SCHEDULED_TIME": task.due_time.ToJsonString(),
+        launch = {
+            "uid": uid,
+            "gid": uid,
+            "scratch": memory or 64 * 1024 * 1024,  # tmpfs pages count against the memory limit too
+            "hide": self.hide,
+            "script": spec.run_script,
+            "cwd": spec.working_dir,
+            "env": {
+                "CORRAL_TASK_ID": task.task_id,
+                "CORRAL_TEMPLATE_ID": task.template_id,
+                "CORRAL_ATTEMPT": str(task.attempt),
+                "CORRAL_SCHEDULED_TIME": task.due_time.ToJsonString(),
+                **spec.env,
+            },
         }
-        env.update(spec.env)
+        spec_path = directory / "launch.json"
+        fd = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(launch, f)
+        ns = ["--pid", "--fork", "--kill-child", "--mount", "--ipc", "--uts"]
+        if spec.network != "host":
+            ns.append("--net")
+        procs = cg.procs_files()
         argv = [
             "/bin/sh", "-c", WRAPPER, "corral-task",
-            str(directory / "exit"), str(directory / "output.log"), str(self.log_cap), uid,
-            spec.run_script, spec.network or "none", *cg.procs_files(),
+            str(directory / "exit"), str(directory / "output.log"), str(self.log_cap), str(len(procs)), *procs,
+            UNSHARE, *ns, "--", sys.executable, "-I", "-S", LAUNCHER, str(spec_path),
         ]
         try:
             proc = subprocess.Popen(
-                argv, env=env, cwd=spec.working_dir or str(work), start_new_session=True,
+                argv, env=FIXED_ENV, cwd="/", start_new_session=True,
                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
         except OSError as e:

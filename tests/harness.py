@@ -43,6 +43,7 @@ class Cluster:
         self.node_ids: set[str] = set()
         self.ports: list[int] = [procs.free_port()]
         self._clients: list[Client] = []
+        self._node_tokens: dict[str, str] = {}
 
     # -- processes ----------------------------------------------------------------------------
 
@@ -75,14 +76,25 @@ class Cluster:
     def node_id(self, short: str) -> str:
         return f"{self.name[:20]}-{short}-{self.prefix[-7:-1]}"
 
-    def start_nodelet(self, short: str, *, cpus: str = "2", memory: str = "2Gi", wait: bool = True, **kw: Any) -> procs.Proc:
+    def start_nodelet(
+        self, short: str, *, cpus: str = "2", memory: str = "2Gi", wait: bool = True, token: str | None = None, **kw: Any
+    ) -> procs.Proc:
+        """A nodelet with its own node credential (made once per node through the API), or
+        under mutual TLS its certificate alone; `token` overrides."""
         node_id = self.node_id(short)
         self.node_ids.add(node_id)
-        n = procs.start_nodelet(self.addr, TOKEN, self.run_dir, node_id=node_id, cpus=cpus, memory=memory, **kw)
+        if token is None:
+            token = "" if "--tls-cert" in (kw.get("extra") or []) else self.node_token(node_id)
+        n = procs.start_nodelet(self.addr, token, self.run_dir, node_id=node_id, cpus=cpus, memory=memory, **kw)
         self.nodelets[short] = n
         if wait:
             self.wait_node_ready(node_id)
         return n
+
+    def node_token(self, node_id: str) -> str:
+        if node_id not in self._node_tokens:
+            self._node_tokens[node_id] = procs.node_token(self.addr, TOKEN, node_id)
+        return self._node_tokens[node_id]
 
     def wait_node_ready(self, node_id: str, timeout: float = 20) -> None:
         c = self.client()

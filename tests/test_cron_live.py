@@ -233,7 +233,8 @@ def test_a_task_sent_ahead_starts_on_time_or_not_at_all_when_stopped(cluster: Cl
     marker = tmp_path / "ran"
     tmp_path.chmod(0o777)
     due = time.time() + 2.5
-    stopped = c.submit_task(spec=pb.TaskTemplate(run_script=f"touch {marker}"), run_at=records_ts(due))
+    # as root: only a root task sees (and may write) the host's files
+    stopped = c.submit_task(spec=pb.TaskTemplate(run_script=f"touch {marker}", user="root"), run_at=records_ts(due))
     on_time = c.submit_task(spec=pb.TaskTemplate(run_script="true"), run_at=records_ts(due))
     wait_for(lambda: c.get_task(task_id=stopped.task_id).state == pb.ASSIGNED, 10, what="assigned ahead of its instant")
     assert time.time() < due

@@ -87,7 +87,8 @@ def test_runs_to_success_with_logs_and_identity(ready: Cluster, spec: Spec, driv
     assert final.state == pb.SUCCEEDED, final.reason
     lines = logs(c, t.task_id).decode().splitlines()
     assert "out" in lines and "err" in lines
-    assert "65534" in lines, "unprivileged by default"
+    admin = next(u for u in c.list_users().users if u.user_id == "admin")
+    assert str(admin.uid) in lines, "its owner's own uid by default"
     assert f"{t.task_id} 1" in lines
     assert_nothing_left(driver, ready, final)
 

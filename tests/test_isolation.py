@@ -53,7 +53,7 @@ def test_own_namespaces_and_unprivileged_user(cluster: Cluster) -> None:
     cluster.start_master()
     cluster.start_nodelet("a")
     c = cluster.client()
-    script = "echo pid=$$; ls /proc | grep -c '^[0-9]'; readlink /proc/self/ns/pid; readlink /proc/self/ns/uts; readlink /proc/self/ns/ipc; id -u; grep CapEff /proc/self/status; grep NoNewPrivs /proc/self/status"
+    script = "echo pid=$$; ls /proc | grep -c '^[0-9]'; readlink /proc/self/ns/pid; readlink /proc/self/ns/uts; readlink /proc/self/ns/ipc; id -u; grep CapEff /proc/self/status; grep NoNewPrivs /proc/self/status; grep CapBnd /proc/self/status"
     t = c.submit_task(spec=pb.TaskTemplate(run_script=script))
     assert c.wait_task(t.task_id, timeout=30).state == pb.SUCCEEDED
     lines = out(c, t.task_id).splitlines()
@@ -61,9 +61,11 @@ def test_own_namespaces_and_unprivileged_user(cluster: Cluster) -> None:
     assert int(lines[1]) < 10, "sees only its own processes"
     for line, ns in zip(lines[2:5], ("pid", "uts", "ipc"), strict=True):
         assert line != os.readlink(f"/proc/self/ns/{ns}"), f"own {ns} namespace"
-    assert lines[5] == "65534"
+    admin = next(u for u in c.list_users().users if u.user_id == "admin")
+    assert admin.uid >= 2_000_000 and lines[5] == str(admin.uid), "its owner's own uid, not root or nobody"
     assert lines[6].split()[1] == "0000000000000000", "no capabilities"
     assert lines[7].split()[1] == "1"
+    assert lines[8].split()[1] == "0000000000000000", "an empty bounding set: none to regain"
 
 
 def test_root_when_asked(cluster: Cluster) -> None:

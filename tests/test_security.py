@@ -84,6 +84,7 @@ REQUESTS: dict[str, dict[str, Any]] = {
     "ClusterStatus": {},
     "CreateUser": {"user_id": ""},
     "ListUsers": {},
+    "UpdateUser": {"user_id": "no-such-user"},
     "DeleteUser": {"user_id": "no-such-user"},
     "CreateToken": {"description": "x" * 300},
     "RevokeToken": {"token_id": "no-such-token"},
@@ -348,7 +349,8 @@ def test_cli_users_and_tokens(cluster: Cluster) -> None:
     assert r.returncode == 0, r.stderr
     made = json.loads(r.stdout)
     secret = made["secret"]
-    assert made["user"]["quota"] == {"max_tasks": "5", "max_cpu": "2000", "max_memory": str(1024**3), "max_submit_rate": 10.0}
+    assert made["user"]["quota"] == {"max_tasks": "5", "max_cpu": "2000", "max_memory": str(1024**3), "max_submit_rate": 10.0,
+                                     "max_stored_records": "0", "max_stored_bytes": "0"}
     listed = corral("user", "list")
     assert "erin" in listed.stdout and secret not in listed.stdout
     r = corral("token", "create", "--description", "laptop", "-o", "json", token=secret)

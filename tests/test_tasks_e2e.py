@@ -39,7 +39,8 @@ def test_task_succeeds_and_logs_are_readable(cluster: Cluster) -> None:
     out = logs(c, t.task_id).decode()
     lines = out.splitlines()
     assert lines[0] == "hello" and "err" in lines
-    assert "65534" in lines, "runs as the unprivileged user by default"
+    admin = next(u for u in c.list_users().users if u.user_id == "admin")
+    assert str(admin.uid) in lines, "runs as its owner's own uid by default"
     assert t.task_id in lines
     assert f"corral/{cluster.node_id('a')}/{t.task_id}-1" in out, "runs inside its own cgroup"
 

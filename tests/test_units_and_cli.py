@@ -40,7 +40,7 @@ def test_every_rpc_has_a_cli_command_and_sdk_method() -> None:
     methods = rpc_methods()
     # every RPC but the client-streaming SubmitTaskStream (the SDK's submit_many, the CLI's
     # `task submit --from-file`)
-    assert len(methods) == 30
+    assert len(methods) == 31
     assert callable(Client.submit_many) and callable(AsyncClient.submit_many)
     seen = set()
     for m in methods:

@@ -338,7 +338,7 @@ class ClusterStatusResponse(_message.Message):
     def __init__(self, leader: _Optional[_Union[Member, _Mapping]] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., leader_term: _Optional[int] = ..., etcd_endpoints: _Optional[_Iterable[str]] = ..., nodes_by_state: _Optional[_Mapping[str, int]] = ..., tasks_by_state: _Optional[_Mapping[str, int]] = ..., version: _Optional[str] = ..., etcd: _Optional[_Iterable[_Union[EtcdEndpoint, _Mapping]]] = ...) -> None: ...
 
 class CreateUserRequest(_message.Message):
-    __slots__ = ("user_id", "role", "name", "max_tasks", "max_cpu", "max_memory", "max_submit_rate")
+    __slots__ = ("user_id", "role", "name", "max_tasks", "max_cpu", "max_memory", "max_submit_rate", "permissions", "max_stored_records", "max_stored_bytes")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -346,6 +346,9 @@ class CreateUserRequest(_message.Message):
     MAX_CPU_FIELD_NUMBER: _ClassVar[int]
     MAX_MEMORY_FIELD_NUMBER: _ClassVar[int]
     MAX_SUBMIT_RATE_FIELD_NUMBER: _ClassVar[int]
+    PERMISSIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_STORED_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_STORED_BYTES_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     role: str
     name: str
@@ -353,7 +356,32 @@ class CreateUserRequest(_message.Message):
     max_cpu: int
     max_memory: int
     max_submit_rate: float
-    def __init__(self, user_id: _Optional[str] = ..., role: _Optional[str] = ..., name: _Optional[str] = ..., max_tasks: _Optional[int] = ..., max_cpu: _Optional[int] = ..., max_memory: _Optional[int] = ..., max_submit_rate: _Optional[float] = ...) -> None: ...
+    permissions: _containers.RepeatedScalarFieldContainer[str]
+    max_stored_records: int
+    max_stored_bytes: int
+    def __init__(self, user_id: _Optional[str] = ..., role: _Optional[str] = ..., name: _Optional[str] = ..., max_tasks: _Optional[int] = ..., max_cpu: _Optional[int] = ..., max_memory: _Optional[int] = ..., max_submit_rate: _Optional[float] = ..., permissions: _Optional[_Iterable[str]] = ..., max_stored_records: _Optional[int] = ..., max_stored_bytes: _Optional[int] = ...) -> None: ...
+
+class UpdateUserRequest(_message.Message):
+    __slots__ = ("user_id", "grant", "revoke", "max_tasks", "max_cpu", "max_memory", "max_submit_rate", "max_stored_records", "max_stored_bytes")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    GRANT_FIELD_NUMBER: _ClassVar[int]
+    REVOKE_FIELD_NUMBER: _ClassVar[int]
+    MAX_TASKS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CPU_FIELD_NUMBER: _ClassVar[int]
+    MAX_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    MAX_SUBMIT_RATE_FIELD_NUMBER: _ClassVar[int]
+    MAX_STORED_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_STORED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    grant: _containers.RepeatedScalarFieldContainer[str]
+    revoke: _containers.RepeatedScalarFieldContainer[str]
+    max_tasks: int
+    max_cpu: int
+    max_memory: int
+    max_submit_rate: float
+    max_stored_records: int
+    max_stored_bytes: int
+    def __init__(self, user_id: _Optional[str] = ..., grant: _Optional[_Iterable[str]] = ..., revoke: _Optional[_Iterable[str]] = ..., max_tasks: _Optional[int] = ..., max_cpu: _Optional[int] = ..., max_memory: _Optional[int] = ..., max_submit_rate: _Optional[float] = ..., max_stored_records: _Optional[int] = ..., max_stored_bytes: _Optional[int] = ...) -> None: ...
 
 class CreateUserResponse(_message.Message):
     __slots__ = ("user", "token", "secret")
@@ -388,14 +416,16 @@ class DeleteUserResponse(_message.Message):
     def __init__(self, tokens_revoked: _Optional[int] = ...) -> None: ...
 
 class CreateTokenRequest(_message.Message):
-    __slots__ = ("user_id", "description", "ttl")
+    __slots__ = ("user_id", "description", "ttl", "node_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     TTL_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     description: str
     ttl: _duration_pb2.Duration
-    def __init__(self, user_id: _Optional[str] = ..., description: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    node_id: str
+    def __init__(self, user_id: _Optional[str] = ..., description: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class CreateTokenResponse(_message.Message):
     __slots__ = ("token", "secret")

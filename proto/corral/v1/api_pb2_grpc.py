@@ -1217,6 +1217,11 @@ class UserServiceStub:
                 request_serializer=corral_dot_v1_dot_api__pb2.ListUsersRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_api__pb2.ListUsersResponse.FromString,
                 _registered_method=True)
+        self.UpdateUser = channel.unary_unary(
+                '/corral.v1.UserService/UpdateUser',
+                request_serializer=corral_dot_v1_dot_api__pb2.UpdateUserRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_types__pb2.User.FromString,
+                _registered_method=True)
         self.DeleteUser = channel.unary_unary(
                 '/corral.v1.UserService/DeleteUser',
                 request_serializer=corral_dot_v1_dot_api__pb2.DeleteUserRequest.SerializeToString,
@@ -1241,6 +1246,13 @@ class UserServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateUser(self, request, context):
+        """Grant or revoke permissions and change quotas; fields left out stay as they are.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteUser(self, request, context):
         """Delete a user and every token of theirs; their tasks and templates stay.
         """
@@ -1260,6 +1272,11 @@ def add_UserServiceServicer_to_server(servicer, server):
                     servicer.ListUsers,
                     request_deserializer=corral_dot_v1_dot_api__pb2.ListUsersRequest.FromString,
                     response_serializer=corral_dot_v1_dot_api__pb2.ListUsersResponse.SerializeToString,
+            ),
+            'UpdateUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateUser,
+                    request_deserializer=corral_dot_v1_dot_api__pb2.UpdateUserRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_types__pb2.User.SerializeToString,
             ),
             'DeleteUser': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteUser,
@@ -1322,6 +1339,33 @@ class UserService:
             '/corral.v1.UserService/ListUsers',
             corral_dot_v1_dot_api__pb2.ListUsersRequest.SerializeToString,
             corral_dot_v1_dot_api__pb2.ListUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.UserService/UpdateUser',
+            corral_dot_v1_dot_api__pb2.UpdateUserRequest.SerializeToString,
+            corral_dot_v1_dot_types__pb2.User.FromString,
             options,
             channel_credentials,
             insecure,

@@ -151,11 +151,21 @@ class Registered(_message.Message):
     heartbeat_interval: _duration_pb2.Duration
     def __init__(self, node_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
+class RunAs(_message.Message):
+    __slots__ = ("uid", "refused")
+    UID_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    uid: int
+    refused: str
+    def __init__(self, uid: _Optional[int] = ..., refused: _Optional[str] = ...) -> None: ...
+
 class StartTask(_message.Message):
-    __slots__ = ("task",)
+    __slots__ = ("task", "run_as")
     TASK_FIELD_NUMBER: _ClassVar[int]
+    RUN_AS_FIELD_NUMBER: _ClassVar[int]
     task: _types_pb2.TaskExecution
-    def __init__(self, task: _Optional[_Union[_types_pb2.TaskExecution, _Mapping]] = ...) -> None: ...
+    run_as: RunAs
+    def __init__(self, task: _Optional[_Union[_types_pb2.TaskExecution, _Mapping]] = ..., run_as: _Optional[_Union[RunAs, _Mapping]] = ...) -> None: ...
 
 class StopTask(_message.Message):
     __slots__ = ("task_id", "attempt", "grace_period", "state", "reason")

@@ -336,48 +336,58 @@ class CronState(_message.Message):
     def __init__(self, last_scheduled: _Optional[int] = ..., fired: _Optional[int] = ..., skipped: _Optional[int] = ..., last_skip_reason: _Optional[str] = ...) -> None: ...
 
 class Quota(_message.Message):
-    __slots__ = ("max_tasks", "max_cpu", "max_memory", "max_submit_rate")
+    __slots__ = ("max_tasks", "max_cpu", "max_memory", "max_submit_rate", "max_stored_records", "max_stored_bytes")
     MAX_TASKS_FIELD_NUMBER: _ClassVar[int]
     MAX_CPU_FIELD_NUMBER: _ClassVar[int]
     MAX_MEMORY_FIELD_NUMBER: _ClassVar[int]
     MAX_SUBMIT_RATE_FIELD_NUMBER: _ClassVar[int]
+    MAX_STORED_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_STORED_BYTES_FIELD_NUMBER: _ClassVar[int]
     max_tasks: int
     max_cpu: int
     max_memory: int
     max_submit_rate: float
-    def __init__(self, max_tasks: _Optional[int] = ..., max_cpu: _Optional[int] = ..., max_memory: _Optional[int] = ..., max_submit_rate: _Optional[float] = ...) -> None: ...
+    max_stored_records: int
+    max_stored_bytes: int
+    def __init__(self, max_tasks: _Optional[int] = ..., max_cpu: _Optional[int] = ..., max_memory: _Optional[int] = ..., max_submit_rate: _Optional[float] = ..., max_stored_records: _Optional[int] = ..., max_stored_bytes: _Optional[int] = ...) -> None: ...
 
 class User(_message.Message):
-    __slots__ = ("user_id", "name", "roles", "token_hash", "quota", "create_time")
+    __slots__ = ("user_id", "name", "roles", "token_hash", "quota", "create_time", "uid", "permissions")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ROLES_FIELD_NUMBER: _ClassVar[int]
     TOKEN_HASH_FIELD_NUMBER: _ClassVar[int]
     QUOTA_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    PERMISSIONS_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     name: str
     roles: _containers.RepeatedScalarFieldContainer[str]
     token_hash: str
     quota: Quota
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, user_id: _Optional[str] = ..., name: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., token_hash: _Optional[str] = ..., quota: _Optional[_Union[Quota, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    uid: int
+    permissions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, user_id: _Optional[str] = ..., name: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., token_hash: _Optional[str] = ..., quota: _Optional[_Union[Quota, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., uid: _Optional[int] = ..., permissions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Token(_message.Message):
-    __slots__ = ("token_id", "user_id", "token_hash", "description", "create_time", "expire_time")
+    __slots__ = ("token_id", "user_id", "token_hash", "description", "create_time", "expire_time", "node_id")
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_HASH_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
     token_id: str
     user_id: str
     token_hash: str
     description: str
     create_time: _timestamp_pb2.Timestamp
     expire_time: _timestamp_pb2.Timestamp
-    def __init__(self, token_id: _Optional[str] = ..., user_id: _Optional[str] = ..., token_hash: _Optional[str] = ..., description: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    node_id: str
+    def __init__(self, token_id: _Optional[str] = ..., user_id: _Optional[str] = ..., token_hash: _Optional[str] = ..., description: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class AuditRecord(_message.Message):
     __slots__ = ("time", "who", "what", "target", "result", "detail", "master", "peer")
