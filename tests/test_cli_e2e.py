@@ -134,6 +134,7 @@ def test_corral_dev_starts_and_stops_everything(tmp_path: Path, tls: bool) -> No
         assert lines[0] == f"export CORRAL_ADDR=127.0.0.1:{port}"
         exported = dict(line.removeprefix("export ").split("=", 1) for line in lines)
         assert ("CORRAL_TLS_CERT" in exported) == tls
+        assert (data / "env").stat().st_mode & 0o077 == 0, "the admin token's file is root's alone"
         env2 = {**env, **exported}
         wait_for(lambda: "READY" in subprocess.run([sys.executable, "-m", "corral", "node", "list"], capture_output=True, text=True, env=env2).stdout, 30)
         r = subprocess.run([sys.executable, "-m", "corral", "submit", "--command", "echo dev", "--wait"], capture_output=True, text=True, env=env2, timeout=60)
@@ -164,6 +165,9 @@ def test_corral_dev_starts_and_stops_everything(tmp_path: Path, tls: bool) -> No
         cgroups.remove_tree("corral/node-1")  # the dev nodelet's (empty) cgroup parent
     started = [int(x) for x in __import__("re").findall(r"\(pid (\d+)", out)]
     assert len(started) == 3, out  # etcd, master, nodelet
+    assert exported["CORRAL_TOKEN"] not in out, "corral dev never prints the token"
+    if not tls:  # the nodelet had a node credential of its own, kept for the next run
+        assert (data / "nodes" / "node-1.token").stat().st_mode & 0o077 == 0
     assert "stopped" in out
     time.sleep(0.2)
     for pid in started:

@@ -353,6 +353,14 @@ def test_cli_users_and_tokens(cluster: Cluster) -> None:
                                      "max_stored_records": "0", "max_stored_bytes": "0"}
     listed = corral("user", "list")
     assert "erin" in listed.stdout and secret not in listed.stdout
+    r = corral("user", "update", "erin", "--grant", "host_network", "--grant", "run_as_uid", "--max-stored-bytes", "64Mi")
+    assert r.returncode == 0, r.stderr
+    row = next(line for line in r.stdout.splitlines() if line.startswith("erin"))
+    assert "host_network,run_as_uid" in row and "stored 64Mi" in row, r.stdout
+    r = corral("user", "update", "erin", "--revoke", "run_as_uid", "-o", "json")
+    assert json.loads(r.stdout)["permissions"] == ["host_network"]
+    bad = corral("user", "update", "erin", "--grant", "sudo")
+    assert bad.returncode != 0 and "not a permission" in bad.stderr and "run_as_root" in bad.stderr
     r = corral("token", "create", "--description", "laptop", "-o", "json", token=secret)
     assert r.returncode == 0, r.stderr
     tok = json.loads(r.stdout)
