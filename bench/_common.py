@@ -70,7 +70,8 @@ def local_cluster(
         os.environ["CORRAL_BENCH_MASTER_PID"] = str(m.pid)  # for benchmarks that sample the master
         addr = m.info["address"]
         if node_id is not None:
-            started.append(procs.start_nodelet(addr, token, tmp, node_id=node_id, extra=["--log-level", "warning", *node_args]))
+            node_token = "" if node_args else procs.node_token(addr, token, node_id)  # its own credential, as corral dev gives it
+            started.append(procs.start_nodelet(addr, node_token, tmp, node_id=node_id, extra=["--log-level", "warning", *node_args]))
         c = Client(addr, token)
         deadline = time.monotonic() + 60
         while node_id is not None and time.monotonic() < deadline:

@@ -2,23 +2,19 @@
 pid, mount, ipc, uts and (unless it may and asks for `network: host`) network namespaces,
 as the uid the cluster gave its owner, with no capabilities and no new privileges.
 
-Launch, in three parts, none of which lets the task's settings near root:
-1. a wrapper shell with a fixed environment and absolute paths joins the task's cgroups
-   *before* it starts anything (so the task is never briefly unlimited), then runs the
-   rest with its output piped through a size cap into the log, and writes the exit code
-   to a file. It reads only what the nodelet passes (paths and numbers). It runs in its
-   own session, so it outlives a nodelet restart; the new nodelet finds it by pid
-   (checked against the cgroup) and waits on it through a pidfd.
-2. `unshare` makes the namespaces and waits for the task (killing it if unshare dies).
-3. launcher.py, pid 1 of the new namespaces, sets up the task's view of the machine
-   (read-only host tree, private tmpfs scratch, its own /proc, the nodelet's data hidden),
-   drops to the task's uid, waits for the word "go" on its stdin, and only then applies
-   the task's environment, working directory and script at its final exec.
+Every task is forked by the node's resident spawner (spawner.py: a root Python process
+with a fixed environment, started once, no shell anywhere): a wrapper that joins the
+task's cgroups *before* anything of the task's exists (so it is never briefly unlimited),
+caps its output into the log and writes its exit code; and the task's pid 1, which builds
+its view of the machine, drops to its uid and waits for the word "go" before it applies
+the task's environment, working directory and script at its final exec. The wrapper runs
+in its own session, so it outlives a nodelet restart; the new nodelet finds it by pid
+(checked against the cgroup) and waits on it through a pidfd.
 
 Why the wait for "go": a task due later is prepared ahead of its instant (cgroup made,
 namespaces and mounts built, privileges dropped, parked on a pipe), so at the instant the
-nodelet only writes to the pipe. A launcher whose pipe closes without "go" (stopped
-before its instant, or the nodelet died) exits without running anything.
+nodelet only writes to the pipe. A task whose pipe closes without "go" (stopped before its
+instant, or the nodelet died) exits without running anything.
 """
 
 from __future__ import annotations
@@ -27,8 +23,10 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,38 +38,72 @@ from .cgroups import Limits, TaskCgroup, detect
 from .driver import DriverError, Handle, Outcome, classify
 
 LOG_CAP = 16 * 1024 * 1024
-LAUNCHER = str(Path(__file__).with_name("launcher.py"))
-# What the privileged parts run with: nothing of the task's, nothing of the nodelet's.
+SPAWNER = str(Path(__file__).with_name("spawner.py"))
+# What the spawner runs with: nothing of any task's, nothing of the nodelet's.
 FIXED_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
-
-
-def _tool(name: str) -> str:
-    """A system tool by absolute path, never looked up through anyone's $PATH."""
-    for d in ("/usr/bin", "/bin", "/usr/sbin", "/sbin"):
-        if os.access(f"{d}/{name}", os.X_OK):
-            return f"{d}/{name}"
-    return ""
-
-
-UNSHARE, HEAD, CAT = _tool("unshare"), _tool("head"), _tool("cat")
-
-# $1 exit file, $2 log file, $3 log cap, $4 how many cgroup procs files follow, then those
-# files, then the command to run (unshare … launcher.py SPEC), which reads "go" from stdin.
-WRAPPER = f"""
-exitfile=$1; logfile=$2; cap=$3; n=$4; shift 4
-umask 077
-while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n - 1)); done
-{{ "$@"; echo $? > "$exitfile"; }} 2>&1 | {{ {HEAD} -c "$cap" > "$logfile"; {CAT} > /dev/null; }}
-"""
 
 
 @dataclass
 class Prepared:
     handle: Handle
-    proc: subprocess.Popen[bytes]  # the wrapper, parked until it reads "go"
+    go: int      # the write end of the task's "go" pipe
+    pidfd: int   # the wrapper's (-1: it had ended before the spawner answered)
     timeout: float
     released: bool = False
     error: str = ""
+
+
+class Spawner:
+    """The nodelet's side of spawner.py: started on first use and again if it died;
+    requests go one at a time over a unix socket (a round trip is well under 1 ms)."""
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+
+    def _start(self) -> socket.socket:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", SPAWNER, str(theirs.fileno())], pass_fds=[theirs.fileno()],
+                env=FIXED_ENV, cwd="/", start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        self._sock = ours
+        return ours
+
+    def spawn(self, request: dict[str, object], go_read: int) -> tuple[int, int]:
+        """(wrapper pid, pidfd or -1). Raises DriverError if the spawner cannot be reached."""
+        payload = json.dumps(request).encode()
+        with self._lock:
+            for _ in range(2):  # a spawner that died is started again, once
+                sock = self._sock or self._start()
+                try:
+                    socket.send_fds(sock, [payload], [go_read])
+                    msg, fds, _, _ = socket.recv_fds(sock, 4096, 1)
+                except OSError:
+                    msg, fds = b"", []
+                if msg:
+                    answer = json.loads(msg)
+                    if "pid" not in answer:
+                        raise DriverError(f"could not launch: {answer.get('error', 'the spawner refused')}")
+                    return int(answer["pid"]), (fds[0] if fds else -1)
+                self.close()
+            raise DriverError("could not launch: the node's task spawner does not answer")
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._proc is not None:
+            try:
+                self._proc.wait(5)  # it exits once its socket closes
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(5)
+            self._proc = None
 
 
 def _run_as(spec: pb.TaskTemplate) -> int:
@@ -108,13 +140,11 @@ class ProcessDriver:
         self.log_cap = log_cap
         self.hide = hide or []  # paths a task sees as an empty folder (the nodelet's data)
         self.version = detect()
-        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._pidfds: dict[str, int] = {}  # launched tasks' wrappers, to wait on
         self._prepare_pool = ThreadPoolExecutor(8, thread_name_prefix="prepare")
+        self.spawner = Spawner()
 
     def fingerprint(self) -> tuple[bool, str]:
-        for tool, path in (("unshare", UNSHARE), ("head", HEAD), ("cat", CAT)):
-            if not path:
-                return False, f"{tool} not found in /usr/bin or /bin"
         if os.geteuid() != 0:
             return False, "the process driver needs root (cgroups, namespaces)"
         return True, ""
@@ -156,11 +186,12 @@ class ProcessDriver:
         except OSError as e:
             cg.remove()
             raise DriverError(f"cgroup setup failed: {e}") from e
-        launch = {
+        go_read, go_write = os.pipe()
+        request = {
             "uid": uid,
-            "gid": uid,
             "scratch": memory or 64 * 1024 * 1024,  # tmpfs pages count against the memory limit too
             "hide": self.hide,
+            "network": spec.network,
             "script": spec.run_script,
             "cwd": spec.working_dir,
             "env": {
@@ -170,73 +201,68 @@ class ProcessDriver:
                 "CORRAL_SCHEDULED_TIME": task.due_time.ToJsonString(),
                 **spec.env,
             },
+            "procs": cg.procs_files(),
+            "log": str(directory / "output.log"),
+            "exit": str(directory / "exit"),
+            "cap": self.log_cap,
         }
-        spec_path = directory / "launch.json"
-        fd = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(launch, f)
-        ns = ["--pid", "--fork", "--kill-child", "--mount", "--ipc", "--uts"]
-        if spec.network != "host":
-            ns.append("--net")
-        procs = cg.procs_files()
-        argv = [
-            "/bin/sh", "-c", WRAPPER, "corral-task",
-            str(directory / "exit"), str(directory / "output.log"), str(self.log_cap), str(len(procs)), *procs,
-            UNSHARE, *ns, "--", sys.executable, "-I", "-S", LAUNCHER, str(spec_path),
-        ]
         try:
-            proc = subprocess.Popen(
-                argv, env=FIXED_ENV, cwd="/", start_new_session=True,
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )
-        except OSError as e:
+            pid, pidfd = self.spawner.spawn(request, go_read)
+        except DriverError:
+            os.close(go_write)
             cg.remove()
-            raise DriverError(f"could not launch: {e}") from e
+            raise
+        finally:
+            os.close(go_read)
+        handle.pid = pid
         timeout = spec.timeout.seconds + spec.timeout.nanos / 1e9
-        return Prepared(handle, proc, timeout)
+        return Prepared(handle, go_write, pidfd, timeout)
 
     def release(self, prep: Prepared) -> None:
-        """Let the parked wrapper go; the task's start time is this instant. Synchronous
-        and cheap (a 3-byte write into an empty pipe never blocks), so the nodelet can
-        release every task due at one instant back to back."""
+        """Let the parked task go; its start time is this instant. Synchronous and cheap (a
+        3-byte write into an empty pipe never blocks), so the nodelet can release every
+        task due at one instant back to back."""
         prep.released = True
-        assert prep.proc.stdin is not None
         try:
-            prep.proc.stdin.write(b"go\n")
-            prep.proc.stdin.close()
-        except OSError as e:  # the wrapper died while parked
+            os.write(prep.go, b"go\n")
+        except OSError as e:  # it died while parked
             prep.error = f"could not launch: {e}"
             return
+        finally:
+            os.close(prep.go)
+            prep.go = -1
         prep.handle.start_time = time.time()
         if prep.timeout:
             prep.handle.deadline = prep.handle.start_time + prep.timeout
 
     async def launch(self, prep: Prepared) -> Handle:
-        """Release the wrapper (if the nodelet's timer has not) and track the task."""
+        """Release the task (if the nodelet's timer has not) and track it."""
         if not prep.released:
             self.release(prep)
         if prep.error:
             await self.abandon(prep)
             raise DriverError(prep.error)
         handle = prep.handle
-        handle.pid = prep.proc.pid
-        self._procs[handle.key] = prep.proc
+        if prep.pidfd >= 0:
+            self._pidfds[handle.key] = prep.pidfd
         await asyncio.to_thread(handle.save)
         return handle
 
     async def abandon(self, prep: Prepared) -> None:
-        """Undo a prepare whose task will not launch: the parked wrapper reads end of file
-        and exits without running anything; then its cgroup goes."""
+        """Undo a prepare whose task will not launch: the parked task reads end of file and
+        exits without running anything; then its cgroup goes."""
 
         def undo() -> None:
-            if prep.proc.stdin is not None and not prep.proc.stdin.closed:
-                prep.proc.stdin.close()
-            try:
-                prep.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self._cgroup(prep.handle).kill_all()
-                prep.proc.wait(5)
-            self._cgroup(prep.handle).remove()
+            if prep.go >= 0:
+                os.close(prep.go)
+                prep.go = -1
+            cg = self._cgroup(prep.handle)
+            deadline = time.monotonic() + 5
+            while _pid_in(prep.handle.pid, cg) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if prep.pidfd >= 0:
+                os.close(prep.pidfd)
+            cg.remove()
 
         await asyncio.to_thread(undo)
 
@@ -245,13 +271,11 @@ class ProcessDriver:
         return handle.pid > 0 and await asyncio.to_thread(_pid_in, handle.pid, cg)
 
     async def wait(self, handle: Handle) -> Outcome:
-        proc = self._procs.get(handle.key)
-        if proc is not None:
-            await _wait_pid(handle.pid)
-            proc.wait()
-            self._procs.pop(handle.key, None)
+        pidfd = self._pidfds.pop(handle.key, -1)
+        if pidfd >= 0:
+            await _wait_fd(pidfd)
         elif handle.pid and await asyncio.to_thread(_pid_in, handle.pid, self._cgroup(handle)):
-            await _wait_pid(handle.pid)
+            await _wait_pid(handle.pid)  # re-adopted after a nodelet restart: not our child
         return await asyncio.to_thread(self._finish, handle)
 
     def _finish(self, handle: Handle) -> Outcome:
@@ -283,6 +307,11 @@ async def _wait_pid(pid: int) -> None:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
         return
+    await _wait_fd(fd)
+
+
+async def _wait_fd(fd: int) -> None:
+    """Wait until a pidfd says its process ended; closes it."""
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[None] = loop.create_future()
 

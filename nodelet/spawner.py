@@ -1,0 +1,290 @@
+"""The process driver's resident spawner: one root process per nodelet that forks every
+process task, so nothing of a task's is ever interpreted by a shell or looked up through a
+$PATH while it has privileges, and no interpreter starts per task.
+
+Why resident: a fresh `python` per task cost 30 ms of CPU (interpreter start and ctypes),
+which at a hundred cron runs a second filled both cores; a fork of this warm process costs
+well under a millisecond. It is started by the nodelet as `python -I -S spawner.py FD` with
+a fixed environment and working directory "/", imports only the standard library, and
+takes requests on the unix socket FD: one JSON message with the task's settings plus the
+read end of the task's "go" pipe; it answers with the new wrapper's pid and a pidfd for it.
+It exits when the nodelet closes the socket.
+
+Each task is two processes forked from here:
+
+- the wrapper W (root, in the node's namespaces, its own session, so it outlives a nodelet
+  restart): joins the task's cgroups before anything else exists, makes a new pid
+  namespace for its child, copies the task's output into the log up to the cap (discarding
+  the rest, so the task is never killed by the cap), and writes the exit code to a file.
+  The nodelet finds it again by pid after a restart;
+- the task's pid 1, P (dies with W): new mount, ipc, uts and (unless `network: host`)
+  network namespaces; the host's file tree read-only and nosuid (`mount_setattr`,
+  recursive), its own tmpfs at /tmp, /var/tmp, /dev/shm and /run/lock (at most `scratch`
+  bytes each, charged to the task's memory cgroup), a fresh /proc, an empty read-only
+  tmpfs over each path in `hide` (the nodelet's data directory); then the task's uid and
+  gid with no groups, an empty bounding set, no ambient capabilities and no_new_privs. P
+  waits for "go" as that user, and only then applies the task's environment, working
+  directory and script, at its final exec of /bin/sh.
+
+A task the cluster lets run as root (a permission an admin grants) is the node's root: it
+keeps its capabilities and sees the host's files as they are, with its own /proc.
+"""
+
+import ctypes
+import gc
+import json
+import os
+import signal
+import socket
+import sys
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+SYS_MOUNT_SETATTR = 442  # the same number on x86_64 and the generic table (arm64)
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+ENOSYS = 38
+SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# pid 1 of a namespace ignores signals it has no handler for: this init forwards SIGTERM
+# and SIGINT to the script and exits with the script's status.
+INIT = 'trap "kill -TERM \\$c 2>/dev/null" TERM INT; /bin/sh -c "$0" & c=$!; while :; do wait $c; r=$?; kill -0 $c 2>/dev/null || exit $r; done'
+SETUP_FAILED = 125
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+class MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+class SetupError(Exception):
+    """A step of a task's set-up failed; the message goes into the task's log."""
+
+
+def check(ret: int, what: str) -> None:
+    if ret != 0:
+        raise SetupError(f"{what}: {os.strerror(ctypes.get_errno())}")
+
+
+def mount(src: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    check(libc.mount(src.encode(), target.encode(), fstype.encode() if fstype else None, ctypes.c_ulong(flags),
+                     data.encode() if data else None), f"mount {target}")
+
+
+# ---- the task's pid 1 ----------------------------------------------------------------------
+
+
+def read_only_everything() -> None:
+    """Every mount the task can see becomes read-only and nosuid (one recursive call)."""
+    attr = MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, 0, 0)
+    ret = libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, b"/", AT_RECURSIVE, ctypes.byref(attr), ctypes.sizeof(attr))
+    if ret == 0:
+        return
+    if ctypes.get_errno() != ENOSYS:
+        check(ret, "read-only root")
+    # a kernel before 5.12: remount each mount point on its own
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4].encode().decode("unicode_escape") for line in f]
+    for mp in points:
+        flags = MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID
+        if libc.mount(None, mp.encode(), None, ctypes.c_ulong(flags), None) != 0:
+            # a mount that also carries nodev/noexec must be remounted with them
+            check(libc.mount(None, mp.encode(), None, ctypes.c_ulong(flags | MS_NODEV | MS_NOEXEC), None), f"read-only {mp}")
+
+
+def set_up_mounts(req: dict) -> None:
+    mount("none", "/", None, MS_REC | MS_PRIVATE)
+    if req["uid"] == 0:
+        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        return
+    read_only_everything()
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for path in req["hide"]:
+        if os.path.isdir(path):
+            mount("corral-hidden", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0555")
+    opts = f"size={int(req['scratch'])},mode=1777,uid={req['uid']},gid={req['uid']}"
+    for path in SCRATCH_DIRS:
+        if os.path.isdir(path):
+            mount("corral-scratch", path, "tmpfs", MS_NOSUID | MS_NODEV, opts)
+
+
+def drop_privileges(uid: int) -> None:
+    """To uid (and gid uid) with no groups, no capabilities in any set, and no way to gain any."""
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    for cap in range(CAP_LAST + 1):
+        check(libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"dropping capability {cap}")
+    check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clearing ambient capabilities")
+    check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    os.setresuid(uid, uid, uid)  # from root to another uid: the permitted and effective sets empty
+
+
+def wait_for_go(fd: int) -> bool:
+    """The nodelet writes "go" at the task's instant; end of file means "never start"."""
+    data = b""
+    while not data.endswith(b"\n") and len(data) < 16:
+        chunk = os.read(fd, 16)
+        if not chunk:
+            return False
+        data += chunk
+    return data == b"go\n"
+
+
+def task_pid1(req: dict, go: int, out: int) -> None:
+    """Never returns: execs the task, or exits (0 without "go", else SETUP_FAILED or 126)."""
+    try:
+        check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "parent death signal")
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.close(out)
+        flags = CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | (0 if req["network"] == "host" else CLONE_NEWNET)
+        check(libc.unshare(flags), "namespaces")
+        set_up_mounts(req)
+        os.chdir("/")
+        uid = int(req["uid"])
+        if uid != 0:
+            drop_privileges(uid)
+        if not wait_for_go(go):
+            os._exit(0)
+    except (SetupError, OSError) as e:
+        os.write(2, f"corral: could not start the task: {e}\n".encode())
+        os._exit(SETUP_FAILED)
+    # from here on, the task's own settings, applied as the task's user, never before
+    os.close(go)
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):  # Python's own choices: not the task's
+        signal.signal(sig, signal.SIG_DFL)
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    cwd = req["cwd"] or "/tmp"
+    try:
+        os.chdir(cwd)
+    except OSError as e:
+        os.write(2, f"corral: working_dir: cannot enter {cwd}: {e.strerror}\n".encode())
+        os._exit(126)
+    env = {"PATH": BASE_PATH, "HOME": "/tmp", **req["env"]}
+    try:
+        os.execve("/bin/sh", ["/bin/sh", "-c", INIT, req["script"]], env)
+    except OSError as e:
+        os.write(2, f"corral: /bin/sh: {e.strerror}\n".encode())
+    os._exit(127)
+
+
+# ---- the wrapper --------------------------------------------------------------------------
+
+
+def wrapper(req: dict, go: int) -> None:
+    """Never returns. Runs forked from the spawner, as root, in the node's namespaces."""
+    code = SETUP_FAILED
+    log = -1
+    try:
+        os.setsid()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the spawner ignores it; we wait for P
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        me = str(os.getpid()).encode()
+        for path in req["procs"]:  # join the cgroups before anything of the task's exists
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, me)
+            finally:
+                os.close(fd)
+        log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        check(libc.unshare(CLONE_NEWPID), "pid namespace")  # for the child: it will be pid 1
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            os.close(log)
+            task_pid1(req, go, w)
+        os.close(w)
+        os.close(go)
+        cap, written = int(req["cap"]), 0
+        while True:
+            chunk = os.read(r, 65536)
+            if not chunk:
+                break
+            if written < cap:
+                part = chunk[: cap - written]
+                os.write(log, part)
+                written += len(part)
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        code = 128 - code if code < 0 else code  # killed by a signal: as a shell says it
+    except (SetupError, OSError) as e:
+        if log >= 0:
+            os.write(log, f"corral: could not start the task: {e}\n".encode())
+    finally:
+        try:
+            fd = os.open(req["exit"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.write(fd, f"{code}\n".encode())
+            os.close(fd)
+        finally:
+            os._exit(0)
+
+
+# ---- the spawner --------------------------------------------------------------------------
+
+
+def serve(sock: socket.socket) -> None:
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # wrappers are reaped by the kernel
+    gc.freeze()  # the warm heap stays shared with every fork (no copy-on-write by the collector)
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(sock, 1 << 22, 1)
+        except OSError:
+            return
+        if not msg:
+            return  # the nodelet is gone
+        try:
+            req = json.loads(msg)
+            go = fds[0]
+        except (ValueError, IndexError):
+            for fd in fds:
+                os.close(fd)
+            sock.send(b'{"error": "bad request"}')
+            continue
+        pid = os.fork()
+        if pid == 0:
+            sock.close()
+            wrapper(req, go)
+        os.close(go)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:  # it ended already; the nodelet reads its exit file
+            socket.send_fds(sock, [json.dumps({"pid": pid}).encode()], [])
+            continue
+        socket.send_fds(sock, [json.dumps({"pid": pid}).encode()], [pidfd])
+        os.close(pidfd)
+
+
+def main() -> None:
+    global CAP_LAST
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        CAP_LAST = int(f.read())
+    serve(socket.socket(fileno=int(sys.argv[1])))
+
+
+CAP_LAST = 40
+
+if __name__ == "__main__":
+    main()
