@@ -66,6 +66,13 @@ def people(cluster: Cluster) -> Iterator[People]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def _uid_of(pid: int) -> int:
+    try:
+        return int(psutil.Process(pid).uids().real)
+    except psutil.NoSuchProcess:
+        return -1
+
+
 def out(c: Client, task_id: str) -> str:
     return b"".join(x.data for x in c.task_logs(task_id=task_id)).decode(errors="replace")  # type: ignore[attr-defined]
 
@@ -188,7 +195,7 @@ def test_users_cannot_reach_each_others_files_processes_logs_or_the_node(people:
     b = bob.submit_task(spec=pb.TaskTemplate(run_script="echo bob-secret > /tmp/secret; echo bob-secret-log; exec sleep 60"))  # type: ignore[attr-defined]
     wait_for(lambda: bob.get_task(task_id=b.task_id).state == pb.RUNNING, 30, what="bob RUNNING")
     b_task = bob.get_task(task_id=b.task_id)
-    b_pids = wait_for(lambda: [p for p in task_pids(node, b_task) if psutil.Process(p).uids().real == people.uids["bob"]], 10, what="bob's pids")
+    b_pids = wait_for(lambda: [p for p in task_pids(node, b_task) if _uid_of(p) == people.uids["bob"]], 10, what="bob's pids")
     wait_for(lambda: any(Path(f"/proc/{p}/root/tmp/secret").exists() for p in b_pids), 10, what="bob's secret written")
     nodelet_pid = cluster.nodelets["a"].pid
     logs = sorted(str(p) for p in data_dir.glob("tasks/*/output.log"))
