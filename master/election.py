@@ -37,11 +37,20 @@ class Session:
         self.ttl = max(1, int(ttl))
         self.lease = 0
         self.lost = asyncio.Event()
+        # monotonic instant before which the lease is surely alive in etcd (the ttl counted
+        # from before the call that granted or refreshed it): node leases are renewed only
+        # while this holds, so a paused or cut-off leader stops renewing them on its own
+        self.valid_until = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def valid(self) -> bool:
+        return not self.lost.is_set() and time.monotonic() < self.valid_until
+
     async def start(self) -> None:
+        asked = time.monotonic()
         self.lease = await self.store.grant_lease(self.ttl)
+        self.valid_until = asked + self.ttl
         loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._keepalive_thread, args=(loop,), name=f"lease-{self.lease:x}", daemon=True)
         self._thread.start()
@@ -62,6 +71,7 @@ class Session:
                 if await asyncio.to_thread(self._stop.wait, self.ttl / 3):  # closed meanwhile
                     return
                 try:
+                    asked = time.monotonic()
                     remaining = await asyncio.wait_for(store.keepalive(self.lease), self.ttl / 3)
                 except Exception as e:  # noqa: BLE001 - any failed refresh: retry until the lease would expire
                     if time.monotonic() >= expires:
@@ -72,6 +82,7 @@ class Session:
                     log.warning("session lease %x expired", self.lease)
                     return
                 expires = time.monotonic() + remaining
+                self.valid_until = asked + remaining
         finally:
             await store.close()
 

@@ -40,7 +40,18 @@ MAX_NODE_CPU = 1_000_000 * 1000
 MAX_NODE_MEMORY = 1 << 50
 
 
-ACK_AFTER_BEATS = 1.9  # silence (in heartbeat intervals) after which a heartbeat is acknowledged
+# The node lease, as shares of the heartbeat timeout T: a node kills its tasks LEASE·T after
+# the last heartbeat a leader acknowledged (SIGKILL after KILL_GRACE·T more); the leader
+# declares it DOWN, and starts its tasks elsewhere, only after T without a heartbeat. The
+# rest, (1 − LEASE − KILL_GRACE)·T, is the margin for clock-rate drift and slow kills.
+LEASE = 0.7
+KILL_GRACE = 0.1
+
+
+def _duration(seconds: float) -> Duration:
+    d = Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
 
 
 @dataclass
@@ -71,8 +82,10 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
         leadership: Leadership,
         *,
         heartbeat_interval: float = 1.0,
+        heartbeat_timeout: float = 10.0,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
+        self.heartbeat_timeout = heartbeat_timeout
         self.store = store
         self.cache = cache
         self.writer = writer
@@ -235,12 +248,11 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
         """A heartbeat or log data (statuses are awaited by the caller)."""
         kind = msg.WhichOneof("msg")
         if kind == "heartbeat":
-            # The ack only tells the nodelet this master is alive, so it goes out when
-            # nothing else was written for about two intervals: every second beat on an
-            # idle node, never while tasks flow. With 5,000 nodes, one write per beat
-            # per node was a third of the leader's time. (The nodelet waits five.)
-            if time.monotonic() - session.last_sent >= ACK_AFTER_BEATS * self.heartbeat_interval:
-                session.send(npb.MasterMessage(heartbeat_ack=npb.HeartbeatAck()))
+            # Every heartbeat is answered, but only while this master surely leads: the ack
+            # renews the node's lease, which keeps its tasks alive (see Registered.lease).
+            # (On a busy stream it rides in a batch with the other messages to the node.)
+            if self.leadership.lease_valid():
+                session.send(npb.MasterMessage(heartbeat_ack=npb.HeartbeatAck(seq=msg.heartbeat.seq)))
             session.used.CopyFrom(msg.heartbeat.used)
             session.task_usage = {u.task_id: u for u in msg.heartbeat.tasks}
         elif kind == "log_data":
@@ -268,6 +280,8 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
         existing = self.sessions.get(reg.node_id)
         if existing is not None and not existing.closed:
             raise AlreadyExists(f"node {reg.node_id} is already connected from {existing.peer}")
+        if not self.leadership.lease_valid():  # its Registered renews the node's lease: only a sure leader sends it
+            raise Unavailable("this master's leadership is not confirmed right now; try again")
         session = NodeSession(reg.node_id, peer, batches=reg.batches)
         self.sessions[reg.node_id] = session
         self.last_seen[reg.node_id] = time.monotonic()
@@ -276,7 +290,9 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
             npb.MasterMessage(
                 registered=npb.Registered(
                     node_id=reg.node_id,
-                    heartbeat_interval=Duration(nanos=int(self.heartbeat_interval % 1 * 1e9), seconds=int(self.heartbeat_interval)),
+                    heartbeat_interval=_duration(self.heartbeat_interval),
+                    lease=_duration(LEASE * self.heartbeat_timeout),
+                    kill_grace=_duration(KILL_GRACE * self.heartbeat_timeout),
                 )
             )
         )
@@ -395,6 +411,8 @@ def apply_status(task: pb.TaskExecution, st: npb.TaskStatus) -> pb.TaskExecution
         if timeout:
             task.expiry_time.CopyFrom(records.ts(records.seconds(st.start_time) + timeout))
         return task
+    if st.state == pb.LOST:  # its node killed it (the node lease ran out): as if the node were lost
+        return lost_or_retry(task, task.node_id, st.reason or "its node lease ran out")
     if st.state == pb.FAILED and task.spec.retry.retry_on_failure and task.attempt < records.max_attempts(task) and not task.stop_requested:
         task.exit_code = st.exit_code
         task.start_time.CopyFrom(st.start_time)

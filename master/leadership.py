@@ -21,6 +21,8 @@ class Leadership(Protocol):
 
     def is_leader(self) -> bool: ...
 
+    def lease_valid(self) -> bool: ...
+
     def step_down(self) -> None: ...
 
 
@@ -43,6 +45,12 @@ class Elected:
         e = self.election
         return e is not None and e.leading and not e.session.lost.is_set()
 
+    def lease_valid(self) -> bool:
+        """Leading, and the election lease surely unexpired right now: only then may this
+        master renew node leases (a new leader can only be elected once it has expired)."""
+        e = self.election
+        return e is not None and e.leading and e.session.valid()
+
     def still_leader(self) -> bool:
         return self.is_leader()
 
@@ -64,6 +72,9 @@ class Always:
     term = 0
 
     def is_leader(self) -> bool:
+        return True
+
+    def lease_valid(self) -> bool:
         return True
 
     def still_leader(self) -> bool:

@@ -153,7 +153,7 @@ class Master:
         self.writer = TaskWriter(self.store, self.cache, self.leadership, self.commit)
         self.gateway = Gateway(
             self.store, self.cache, self.writer, self.auth, self.leadership,
-            heartbeat_interval=args.heartbeat_interval,
+            heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
         )
         self.scheduler = Scheduler(self.cache, self.writer, self.gateway, config=placement_config(args), lookahead=args.lookahead)
         self.gateway.on_change = self.scheduler.wake

@@ -134,6 +134,8 @@ def check_run_spec(spec: pb.TaskTemplate, field: str = "spec") -> None:
             raise _bad(f + "constraints", f"op {c.op[:20]!r} is not one of {sorted(CONSTRAINT_OPS)}")
         if not c.key:
             raise _bad(f + "constraints", "key must not be empty")
+    if spec.on_disconnect not in ("", "kill", "keep"):
+        raise _bad(f + "on_disconnect", f"{spec.on_disconnect[:40]!r}: use kill (the default) or keep")
     if spec.placement not in ("", "binpack", "spread"):
         raise _bad(f + "placement", f"{spec.placement[:40]!r}: use binpack or spread")
     if spec.gang and not 2 <= spec.gang_size <= 10_000:

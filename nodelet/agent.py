@@ -101,6 +101,13 @@ class Nodelet:
         self._waiting: dict[str, int] = {}  # task → attempt, sleeping until its due time
         self._stopped_early: dict[str, npb.StopTask] = {}
         self._bg: set[asyncio.Task[None]] = set()
+        # the node lease (see Registered.lease): heartbeats by number with their send times,
+        # and the file through which every task's wrapper learns the current deadline
+        self.lease = 0.0
+        self.kill_grace = 0.0
+        self._beat_seq = 0
+        self._beats_sent: dict[int, float] = {}
+        self.lease_file = LeaseFile(data_dir / "lease")
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -245,10 +252,11 @@ class Nodelet:
             stub = nodelet_pb2_grpc.NodeletServiceStub(channel)
             queue: asyncio.Queue[npb.NodeletMessage] = asyncio.Queue()
             await queue.put(self._register(await asyncio.to_thread(self._fingerprint)))
+            register_sent = time.monotonic()
 
             call = stub.Connect(metadata=(("authorization", f"Bearer {self.token}"),))
             self._last_heard = time.monotonic()
-            reader = asyncio.create_task(self._read_stream(call, queue, addr))
+            reader = asyncio.create_task(self._read_stream(call, queue, addr, register_sent))
             writer = asyncio.create_task(_write_stream(call, queue))
             beats = asyncio.create_task(self._heartbeats(queue))
             try:
@@ -260,11 +268,19 @@ class Nodelet:
                     t.cancel()
                 call.cancel()
 
-    async def _read_stream(self, call: Any, queue: asyncio.Queue[npb.NodeletMessage], addr: str) -> None:
+    async def _read_stream(self, call: Any, queue: asyncio.Queue[npb.NodeletMessage], addr: str, register_sent: float) -> None:
         async for msg in call:
             self._last_heard = time.monotonic()
             for m in unbatch(msg):
+                if m.WhichOneof("msg") == "registered":  # a leader with a valid lease took the node: the first ack
+                    self._on_registered(m.registered, register_sent)
                 await self._on_message(m, queue, addr)  # type: ignore[arg-type]
+
+    def _on_registered(self, reg: npb.Registered, register_sent: float) -> None:
+        self.lease = reg.lease.ToNanoseconds() / 1e9
+        self.kill_grace = reg.kill_grace.ToNanoseconds() / 1e9
+        if self.lease > 0:
+            self.lease_file.renew(register_sent + self.lease, self.kill_grace)
 
     async def _on_message(self, msg: npb.MasterMessage, queue: asyncio.Queue[npb.NodeletMessage], addr: str) -> None:
         kind = msg.WhichOneof("msg")
@@ -288,6 +304,12 @@ class Nodelet:
             self._background(self._stop(msg.stop))
         elif kind == "ack":
             self._ack(msg.ack)
+        elif kind == "heartbeat_ack":
+            sent = self._beats_sent.get(msg.heartbeat_ack.seq)
+            if sent is not None and self.lease > 0:
+                for seq in [q for q in self._beats_sent if q <= msg.heartbeat_ack.seq]:
+                    del self._beats_sent[seq]
+                self.lease_file.renew(sent + self.lease, self.kill_grace)
         elif kind == "read_logs":
             await queue.put(npb.NodeletMessage(log_data=await asyncio.to_thread(self._read_logs, msg.read_logs)))
 
@@ -308,6 +330,11 @@ class Nodelet:
             if not self.connected.is_set():
                 continue
             hb = await asyncio.to_thread(self._heartbeat)
+            self._beat_seq += 1
+            hb.seq = self._beat_seq
+            self._beats_sent[hb.seq] = time.monotonic()  # before it is sent: the deadline errs early
+            while len(self._beats_sent) > 64:
+                del self._beats_sent[min(self._beats_sent)]
             await queue.put(npb.NodeletMessage(heartbeat=hb))
 
     def _heartbeat(self) -> npb.Heartbeat:
@@ -535,6 +562,27 @@ async def _write_stream(call: Any, queue: asyncio.Queue[npb.NodeletMessage]) -> 
     drainer = Drainer(queue, nodelet_batch)
     while True:
         await call.write(await drainer.next())
+
+
+class LeaseFile:
+    """The node lease's deadline, where every task's wrapper reads it (spawner.py): the
+    monotonic instant after which it kills its task, and the grace before SIGKILL. Written
+    in place with the figures twice, so a reader that meets a half-written file sees the two
+    differ and keeps its last good reading. Only ever moved later."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.deadline = 0.0
+        self._fd = -1
+
+    def renew(self, deadline: float, grace: float) -> None:
+        if deadline <= self.deadline:
+            return
+        self.deadline = deadline
+        if self._fd < 0:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        one = f"{deadline:020.6f} {grace:09.3f}"
+        os.pwrite(self._fd, f"{one} {one}\n".encode(), 0)
 
 
 def default_node_id() -> str:

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(e))
     drivers: dict[str, Driver] = {}
     if "process" in wanted:
-        drivers["process"] = ProcessDriver(args.node_id, log_cap=cap, hide=[str(data_dir.resolve())])
+        drivers["process"] = ProcessDriver(args.node_id, log_cap=cap, hide=[str(data_dir.resolve())], lease_file=str(data_dir / "lease"))
     if "docker" in wanted:
         drivers["docker"] = DockerDriver(args.node_id, log_cap=cap)
     nodelet = Nodelet(

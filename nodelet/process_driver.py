@@ -134,7 +134,10 @@ def _task_pids(cg: TaskCgroup) -> list[int]:
 class ProcessDriver:
     name = "process"
 
-    def __init__(self, node_id: str, *, cgroup_root: str = "corral", log_cap: int = LOG_CAP, hide: list[str] | None = None) -> None:
+    def __init__(
+        self, node_id: str, *, cgroup_root: str = "corral", log_cap: int = LOG_CAP, hide: list[str] | None = None, lease_file: str = "",
+    ) -> None:
+        self.lease_file = lease_file  # the node lease (agent.LeaseFile): every task's wrapper kills it once expired
         self.node_id = node_id
         self.cgroup_root = cgroup_root
         self.log_cap = log_cap
@@ -204,7 +207,10 @@ class ProcessDriver:
             "procs": cg.procs_files(),
             "log": str(directory / "output.log"),
             "exit": str(directory / "exit"),
+            "lost": str(directory / "lost"),
             "cap": self.log_cap,
+            "lease": self.lease_file,
+            "watch": bool(self.lease_file) and spec.on_disconnect != "keep",
         }
         try:
             pid, pidfd = self.spawner.spawn(request, go_read)
@@ -287,6 +293,12 @@ class ProcessDriver:
             code = int((directory / "exit").read_text().strip())
         except (OSError, ValueError):
             code = -1
+        try:  # its wrapper killed it: the node lease ran out
+            lost = (directory / "lost").read_text().strip()
+        except OSError:
+            lost = ""
+        if lost and not handle.stop_state:
+            handle.stop_state, handle.stop_reason = pb.LOST, lost
         return classify(handle, code, oom, time.time())
 
     async def signal_stop(self, handle: Handle) -> None:

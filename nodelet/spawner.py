@@ -34,9 +34,11 @@ import ctypes
 import gc
 import json
 import os
+import select
 import signal
 import socket
 import sys
+import time
 
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
@@ -193,6 +195,68 @@ def task_pid1(req: dict, go: int, out: int) -> None:
 # ---- the wrapper --------------------------------------------------------------------------
 
 
+class NodeLease:
+    """The node lease as the nodelet writes it (agent.LeaseFile): "deadline grace" twice,
+    deadline on the monotonic clock. A reading whose halves differ was half-written: the
+    last good one stands. No file yet: no deadline yet (the node has not been acked)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = -1
+        self.deadline = 0.0
+        self.grace = 0.0
+
+    def read(self) -> None:
+        if self.fd < 0:
+            try:
+                self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return
+        text = os.pread(self.fd, 128, 0).decode(errors="replace").split()
+        if len(text) == 4 and text[:2] == text[2:]:
+            try:
+                self.deadline, self.grace = float(text[0]), float(text[1])
+            except ValueError:
+                pass
+
+    def expired(self, now: float) -> bool:
+        self.read()
+        return 0 < self.deadline < now
+
+
+def copy_output(req: dict, r: int, log: int, lease: "NodeLease | None", pid: int) -> None:
+    """Copy the task's output into the log up to the cap (the rest is read and dropped, so
+    the task is never stopped by it) until the task's pid namespace is gone; meanwhile,
+    every quarter second, kill the task if the node lease ran out: SIGTERM to its pid 1,
+    SIGKILL (the whole namespace) after the grace. This runs whatever the nodelet does:
+    paused, killed or cut off, its wrappers keep time for it."""
+    cap, written = int(req["cap"]), 0
+    killed_at = 0.0
+    hard = False
+    while True:
+        ready, _, _ = select.select([r], [], [], 0.25)
+        if ready:
+            chunk = os.read(r, 65536)
+            if not chunk:
+                return
+            if written < cap:
+                part = chunk[: cap - written]
+                os.write(log, part)
+                written += len(part)
+        if lease is None:
+            continue
+        now = time.monotonic()
+        if not killed_at and lease.expired(now):
+            killed_at = now
+            fd = os.open(req["lost"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.write(fd, b"killed on its node: its node lease ran out (no leader acknowledged the node in time)\n")
+            os.close(fd)
+            os.kill(pid, signal.SIGTERM)
+        elif killed_at and not hard and now >= killed_at + lease.grace:
+            hard = True
+            os.kill(pid, signal.SIGKILL)  # pid 1: the kernel ends its whole namespace
+
+
 def wrapper(req: dict, go: int) -> None:
     """Never returns. Runs forked from the spawner, as root, in the node's namespaces."""
     code = SETUP_FAILED
@@ -218,15 +282,7 @@ def wrapper(req: dict, go: int) -> None:
             task_pid1(req, go, w)
         os.close(w)
         os.close(go)
-        cap, written = int(req["cap"]), 0
-        while True:
-            chunk = os.read(r, 65536)
-            if not chunk:
-                break
-            if written < cap:
-                part = chunk[: cap - written]
-                os.write(log, part)
-                written += len(part)
+        copy_output(req, r, log, NodeLease(req["lease"]) if req["watch"] else None, pid)
         _, status = os.waitpid(pid, 0)
         code = os.waitstatus_to_exitcode(status)
         code = 128 - code if code < 0 else code  # killed by a signal: as a shell says it

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from corral.v1 import types_pb2 as corral_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63orral/v1/nodelet.proto\x12\tcorral.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15\x63orral/v1/types.proto\"\xe6\x01\n\x0eNodeletMessage\x12\'\n\x08register\x18\x01 \x01(\x0b\x32\x13.corral.v1.RegisterH\x00\x12)\n\theartbeat\x18\x02 \x01(\x0b\x32\x14.corral.v1.HeartbeatH\x00\x12\'\n\x06status\x18\x03 \x01(\x0b\x32\x15.corral.v1.TaskStatusH\x00\x12&\n\x08log_data\x18\x04 \x01(\x0b\x32\x12.corral.v1.LogDataH\x00\x12(\n\x05\x62\x61tch\x18\x05 \x01(\x0b\x32\x17.corral.v1.NodeletBatchH\x00\x42\x05\n\x03msg\";\n\x0cNodeletBatch\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.corral.v1.NodeletMessage\"9\n\x0bMasterBatch\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.corral.v1.MasterMessage\"\xb9\x02\n\rMasterMessage\x12+\n\nregistered\x18\x01 \x01(\x0b\x32\x15.corral.v1.RegisteredH\x00\x12%\n\x05start\x18\x02 \x01(\x0b\x32\x14.corral.v1.StartTaskH\x00\x12#\n\x04stop\x18\x03 \x01(\x0b\x32\x13.corral.v1.StopTaskH\x00\x12#\n\x03\x61\x63k\x18\x04 \x01(\x0b\x32\x14.corral.v1.StatusAckH\x00\x12(\n\tread_logs\x18\x05 \x01(\x0b\x32\x13.corral.v1.ReadLogsH\x00\x12\x30\n\rheartbeat_ack\x18\x06 \x01(\x0b\x32\x17.corral.v1.HeartbeatAckH\x00\x12\'\n\x05\x62\x61tch\x18\x07 \x01(\x0b\x32\x16.corral.v1.MasterBatchH\x00\x42\x05\n\x03msg\"\x0e\n\x0cHeartbeatAck\"\x80\x03\n\x08Register\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12&\n\x08\x63\x61pacity\x18\x03 \x01(\x0b\x32\x14.corral.v1.Resources\x12/\n\x06labels\x18\x04 \x03(\x0b\x32\x1f.corral.v1.Register.LabelsEntry\x12\x0f\n\x07\x64rivers\x18\x05 \x03(\t\x12<\n\rdriver_health\x18\x06 \x03(\x0b\x32%.corral.v1.Register.DriverHealthEntry\x12\x0f\n\x07version\x18\x07 \x01(\t\x12$\n\x05tasks\x18\x08 \x03(\x0b\x32\x15.corral.v1.TaskStatus\x12\x0f\n\x07\x62\x61tches\x18\t \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11\x44riverHealthEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"9\n\tTaskUsage\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0b\n\x03\x63pu\x18\x02 \x01(\x03\x12\x0e\n\x06memory\x18\x03 \x01(\x03\"T\n\tHeartbeat\x12\"\n\x04used\x18\x01 \x01(\x0b\x32\x14.corral.v1.Resources\x12#\n\x05tasks\x18\x02 \x03(\x0b\x32\x14.corral.v1.TaskUsage\"\xd7\x01\n\nTaskStatus\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.corral.v1.TaskState\x12\x11\n\texit_code\x18\x04 \x01(\x05\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inish_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"J\n\x07LogData\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"T\n\nRegistered\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"%\n\x05RunAs\x12\x0b\n\x03uid\x18\x01 \x01(\x03\x12\x0f\n\x07refused\x18\x02 \x01(\t\"U\n\tStartTask\x12&\n\x04task\x18\x01 \x01(\x0b\x32\x18.corral.v1.TaskExecution\x12 \n\x06run_as\x18\x02 \x01(\x0b\x32\x10.corral.v1.RunAs\"\x92\x01\n\x08StopTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12/\n\x0cgrace_period\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12#\n\x05state\x18\x04 \x01(\x0e\x32\x14.corral.v1.TaskState\x12\x0e\n\x06reason\x18\x05 \x01(\t\"R\n\tStatusAck\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.corral.v1.TaskState\"R\n\x08ReadLogs\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x11\n\tmax_bytes\x18\x04 \x01(\x03\x32T\n\x0eNodeletService\x12\x42\n\x07\x43onnect\x12\x19.corral.v1.NodeletMessage\x1a\x18.corral.v1.MasterMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63orral/v1/nodelet.proto\x12\tcorral.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15\x63orral/v1/types.proto\"\xe6\x01\n\x0eNodeletMessage\x12\'\n\x08register\x18\x01 \x01(\x0b\x32\x13.corral.v1.RegisterH\x00\x12)\n\theartbeat\x18\x02 \x01(\x0b\x32\x14.corral.v1.HeartbeatH\x00\x12\'\n\x06status\x18\x03 \x01(\x0b\x32\x15.corral.v1.TaskStatusH\x00\x12&\n\x08log_data\x18\x04 \x01(\x0b\x32\x12.corral.v1.LogDataH\x00\x12(\n\x05\x62\x61tch\x18\x05 \x01(\x0b\x32\x17.corral.v1.NodeletBatchH\x00\x42\x05\n\x03msg\";\n\x0cNodeletBatch\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.corral.v1.NodeletMessage\"9\n\x0bMasterBatch\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.corral.v1.MasterMessage\"\xb9\x02\n\rMasterMessage\x12+\n\nregistered\x18\x01 \x01(\x0b\x32\x15.corral.v1.RegisteredH\x00\x12%\n\x05start\x18\x02 \x01(\x0b\x32\x14.corral.v1.StartTaskH\x00\x12#\n\x04stop\x18\x03 \x01(\x0b\x32\x13.corral.v1.StopTaskH\x00\x12#\n\x03\x61\x63k\x18\x04 \x01(\x0b\x32\x14.corral.v1.StatusAckH\x00\x12(\n\tread_logs\x18\x05 \x01(\x0b\x32\x13.corral.v1.ReadLogsH\x00\x12\x30\n\rheartbeat_ack\x18\x06 \x01(\x0b\x32\x17.corral.v1.HeartbeatAckH\x00\x12\'\n\x05\x62\x61tch\x18\x07 \x01(\x0b\x32\x16.corral.v1.MasterBatchH\x00\x42\x05\n\x03msg\"\x1b\n\x0cHeartbeatAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"\x80\x03\n\x08Register\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12&\n\x08\x63\x61pacity\x18\x03 \x01(\x0b\x32\x14.corral.v1.Resources\x12/\n\x06labels\x18\x04 \x03(\x0b\x32\x1f.corral.v1.Register.LabelsEntry\x12\x0f\n\x07\x64rivers\x18\x05 \x03(\t\x12<\n\rdriver_health\x18\x06 \x03(\x0b\x32%.corral.v1.Register.DriverHealthEntry\x12\x0f\n\x07version\x18\x07 \x01(\t\x12$\n\x05tasks\x18\x08 \x03(\x0b\x32\x15.corral.v1.TaskStatus\x12\x0f\n\x07\x62\x61tches\x18\t \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11\x44riverHealthEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"9\n\tTaskUsage\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0b\n\x03\x63pu\x18\x02 \x01(\x03\x12\x0e\n\x06memory\x18\x03 \x01(\x03\"a\n\tHeartbeat\x12\"\n\x04used\x18\x01 \x01(\x0b\x32\x14.corral.v1.Resources\x12#\n\x05tasks\x18\x02 \x03(\x0b\x32\x14.corral.v1.TaskUsage\x12\x0b\n\x03seq\x18\x03 \x01(\x04\"\xd7\x01\n\nTaskStatus\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.corral.v1.TaskState\x12\x11\n\texit_code\x18\x04 \x01(\x05\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inish_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"J\n\x07LogData\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"\xad\x01\n\nRegistered\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x05lease\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nkill_grace\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"%\n\x05RunAs\x12\x0b\n\x03uid\x18\x01 \x01(\x03\x12\x0f\n\x07refused\x18\x02 \x01(\t\"U\n\tStartTask\x12&\n\x04task\x18\x01 \x01(\x0b\x32\x18.corral.v1.TaskExecution\x12 \n\x06run_as\x18\x02 \x01(\x0b\x32\x10.corral.v1.RunAs\"\x92\x01\n\x08StopTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12/\n\x0cgrace_period\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12#\n\x05state\x18\x04 \x01(\x0e\x32\x14.corral.v1.TaskState\x12\x0e\n\x06reason\x18\x05 \x01(\t\"R\n\tStatusAck\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.corral.v1.TaskState\"R\n\x08ReadLogs\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x11\n\tmax_bytes\x18\x04 \x01(\x03\x32T\n\x0eNodeletService\x12\x42\n\x07\x43onnect\x12\x19.corral.v1.NodeletMessage\x1a\x18.corral.v1.MasterMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,33 +47,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MASTERMESSAGE']._serialized_start=480
   _globals['_MASTERMESSAGE']._serialized_end=793
   _globals['_HEARTBEATACK']._serialized_start=795
-  _globals['_HEARTBEATACK']._serialized_end=809
-  _globals['_REGISTER']._serialized_start=812
-  _globals['_REGISTER']._serialized_end=1196
-  _globals['_REGISTER_LABELSENTRY']._serialized_start=1098
-  _globals['_REGISTER_LABELSENTRY']._serialized_end=1143
-  _globals['_REGISTER_DRIVERHEALTHENTRY']._serialized_start=1145
-  _globals['_REGISTER_DRIVERHEALTHENTRY']._serialized_end=1196
-  _globals['_TASKUSAGE']._serialized_start=1198
-  _globals['_TASKUSAGE']._serialized_end=1255
-  _globals['_HEARTBEAT']._serialized_start=1257
-  _globals['_HEARTBEAT']._serialized_end=1341
-  _globals['_TASKSTATUS']._serialized_start=1344
-  _globals['_TASKSTATUS']._serialized_end=1559
-  _globals['_LOGDATA']._serialized_start=1561
-  _globals['_LOGDATA']._serialized_end=1635
-  _globals['_REGISTERED']._serialized_start=1637
-  _globals['_REGISTERED']._serialized_end=1721
-  _globals['_RUNAS']._serialized_start=1723
-  _globals['_RUNAS']._serialized_end=1760
-  _globals['_STARTTASK']._serialized_start=1762
-  _globals['_STARTTASK']._serialized_end=1847
-  _globals['_STOPTASK']._serialized_start=1850
-  _globals['_STOPTASK']._serialized_end=1996
-  _globals['_STATUSACK']._serialized_start=1998
-  _globals['_STATUSACK']._serialized_end=2080
-  _globals['_READLOGS']._serialized_start=2082
-  _globals['_READLOGS']._serialized_end=2164
-  _globals['_NODELETSERVICE']._serialized_start=2166
-  _globals['_NODELETSERVICE']._serialized_end=2250
+  _globals['_HEARTBEATACK']._serialized_end=822
+  _globals['_REGISTER']._serialized_start=825
+  _globals['_REGISTER']._serialized_end=1209
+  _globals['_REGISTER_LABELSENTRY']._serialized_start=1111
+  _globals['_REGISTER_LABELSENTRY']._serialized_end=1156
+  _globals['_REGISTER_DRIVERHEALTHENTRY']._serialized_start=1158
+  _globals['_REGISTER_DRIVERHEALTHENTRY']._serialized_end=1209
+  _globals['_TASKUSAGE']._serialized_start=1211
+  _globals['_TASKUSAGE']._serialized_end=1268
+  _globals['_HEARTBEAT']._serialized_start=1270
+  _globals['_HEARTBEAT']._serialized_end=1367
+  _globals['_TASKSTATUS']._serialized_start=1370
+  _globals['_TASKSTATUS']._serialized_end=1585
+  _globals['_LOGDATA']._serialized_start=1587
+  _globals['_LOGDATA']._serialized_end=1661
+  _globals['_REGISTERED']._serialized_start=1664
+  _globals['_REGISTERED']._serialized_end=1837
+  _globals['_RUNAS']._serialized_start=1839
+  _globals['_RUNAS']._serialized_end=1876
+  _globals['_STARTTASK']._serialized_start=1878
+  _globals['_STARTTASK']._serialized_end=1963
+  _globals['_STOPTASK']._serialized_start=1966
+  _globals['_STOPTASK']._serialized_end=2112
+  _globals['_STATUSACK']._serialized_start=2114
+  _globals['_STATUSACK']._serialized_end=2196
+  _globals['_READLOGS']._serialized_start=2198
+  _globals['_READLOGS']._serialized_end=2280
+  _globals['_NODELETSERVICE']._serialized_start=2282
+  _globals['_NODELETSERVICE']._serialized_end=2366
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,102 @@
+"""At most one running copy of a task, under a paused or killed nodelet: the node lease.
+
+Each task appends "<attempt> <time>" to a marker file on the host every 50 ms while it
+runs (as root, the one kind of task that may write the host's files). The checker reads
+the markers, not corral's records: the last line of attempt 1 must come before the first
+line of attempt 2, and nothing of attempt 1 may appear after attempt 2 began.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from corral.v1 import types_pb2 as pb
+
+from harness import Cluster, kill9, task_pids, wait_for
+
+pytestmark = pytest.mark.integration
+
+LOOP = 'while :; do echo "$CORRAL_ATTEMPT $(date +%s.%N)" >> {out}; sleep 0.05; done'
+
+
+def spans(path: Path) -> dict[int, tuple[float, float]]:
+    """attempt → (first, last) marker time."""
+    out: dict[int, tuple[float, float]] = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) != 2:
+            continue  # a line cut short by a kill
+        attempt, t = int(parts[0]), float(parts[1])
+        lo, hi = out.get(attempt, (t, t))
+        out[attempt] = (min(lo, t), max(hi, t))
+    return out
+
+
+def _run(cluster: Cluster, tmp_path: Path, fault: str) -> None:
+    cluster.start_master()  # heartbeat timeout 6 s: node lease 4.2 s, kill grace 0.6 s
+    cluster.start_nodelet("a")
+    c = cluster.client()
+    out = tmp_path / "markers"
+    t = c.submit_task(spec=pb.TaskTemplate(run_script=LOOP.format(out=out), user="root"))  # type: ignore[attr-defined]
+    first = wait_for(lambda: (x := c.get_task(task_id=t.task_id)).state == pb.RUNNING and x, 30, what="RUNNING")
+    cluster.start_nodelet("b")  # the only other place it can go
+    victim = cluster.nodelets["a"]
+    wait_for(lambda: out.exists() and spans(out).get(1), 10, what="attempt 1 markers")
+    cut = time.time()
+    if fault == "stop":
+        victim.popen.send_signal(signal.SIGSTOP)
+    else:
+        kill9(victim)
+    try:
+        second = wait_for(lambda: (x := c.get_task(task_id=t.task_id)).attempt == 2 and x.state == pb.RUNNING and x, 40,
+                          what="attempt 2 RUNNING")
+        assert second.node_id == cluster.node_id("b")
+        wait_for(lambda: spans(out).get(2), 10, what="attempt 2 markers")
+        time.sleep(0.5)  # ten of attempt 2's markers: a copy of attempt 1 still running would show among them
+        s = spans(out)
+        # the first copy ended on its own node, its nodelet paused or dead, before the second began
+        assert s[1][1] < s[2][0], f"attempt 1 ran until {s[1][1]:.3f}, attempt 2 began at {s[2][0]:.3f}"
+        assert not task_pids(first.node_id, first), "nothing of attempt 1 is left in its cgroup"
+        assert s[1][1] - cut < 6.0, f"attempt 1 ran {s[1][1] - cut:.1f}s past the fault; the lease is 4.2 s + 0.6 s grace"
+    finally:
+        if fault == "stop":
+            victim.popen.send_signal(signal.SIGCONT)
+    time.sleep(1.5)
+    s = spans(out)
+    assert s[1][1] < s[2][0], "attempt 1 came back"
+    c.stop_task(task_id=t.task_id, grace_period={"seconds": 0})  # type: ignore[attr-defined]
+    final = c.wait_task(t.task_id, timeout=30)
+    assert [h.state for h in final.history] == [pb.LOST] and final.history[0].node_id == cluster.node_id("a")
+
+
+def test_a_paused_nodelet_s_tasks_end_before_their_next_attempt_starts(cluster: Cluster, tmp_path: Path) -> None:
+    _run(cluster, tmp_path, "stop")
+
+
+def test_a_killed_nodelet_s_tasks_end_before_their_next_attempt_starts(cluster: Cluster, tmp_path: Path) -> None:
+    _run(cluster, tmp_path, "kill")
+
+
+def test_a_task_may_opt_out_and_keep_running(cluster: Cluster, tmp_path: Path) -> None:
+    """on_disconnect: keep — the copy on the silent node runs on (a second may overlap)."""
+    cluster.start_master()
+    cluster.start_nodelet("a")
+    c = cluster.client()
+    out = tmp_path / "markers"
+    t = c.submit_task(spec=pb.TaskTemplate(run_script=LOOP.format(out=out), user="root", on_disconnect="keep",  # type: ignore[attr-defined]
+                                           retry=pb.RetryPolicy(max_attempts=1)))
+    first = wait_for(lambda: (x := c.get_task(task_id=t.task_id)).state == pb.RUNNING and x, 30, what="RUNNING")
+    victim = cluster.nodelets["a"]
+    victim.popen.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: c.get_task(task_id=t.task_id).state == pb.LOST, 30, what="LOST")
+        before = spans(out)[1][1]
+        time.sleep(1.0)
+        assert spans(out)[1][1] > before, "it keeps running past the lease"
+        assert task_pids(first.node_id, first)
+    finally:
+        victim.popen.send_signal(signal.SIGCONT)
