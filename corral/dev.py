@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from corral import procs
 from corral.credentials import write_secret_file
@@ -55,6 +56,34 @@ def _token(data_dir: Path) -> str:
     return token
 
 
+def supervise(members: list[procs.Proc], *, restart: bool) -> NoReturn:
+    """Until Ctrl-C or SIGTERM: a member that exits is reported and, unless `restart` is
+    off, started again after a backoff (1 s, doubling to 30 s; back to 1 s once it has run
+    a minute). The others keep running, so a failover can be tried by killing one."""
+    backoff = {id(m): 1.0 for m in members}
+    due: dict[int, float] = {}
+    began = {id(m): time.monotonic() for m in members}
+    while True:
+        now = time.monotonic()
+        for m in members:
+            key = id(m)
+            if m.alive():
+                if now - began[key] > 60:
+                    backoff[key] = 1.0
+                continue
+            if key not in due:
+                what = f"restarting it in {backoff[key]:.0f}s" if restart else "leaving it down (--no-restart)"
+                print(f"corral dev: {m.name} (pid {m.pid}) exited ({m.popen.returncode}); {what}\n{m.log_tail(5)}", file=sys.stderr, flush=True)
+                due[key] = now + backoff[key] if restart else float("inf")
+            elif now >= due[key]:
+                m.respawn()
+                began[key] = now
+                backoff[key] = min(backoff[key] * 2, 30.0)
+                del due[key]
+                print(f"corral dev: {m.name} restarted (pid {m.pid})", flush=True)
+        time.sleep(0.2)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="corral dev", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default=os.environ.get("CORRAL_DEV_DIR", ".corral-dev"), help="where etcd data, logs and the token live (default ./.corral-dev)")
@@ -64,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus", default="", help="cpu each nodelet offers (default: all of this machine)")
     p.add_argument("--memory", default="", help="memory each nodelet offers (default: all)")
     p.add_argument("--demo", action="store_true", help="run a short demo once the cluster is up, then keep running")
+    p.add_argument("--etcd-members", type=int, default=1, choices=[1, 3], help="etcd members: 1 (default), or 3 to try store faults locally")
+    p.add_argument("--no-restart", action="store_true", help="leave a member that exits down (default: restart it after a short backoff)")
     p.add_argument(
         "--tls", action="store_true",
         help="mutual TLS everywhere (clients, masters, nodelets, etcd) with certificates made in DATA_DIR/pki; plaintext is refused",
@@ -71,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.masters < 1 or args.nodelets < 0:
         p.error("--masters must be at least 1 and --nodelets at least 0")
+    if args.etcd_members > 1 and args.tls:
+        p.error("--etcd-members 3 runs without TLS for now; leave out --tls")
 
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -87,10 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"corral dev: data in {data_dir}" + ("  (mutual TLS)" if args.tls else ""), flush=True)
         d = _dev_pki(data_dir, args.masters, args.nodelets) if args.tls else None
-        etcd = procs.start_etcd(data_dir / "etcd", data_dir / "logs", tls=_files(d, "master", "etcd") if d else None)
-        started.append(etcd)
-        endpoint = etcd.info["endpoint"]
-        print(f"  etcd      {endpoint}  (pid {etcd.pid}, {procs.etcd_binary()})", flush=True)
+        if args.etcd_members > 1:
+            members = procs.start_etcd_cluster(data_dir / "etcd", data_dir / "logs", members=args.etcd_members)
+        else:
+            members = [procs.start_etcd(data_dir / "etcd", data_dir / "logs", tls=_files(d, "master", "etcd") if d else None)]
+        started.extend(members)
+        endpoint = ",".join(m.info["endpoint"] for m in members)
+        for m in members:
+            print(f"  etcd      {m.info['endpoint']}  (pid {m.pid}, {procs.etcd_binary()})", flush=True)
         addrs = []
         for i in range(args.masters):
             m = procs.start_master(
@@ -131,12 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_demo(masters, token, args.nodelets)
             except CorralError as e:
                 print(f"corral dev: the demo failed: {e}", file=sys.stderr)
-        while True:
-            for proc in started:
-                if not proc.alive():
-                    print(f"corral dev: {proc.name} exited ({proc.popen.returncode}); stopping.\n{proc.log_tail(20)}", file=sys.stderr)
-                    return 1
-            time.sleep(0.5)
+        supervise(started, restart=not args.no_restart)
     except KeyboardInterrupt:
         return 0
     except RuntimeError as e:

@@ -58,6 +58,13 @@ class Proc:
     popen: subprocess.Popen[bytes]
     log_path: Path
     info: dict[str, str] = field(default_factory=dict)
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def respawn(self) -> None:
+        """Start the same program again, with the same arguments, environment and log (a
+        supervisor's restart: ports and data directories are in the arguments)."""
+        self.popen = _spawn(self.name, self.argv, self.log_path.parent, self.env).popen
 
     @property
     def pid(self) -> int:
@@ -101,7 +108,7 @@ def _spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None
         )
     finally:
         log.close()
-    return Proc(name, popen, log_path)
+    return Proc(name, popen, log_path, argv=argv, env=dict(env or {}))
 
 
 def start_etcd(data_dir: Path, log_dir: Path, *, name: str = "etcd", client_port: int = 0, tls: TlsFiles | None = None) -> Proc:

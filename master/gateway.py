@@ -282,10 +282,15 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
             raise AlreadyExists(f"node {reg.node_id} is already connected from {existing.peer}")
         if not self.leadership.lease_valid():  # its Registered renews the node's lease: only a sure leader sends it
             raise Unavailable("this master's leadership is not confirmed right now; try again")
+        await self._save_node(reg)
+        # only now the session: a registration whose save failed leaves nothing behind
+        # (a session left over would refuse the node's next try as "already connected")
+        existing = self.sessions.get(reg.node_id)
+        if existing is not None and not existing.closed:
+            raise AlreadyExists(f"node {reg.node_id} is already connected from {existing.peer}")
         session = NodeSession(reg.node_id, peer, batches=reg.batches)
         self.sessions[reg.node_id] = session
         self.last_seen[reg.node_id] = time.monotonic()
-        await self._save_node(reg)
         session.send(
             npb.MasterMessage(
                 registered=npb.Registered(
@@ -375,7 +380,10 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
                 else:
                     session.send(npb.MasterMessage(ack=npb.StatusAck(task_id=st.task_id, attempt=st.attempt, state=st.state)))
                 continue
-            if st.state == pb.RUNNING and rec.msg.stop_requested:
+            if st.state == pb.RUNNING and rec.msg.state in records.TERMINAL:
+                # final for good (LOST with no attempts left, stopped, ...) yet running: end it
+                self.send_stop(rec.msg, rec.msg.state, f"its record is final ({records.state_name(rec.msg.state)})")
+            elif st.state == pb.RUNNING and rec.msg.stop_requested:
                 self.send_stop(rec.msg, pb.STOPPED, "stop requested")
             valid.append(st)
         return valid

@@ -67,6 +67,9 @@ class LeaderLoops:
             except Unavailable as e:
                 log.warning("election: %s", e)
                 await asyncio.sleep(0.5)
+            except Exception:  # noqa: BLE001 - no store error ends the process: campaign again
+                log.exception("leadership ended by an error; campaigning again")
+                await asyncio.sleep(1.0)
             finally:
                 self.leadership.lost()
                 self.on_lost()
@@ -91,7 +94,7 @@ class LeaderLoops:
     async def _run_loops(self) -> None:
         async with asyncio.TaskGroup() as tg:
             for loop in self.loops:
-                tg.create_task(loop())
+                tg.create_task(_supervised(loop))
 
     async def resign(self) -> None:
         """Hand leadership over now (SIGTERM path)."""
@@ -99,3 +102,22 @@ class LeaderLoops:
             self.leadership.lost()
             await self.election.resign()
             log.info("%s resigned", self.member.name)
+
+
+async def _supervised(loop: Loop) -> None:
+    """Run a leader loop; if it fails (an etcd error, a bad record), log it and start it again
+    after a backoff, so one failure never takes the other loops or the process down. Losing
+    leadership cancels it as before."""
+    backoff = 0.5
+    while True:
+        started = asyncio.get_running_loop().time()
+        try:
+            await loop()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - restarted, with a log line that says why
+            log.exception("leader loop %s failed; restarting it in %.1fs", getattr(loop, "__qualname__", loop), backoff)
+        await asyncio.sleep(backoff)
+        ran = asyncio.get_running_loop().time() - started
+        backoff = 0.5 if ran > 30 else min(backoff * 2, 10.0)

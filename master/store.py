@@ -275,7 +275,8 @@ class EtcdStore:
         return (await self.txn([], [Put(key, value)])).revision
 
     async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[tuple[int, list[Event]]]:
-        """Yield (revision, events) for every change under `prefix` from `start_revision` on.
+        """Yield (revision, events) for every change under `prefix` from `start_revision` on:
+        `revision` is how far the events so far are complete (see below).
 
         Raises Unavailable when the stream breaks; the caller re-lists and watches again.
         """
@@ -301,6 +302,8 @@ class EtcdStore:
                     raise Compacted(f"watch fell behind compaction at {resp.compact_revision}")
                 if resp.canceled:
                     raise Unavailable(f"watch canceled: {resp.cancel_reason}")
+                if resp.created and not resp.events:
+                    continue  # its header is etcd's current revision, not what was sent: no progress
                 events = [
                     Event(
                         self._strip(ev.kv.key),
@@ -310,7 +313,11 @@ class EtcdStore:
                     )
                     for ev in resp.events
                 ]
-                yield resp.header.revision, events
+                # Progress is the last event actually delivered: a watch resuming far behind
+                # gets its backlog over several responses, each headed with the *current*
+                # revision, and resuming after that header would skip what had not come yet.
+                # An empty response (a progress notification) does vouch for its header.
+                yield (events[-1].mod_revision if events else resp.header.revision), events
         except grpc.aio.AioRpcError as e:
             raise Unavailable(f"etcd watch: {e.code().name}: {e.details()}") from e
         finally:

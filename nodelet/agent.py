@@ -40,6 +40,14 @@ TERMINAL = {pb.SUCCEEDED, pb.FAILED, pb.OOM_KILLED, pb.TIMED_OUT, pb.STOPPED, pb
 TIMEOUT_GRACE = 5.0
 MAX_BACKOFF = 1.0  # seconds; short, so a nodelet finds a newly elected leader soon
 FINGERPRINT_EVERY = 10.0  # seconds between driver health checks
+# HTTP/2 pings on the stream: a dead master or a cut link ends the call within ~5 s even
+# when nothing is being written (the master pings its end as well)
+KEEPALIVE = [
+    ("grpc.keepalive_time_ms", 2000),
+    ("grpc.keepalive_timeout_ms", 3000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
 MASTER_SILENCE_BEATS = 5  # heartbeat intervals without a word from the master before the nodelet drops the stream (the master answers at least every second beat)
 
 
@@ -247,7 +255,8 @@ class Nodelet:
 
     async def _session(self, addr: str) -> None:
         """One stream to one master, until it breaks or the master falls silent."""
-        channel = grpc.aio.secure_channel(addr, self.tls.channel_credentials()) if self.tls else grpc.aio.insecure_channel(addr)
+        channel = (grpc.aio.secure_channel(addr, self.tls.channel_credentials(), options=KEEPALIVE) if self.tls
+                   else grpc.aio.insecure_channel(addr, options=KEEPALIVE))
         async with channel:
             stub = nodelet_pb2_grpc.NodeletServiceStub(channel)
             queue: asyncio.Queue[npb.NodeletMessage] = asyncio.Queue()

@@ -194,3 +194,48 @@ def test_health_reflection_and_metrics_are_served(cluster: Cluster) -> None:
     assert 'corral_nodes{state="READY"} 1' in body
     assert "corral_nodelet_streams 1" in body
     assert urllib.request.urlopen(f"http://{m.info['http']}/healthz", timeout=10).read() == b"ok\n"
+
+
+def test_corral_dev_restarts_a_member_and_keeps_the_rest(tmp_path: Path) -> None:
+    """`corral dev` supervises: kill -9 of a master or an etcd member leaves the others up,
+    and the killed one comes back; the cluster keeps taking work meanwhile."""
+    import re
+
+    port = procs.free_port()
+    data = tmp_path / "dev"
+    log = tmp_path / "dev.out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+    with open(log, "w") as out:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "corral", "dev", "--data-dir", str(data), "--port", str(port), "--masters", "2", "--etcd-members", "3",
+             "--nodelets", "1", "--cpus", "1", "--memory", "1Gi"],
+            stdout=out, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
+        )
+    try:
+        wait_for(lambda: (data / "env").exists() or p.poll() is not None, 90, what="env file")
+        assert p.poll() is None, log.read_text()
+        exported = dict(line.removeprefix("export ").split("=", 1) for line in (data / "env").read_text().splitlines())
+        env2 = {**env, **exported}
+        text = log.read_text()
+        pids = {name: int(pid) for name, pid in re.findall(r"^  (\w+)\s+\S+\s+\(pid (\d+)", text, re.M)}
+        etcds = [int(x) for x in re.findall(r"^  etcd\s+\S+\s+\(pid (\d+)", text, re.M)]
+        masters = [int(x) for x in re.findall(r"^  master\s+\S+\s+\(pid (\d+)", text, re.M)]
+        assert len(etcds) == 3 and len(masters) == 2 and pids, text
+
+        def submit_ok() -> bool:
+            r = subprocess.run([sys.executable, "-m", "corral", "submit", "--command", "echo ok", "--wait"],
+                               capture_output=True, text=True, env=env2, timeout=60)
+            return r.returncode == 0
+
+        wait_for(submit_ok, 60, 0.5, what="a task through the dev cluster")
+        os.kill(masters[0], signal.SIGKILL)
+        wait_for(lambda: "master-1 restarted" in log.read_text(), 30, what="master-1 restarted")
+        assert all(Path(f"/proc/{pid}").exists() for pid in [*etcds, masters[1]]), "the others kept running"
+        os.kill(etcds[0], signal.SIGKILL)
+        wait_for(submit_ok, 60, 0.5, what="a task with one etcd member down")
+        wait_for(lambda: "etcd0 restarted" in log.read_text(), 30, what="etcd0 restarted")
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(60)
+        cgroups.remove_tree("corral/node-1")
+    assert "stopped" in log.read_text()

@@ -71,6 +71,8 @@ class RawNodelet:
 def test_batched_streams_start_and_finish_every_task(cluster: Cluster, batches: bool) -> None:
     cluster.start_master()
     c = cluster.client()
+    # a raw stream does not retry as a nodelet does: open it once the master leads
+    wait_for(lambda: c.cluster_status().leader.address, 20, what="a leader")  # type: ignore[attr-defined]
     node_id = cluster.node_id("raw")
     raw = RawNodelet(cluster.addr, node_id, batches=batches)
     try:
