@@ -85,7 +85,7 @@ def local_cluster(
         for p in reversed(started):
             p.stop()
         if node_id is not None:  # the nodelet's cgroup parent (its tasks' groups are gone with them)
-            cgroups.remove_tree(f"corral/{node_id}")
+            cgroups.remove_node(node_id)
         if os.environ.get("CORRAL_BENCH_KEEP"):
             print(f"kept {tmp} (logs, etcd data)", file=sys.stderr)
         else:

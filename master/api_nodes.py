@@ -102,6 +102,7 @@ class ClusterServicer(api_pb2_grpc.ClusterServiceServicer):
         self.leadership = leadership
         self.me = api_pb2.Member(name=name, address=address, pid=os.getpid(), version=__version__)
         self.etcd = etcd
+        self.cluster_id = ""  # set by the master at start
 
     @api_method
     async def ClusterStatus(self, request, context, user):  # type: ignore[override]
@@ -109,6 +110,7 @@ class ClusterServicer(api_pb2_grpc.ClusterServiceServicer):
         tasks = {pb.TaskState.Name(s): len(ids) for s, ids in self.cache.by_state.items() if ids}
         resp = api_pb2.ClusterStatusResponse(
             etcd_endpoints=self.store.endpoints, nodes_by_state=dict(nodes), tasks_by_state=tasks, version=__version__,
+            cluster_id=self.cluster_id,
         )
         current = await current_leader(self.store)
         if current is not None:

@@ -86,6 +86,7 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.heartbeat_timeout = heartbeat_timeout
+        self.cluster_id = ""  # set by the master once it has read it from the store
         self.store = store
         self.cache = cache
         self.writer = writer
@@ -298,6 +299,7 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
                     heartbeat_interval=_duration(self.heartbeat_interval),
                     lease=_duration(LEASE * self.heartbeat_timeout),
                     kill_grace=_duration(KILL_GRACE * self.heartbeat_timeout),
+                    cluster_id=self.cluster_id,
                 )
             )
         )

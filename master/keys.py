@@ -10,6 +10,7 @@ MEMBERS = "members/"
 REQUESTS = "requests/"
 TOKENS = "tokens/"
 AUDIT = "audit/"
+CLUSTER_ID = "cluster_id"
 
 
 def template(template_id: str) -> str:

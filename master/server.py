@@ -173,6 +173,7 @@ class Master:
         self.cron = CronLoop(self.store, self.cache, self.leadership, lookahead=args.lookahead, commit=self.commit)
         self.server = grpc.aio.server(options=GRPC_OPTIONS)
         self.leader: LeaderLoops | None = None
+        self.cluster_id = ""
         self.address = ""
         self.http_address = ""
 
@@ -184,6 +185,7 @@ class Master:
         )
         api_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(self.store, self.cache, self.auth, self.gateway), s)
         self.cluster = ClusterServicer(self.store, self.cache, self.auth, self.leadership, name=self.args.name, address=address, etcd=[self.args.etcd])
+        self.cluster.cluster_id = self.cluster_id
         api_pb2_grpc.add_ClusterServiceServicer_to_server(self.cluster, s)
         api_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(self.store, self.cache, self.auth, uid_range=self.args.uid_range), s)
         api_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(self.store, self.cache, self.auth), s)
@@ -201,6 +203,7 @@ class Master:
         await self.store.connect()
         if self.args.bootstrap_token:
             await ensure_bootstrap_admin(self.store, self.args.bootstrap_token, self.args.uid_range)
+        self.cluster_id = self.gateway.cluster_id = await ensure_cluster_id(self.store)
         if assigned := await uids.assign_missing(self.store, self.args.uid_range):
             log.info("gave %d users made before uids their own uid", assigned)
         if self.tls is not None:
@@ -256,6 +259,19 @@ class Master:
         finally:
             await self.server.stop(grace=None)
             await self.store.close()
+
+
+async def ensure_cluster_id(store: EtcdStore) -> str:
+    """The cluster's identity, made once (create-if-absent) by the first master to start."""
+    import secrets
+
+    from . import keys
+    from .store import Cmp, Put
+
+    await store.txn([Cmp(keys.CLUSTER_ID, 0)], [Put(keys.CLUSTER_ID, secrets.token_hex(4).encode())])
+    kv = await store.get(keys.CLUSTER_ID)
+    assert kv is not None
+    return kv.value.decode()
 
 
 def placement_config(args: argparse.Namespace) -> sc.PlaceConfig:

@@ -116,6 +116,14 @@ class Nodelet:
         self._beat_seq = 0
         self._beats_sent: dict[int, float] = {}
         self.lease_file = LeaseFile(data_dir / "lease")
+        # the cluster this node serves (Registered.cluster_id), kept across restarts: its
+        # tasks' cgroups and containers carry it, and only those are this node's to clean up
+        try:
+            self.cluster_id = (data_dir / "cluster_id").read_text().strip()
+        except OSError:
+            self.cluster_id = ""
+        for d in drivers.values():
+            d.cluster_id = self.cluster_id
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -286,6 +294,14 @@ class Nodelet:
                 await self._on_message(m, queue, addr)  # type: ignore[arg-type]
 
     def _on_registered(self, reg: npb.Registered, register_sent: float) -> None:
+        if reg.cluster_id and reg.cluster_id != self.cluster_id:
+            if self.cluster_id:
+                log.warning("this node's data belonged to cluster %s; it now serves cluster %s", self.cluster_id, reg.cluster_id)
+            self.cluster_id = reg.cluster_id
+            (self.data_dir / "cluster_id").write_text(reg.cluster_id + "\n")
+            for d in self.drivers.values():
+                d.cluster_id = reg.cluster_id
+            self._background(asyncio.to_thread(self._remove_orphan_containers))
         self.lease = reg.lease.ToNanoseconds() / 1e9
         self.kill_grace = reg.kill_grace.ToNanoseconds() / 1e9
         if self.lease > 0:

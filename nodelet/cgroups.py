@@ -247,3 +247,23 @@ def _kill_dir(d: Path) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(p), signal.SIGKILL)
         time.sleep(0.01)
+
+
+def node_groups(node_id: str, version: str | None = None) -> list[str]:
+    """The relative paths of a node's cgroup parents, under whatever cluster they belong to
+    (`corral/<cluster id>/<node id>`)."""
+    found = set()
+    for d in TaskCgroup("corral", version).dirs.values():
+        for p in d.glob(f"*/{node_id}"):
+            found.add(f"corral/{p.parent.name}/{node_id}")
+    return sorted(found)
+
+
+def remove_node(node_id: str, version: str | None = None) -> None:
+    """Remove a node's cgroups (every task group below them), and its cluster's parent once
+    empty: what tests and benchmarks leave behind."""
+    for rel in node_groups(node_id, version):
+        remove_tree(rel, version)
+        for d in TaskCgroup(rel.rsplit("/", 1)[0], version).dirs.values():
+            with contextlib.suppress(OSError):
+                d.rmdir()

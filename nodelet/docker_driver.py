@@ -32,6 +32,7 @@ class DockerDriver:
 
     def __init__(self, node_id: str, *, log_cap: int = 16 * 1024 * 1024, client: Any = None) -> None:
         self.node_id = node_id
+        self.cluster_id = ""  # set by the nodelet: containers carry it; only ours are cleaned up
         self.log_cap = log_cap
         self._client = client
         self._pulls: dict[str, asyncio.Future[None]] = {}
@@ -125,8 +126,9 @@ class DockerDriver:
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             init=True,
-            labels={"corral.task_id": task.task_id, "corral.node_id": self.node_id, "corral.attempt": str(task.attempt)},
-            name=_container_name(self.node_id, task.task_id, task.attempt),
+            labels={"corral.task_id": task.task_id, "corral.node_id": self.node_id, "corral.attempt": str(task.attempt),
+                    "corral.cluster_id": self.cluster_id},
+            name=_container_name(f"{self.cluster_id}-{self.node_id}", task.task_id, task.attempt),
             detach=True,
         )
         try:
@@ -257,8 +259,11 @@ class DockerDriver:
 
     def orphans(self, known: set[str]) -> list[str]:
         """Ids of this node's containers that no task directory knows (to be removed)."""
+        if not self.cluster_id:
+            return []  # not knowing our cluster, nothing is surely ours
         out = []
-        for c in self.client().containers.list(all=True, filters={"label": f"corral.node_id={self.node_id}"}):
+        labels = [f"corral.node_id={self.node_id}", f"corral.cluster_id={self.cluster_id}"]
+        for c in self.client().containers.list(all=True, filters={"label": labels}):
             if c.id not in known:
                 out.append(c.id)
         return out

@@ -94,6 +94,7 @@ class DriverError(Exception):
 
 class Driver(Protocol):
     name: str
+    cluster_id: str  # set by the nodelet; "" until it knows (see Registered.cluster_id)
 
     def fingerprint(self) -> tuple[bool, str]:
         """(healthy, reason when not)."""

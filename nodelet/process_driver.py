@@ -137,6 +137,7 @@ class ProcessDriver:
     def __init__(
         self, node_id: str, *, cgroup_root: str = "corral", log_cap: int = LOG_CAP, hide: list[str] | None = None, lease_file: str = "",
     ) -> None:
+        self.cluster_id = ""
         self.lease_file = lease_file  # the node lease (agent.LeaseFile): every task's wrapper kills it once expired
         self.node_id = node_id
         self.cgroup_root = cgroup_root
@@ -178,7 +179,7 @@ class ProcessDriver:
             driver=self.name,
             dir=str(directory),
             start_time=0.0,
-            cgroup=f"{self.cgroup_root}/{self.node_id}/{safe}-{task.attempt}",
+            cgroup=f"{self.cgroup_root}/{self.cluster_id or '-'}/{self.node_id}/{safe}-{task.attempt}",
             cgroup_version=self.version,
         )
         cg = self._cgroup(handle)

@@ -127,7 +127,7 @@ class Cluster:
         for m in self.masters:
             m.stop(timeout=5)
         for node_id in self.node_ids:
-            cgroups.remove_tree(f"corral/{node_id}")
+            cgroups.remove_node(node_id)
 
     def dump_logs(self) -> str:
         return "\n".join(f"== {p.name}\n{p.log_tail(60)}" for p in [*self.masters, *self.nodelets.values()])
@@ -138,6 +138,16 @@ def kill9(p: procs.Proc) -> None:
     p.popen.wait(5)
 
 
+def task_cgroup(node_id: str, task_id: str, attempt: int) -> cgroups.TaskCgroup:
+    """A task's cgroup on a node, under whichever cluster id the node serves."""
+    name = f"{task_id.replace('@', '_').replace(':', '_')}-{attempt}"
+    for rel in cgroups.node_groups(node_id):
+        cg = cgroups.TaskCgroup(f"{rel}/{name}")
+        if cg.exists():
+            return cg
+    return cgroups.TaskCgroup(f"corral/-none-/{node_id}/{name}")  # one that does not exist
+
+
 def task_pids(node_id: str, task: pb.TaskExecution) -> list[int]:
-    cg = cgroups.TaskCgroup(f"corral/{node_id}/{task.task_id}-{task.attempt}")
+    cg = task_cgroup(node_id, task.task_id, task.attempt)
     return cg.pids() if cg.exists() else []

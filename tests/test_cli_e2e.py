@@ -162,7 +162,7 @@ def test_corral_dev_starts_and_stops_everything(tmp_path: Path, tls: bool) -> No
     finally:
         p.send_signal(signal.SIGTERM)
         out, _ = p.communicate(timeout=60)
-        cgroups.remove_tree("corral/node-1")  # the dev nodelet's (empty) cgroup parent
+        cgroups.remove_node("node-1")  # the dev nodelet's (empty) cgroup parent
     started = [int(x) for x in __import__("re").findall(r"\(pid (\d+)", out)]
     assert len(started) == 3, out  # etcd, master, nodelet
     assert exported["CORRAL_TOKEN"] not in out, "corral dev never prints the token"
@@ -237,5 +237,5 @@ def test_corral_dev_restarts_a_member_and_keeps_the_rest(tmp_path: Path) -> None
     finally:
         p.send_signal(signal.SIGTERM)
         p.wait(60)
-        cgroups.remove_tree("corral/node-1")
+        cgroups.remove_node("node-1")
     assert "stopped" in log.read_text()

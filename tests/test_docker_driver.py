@@ -3,6 +3,9 @@ default, image handling, advertising the driver, removing containers no task kno
 
 from __future__ import annotations
 
+import contextlib
+import time
+
 import docker
 import pytest
 from test_driver_conformance import docker_image  # noqa: F401 - the session fixture
@@ -50,16 +53,24 @@ def test_node_advertises_docker(ready: Cluster) -> None:
 
 
 def test_orphan_containers_are_removed_on_start(ready: Cluster, docker_image: str) -> None:  # noqa: F811
+    """A container of this cluster and node that no task knows goes; one of another cluster
+    that happens to use the same node id stays (two clusters may share a Docker engine)."""
     client = docker.from_env()
-    stray = client.containers.run(docker_image, ["sleep", "60"], detach=True, labels={"corral.node_id": ready.node_id("b"), "corral.task_id": "nobody-knows"})
+    ours = ready.client().cluster_status().cluster_id  # type: ignore[attr-defined]
+    node = ready.node_id("b")
+    stray = client.containers.run(docker_image, ["sleep", "60"], detach=True,
+                                  labels={"corral.node_id": node, "corral.task_id": "nobody-knows", "corral.cluster_id": ours})
+    theirs = client.containers.run(docker_image, ["sleep", "60"], detach=True,
+                                   labels={"corral.node_id": node, "corral.task_id": "another-clusters", "corral.cluster_id": "0ther0ne"})
     try:
         ready.start_nodelet("b")
         wait_for(lambda: not client.containers.list(all=True, filters={"id": stray.id}), 20, what="orphan removed")
+        time.sleep(1.0)
+        assert client.containers.list(all=True, filters={"id": theirs.id}), "another cluster's container was touched"
     finally:
-        try:
-            stray.remove(force=True)
-        except docker.errors.NotFound:
-            pass
+        for c in (stray, theirs):
+            with contextlib.suppress(docker.errors.NotFound):
+                c.remove(force=True)
 
 
 def test_docker_task_is_not_placed_where_docker_is_off(cluster: Cluster, docker_image: str) -> None:  # noqa: F811

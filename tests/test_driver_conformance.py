@@ -10,10 +10,9 @@ from collections.abc import Callable
 
 import pytest
 
-from corral.nodelet import cgroups
 from corral.v1 import types_pb2 as pb
 
-from harness import Cluster, wait_for
+from harness import Cluster, task_cgroup, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +69,7 @@ def assert_nothing_left(driver: str, cluster: Cluster, task: pb.TaskExecution) -
     if driver == "docker":
         wait_for(lambda: not containers_of(task.task_id), 10, what="container removed")
     else:
-        assert not cgroups.TaskCgroup(f"corral/{task.node_id}/{task.task_id}-{task.attempt}").exists()
+        assert not task_cgroup(task.node_id, task.task_id, task.attempt).exists()
 
 
 @pytest.fixture

@@ -20,10 +20,9 @@ from test_driver_conformance import docker_image  # noqa: F401 - the session fix
 
 from corral import errors, procs
 from corral.client import Client
-from corral.nodelet import cgroups
 from corral.v1 import types_pb2 as pb
 
-from harness import TOKEN, Cluster, task_pids, wait_for
+from harness import TOKEN, Cluster, task_cgroup, task_pids, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -243,7 +242,7 @@ def test_fork_bomb_and_disk_filler_stay_inside_their_limits(people: People) -> N
         run_script="for d in /tmp /var/tmp /dev/shm . $HOME /var/lib /root /; do head -c 300000000 /dev/zero > $d/fill-$$ 2>/dev/null; echo \"$d $?\"; rm -f $d/fill-$$; done; echo filled",
         mem_request=64 << 20, timeout={"seconds": 60}))
     wait_for(lambda: alice.get_task(task_id=bomb.task_id).state == pb.RUNNING, 30, what="bomb RUNNING")
-    cg = cgroups.TaskCgroup(f"corral/{people.cluster.node_id('a')}/{bomb.task_id}-1")
+    cg = wait_for(lambda: (x := task_cgroup(people.cluster.node_id("a"), bomb.task_id, 1)).exists() and x, 10, what="the bomb's cgroup")
     events = (cg.dirs.get("pids") or cg.dirs["unified"]) / "pids.events"
     wait_for(lambda: int(events.read_text().split()[1]) > 0, 20, what="the bomb hitting its pids limit (pids.events)")
     assert len(cg.pids()) <= 64

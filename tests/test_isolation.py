@@ -11,7 +11,7 @@ import pytest
 from corral.nodelet import cgroups
 from corral.v1 import types_pb2 as pb
 
-from harness import Cluster, wait_for
+from harness import Cluster, task_cgroup, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,7 @@ def test_limits_are_in_the_kernel_while_it_runs(cluster: Cluster) -> None:
     c = cluster.client()
     t = c.submit_task(spec=pb.TaskTemplate(run_script="sleep 30", cpu_request=250, cpu_limit=500, mem_request=48 * 1024**2, pids_limit=33))
     wait_for(lambda: c.get_task(task_id=t.task_id).state == pb.RUNNING, 30)
-    cg = cgroups.TaskCgroup(f"corral/{cluster.node_id('a')}/{t.task_id}-1")
+    cg = task_cgroup(cluster.node_id("a"), t.task_id, 1)
     lim = cg.limits()
     assert (lim.cpu_millis, lim.memory, lim.pids) == (500, 48 * 1024**2, 33)
     if cg.version == "v1":

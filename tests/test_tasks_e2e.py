@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 
 from corral import errors
-from corral.nodelet import cgroups
 from corral.v1 import types_pb2 as pb
 
-from harness import Cluster, kill9, task_pids, wait_for
+from harness import Cluster, kill9, task_cgroup, task_pids, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +41,8 @@ def test_task_succeeds_and_logs_are_readable(cluster: Cluster) -> None:
     admin = next(u for u in c.list_users().users if u.user_id == "admin")
     assert str(admin.uid) in lines, "runs as its owner's own uid by default"
     assert t.task_id in lines
-    assert f"corral/{cluster.node_id('a')}/{t.task_id}-1" in out, "runs inside its own cgroup"
+    cid = c.cluster_status().cluster_id
+    assert cid and f"corral/{cid}/{cluster.node_id('a')}/{t.task_id}-1" in out, "runs inside its own cgroup, under its cluster"
 
 
 def test_nonzero_exit_is_failed_with_exit_code(cluster: Cluster) -> None:
@@ -64,7 +64,7 @@ def test_memory_over_limit_is_oom_killed(cluster: Cluster) -> None:
     t = c.submit_task(spec=spec("head -c 209715200 /dev/zero | tail -n 1 > /dev/null", mem_request=32 * 1024**2))
     final = c.wait_task(t.task_id, timeout=60)
     assert final.state == pb.OOM_KILLED, final
-    assert not cgroups.TaskCgroup(f"corral/{cluster.node_id('a')}/{t.task_id}-1").exists()
+    assert not task_cgroup(cluster.node_id("a"), t.task_id, 1).exists()
 
 
 def test_task_past_timeout_is_timed_out(cluster: Cluster) -> None:
@@ -94,7 +94,7 @@ def test_stop_ends_task_and_removes_processes_and_cgroup(cluster: Cluster) -> No
     assert final.state == pb.STOPPED, final
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/status").read_text().find("State:\tZ") >= 0
-    assert not cgroups.TaskCgroup(f"corral/{node}/{t.task_id}-1").exists()
+    assert not task_cgroup(node, t.task_id, 1).exists()
     with pytest.raises(errors.FailedPrecondition, match="already finished"):
         c.stop_task(task_id=t.task_id)
 

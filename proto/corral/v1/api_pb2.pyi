@@ -304,7 +304,7 @@ class EtcdEndpoint(_message.Message):
     def __init__(self, endpoint: _Optional[str] = ..., healthy: _Optional[bool] = ..., version: _Optional[str] = ..., db_size: _Optional[int] = ..., is_leader: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ClusterStatusResponse(_message.Message):
-    __slots__ = ("leader", "members", "leader_term", "etcd_endpoints", "nodes_by_state", "tasks_by_state", "version", "etcd")
+    __slots__ = ("leader", "members", "leader_term", "etcd_endpoints", "nodes_by_state", "tasks_by_state", "version", "etcd", "cluster_id")
     class NodesByStateEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -327,6 +327,7 @@ class ClusterStatusResponse(_message.Message):
     TASKS_BY_STATE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ETCD_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     leader: Member
     members: _containers.RepeatedCompositeFieldContainer[Member]
     leader_term: int
@@ -335,7 +336,8 @@ class ClusterStatusResponse(_message.Message):
     tasks_by_state: _containers.ScalarMap[str, int]
     version: str
     etcd: _containers.RepeatedCompositeFieldContainer[EtcdEndpoint]
-    def __init__(self, leader: _Optional[_Union[Member, _Mapping]] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., leader_term: _Optional[int] = ..., etcd_endpoints: _Optional[_Iterable[str]] = ..., nodes_by_state: _Optional[_Mapping[str, int]] = ..., tasks_by_state: _Optional[_Mapping[str, int]] = ..., version: _Optional[str] = ..., etcd: _Optional[_Iterable[_Union[EtcdEndpoint, _Mapping]]] = ...) -> None: ...
+    cluster_id: str
+    def __init__(self, leader: _Optional[_Union[Member, _Mapping]] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., leader_term: _Optional[int] = ..., etcd_endpoints: _Optional[_Iterable[str]] = ..., nodes_by_state: _Optional[_Mapping[str, int]] = ..., tasks_by_state: _Optional[_Mapping[str, int]] = ..., version: _Optional[str] = ..., etcd: _Optional[_Iterable[_Union[EtcdEndpoint, _Mapping]]] = ..., cluster_id: _Optional[str] = ...) -> None: ...
 
 class CreateUserRequest(_message.Message):
     __slots__ = ("user_id", "role", "name", "max_tasks", "max_cpu", "max_memory", "max_submit_rate", "permissions", "max_stored_records", "max_stored_bytes")
