@@ -21,7 +21,7 @@ from corral.tls import TlsFiles
 from corral.v1 import api_pb2, api_pb2_grpc
 from corral.v1 import types_pb2 as pb
 
-from . import authz, keys, permissions, records, validate
+from . import authz, keys, lifecycle, permissions, records, validate
 from .api_templates import resolve_template
 from .auth import Authenticator, api_method, api_stream
 from .cache import Cache
@@ -289,15 +289,8 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
                 raise FailedPrecondition(
                     f"task {t.task_id} already finished ({records.state_name(t.state)}); nothing to stop"
                 )
-            if t.state == pb.PENDING:
-                t.state = pb.STOPPED
-                t.reason = "stopped by user before it started"
-                t.finish_time.CopyFrom(records.ts(time.time()))
-            t.stop_requested = True
-            t.stop_grace.CopyFrom(grace)
-            if t.state != pb.STOPPED:
-                t.reason = f"stopped by {user.user_id}"
-            return t
+            reason = "stopped by user before it started" if t.state == pb.PENDING else f"stopped by {user.user_id}"
+            return lifecycle.stop_requested(t, reason, now=time.time(), grace=grace)
 
         task = await self.writer.update(request.task_id, mutate)
         assert task is not None  # the gateway sees the committed stop and tells the node
@@ -317,11 +310,7 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
                 raise FailedPrecondition(
                     f"task {t.task_id} is {records.state_name(t.state)}; only a finished task can be retried"
                 )
-            new = records.next_attempt(t, t.state, t.reason or "finished")
-            new.reason = f"retried by {user.user_id}"
-            new.stop_requested = False
-            new.due_time.CopyFrom(records.ts(time.time()))
-            return new
+            return lifecycle.retried(t, user.user_id, now=time.time())
 
         guard = await self.requests.guard(user.user_id, rid, request.task_id)
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 
 import grpc
@@ -11,7 +12,7 @@ from corral.errors import AlreadyExists, FailedPrecondition, InvalidArgument, No
 from corral.v1 import api_pb2, api_pb2_grpc
 from corral.v1 import types_pb2 as pb
 
-from . import authz, cron_plan, keys, permissions, records, validate
+from . import authz, cron_plan, keys, lifecycle, permissions, records, validate
 from .auth import Authenticator, api_method
 from .cache import Cache
 from .cron import Schedule
@@ -193,7 +194,7 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
         now = time.time()
         for run in self.cache.tasks_of(t.template_id):
             if run.state in (pb.PENDING, pb.ASSIGNED) and records.seconds(run.due_time) > now:
-                await self.writer.update(run.task_id, _stop_unstarted)
+                await self.writer.update(run.task_id, functools.partial(lifecycle.suspended_before_start, now=time.time()))
 
     @api_method
     async def ResumeTemplate(self, request, context, user):  # type: ignore[override]
@@ -247,15 +248,3 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
             await self.cache.sync()
         items = sorted((r for r in self.cache.templates.values() if authz.visible(user, r.msg.owner)), key=lambda r: r.msg.name)
         return api_pb2.ListTemplatesResponse(templates=[r.msg for r in items])
-
-
-def _stop_unstarted(t: pb.TaskExecution) -> pb.TaskExecution | None:
-    if t.state not in (pb.PENDING, pb.ASSIGNED):
-        return None  # it started meanwhile: a pause does not stop runs in progress
-    reason = "suspended: the template was paused before this instant"
-    if t.state == pb.PENDING:
-        t.state = pb.STOPPED  # it was fired (counted so), then stopped before its instant
-        t.finish_time.CopyFrom(records.ts(time.time()))
-    t.stop_requested = True
-    t.reason = reason
-    return t

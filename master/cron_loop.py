@@ -13,20 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import heapq
 import logging
 import time
 
-from corral.errors import CorralError
+from corral.errors import CorralError, NotFound
 from corral.v1 import types_pb2 as pb
 
-from . import cron_plan, keys, records
+from . import cron_plan, keys, lifecycle, records
 from .cache import Cache
 from .cron import Schedule
 from .group_commit import GroupCommit
 from .leadership import Leadership
 from .runaway import RunawayGuard, smallest_gap
 from .store import Cmp, Delete, EtcdStore, Put
+from .taskops import TaskWriter
 
 log = logging.getLogger("corral.cron")
 
@@ -48,9 +50,11 @@ def skip_ops(t: pb.TaskTemplate, st: pb.CronState, skips: list[tuple[int, str]],
 
 class CronLoop:
     def __init__(
-        self, store: EtcdStore, cache: Cache, leadership: Leadership, *, lookahead: float = DEFAULT_LOOKAHEAD, commit: GroupCommit | None = None
+        self, store: EtcdStore, cache: Cache, leadership: Leadership, *, lookahead: float = DEFAULT_LOOKAHEAD, commit: GroupCommit | None = None,
+        writer: TaskWriter | None = None,
     ) -> None:
         self.store = store
+        self.writer = writer
         self._txn = commit.txn if commit is not None else store.txn
         self.cache = cache
         self.leadership = leadership
@@ -262,16 +266,12 @@ class CronLoop:
             await self.store.txn(self.leadership.fence(), [Delete(keys.task(x.task_id)) for x in batch])
 
     async def _stop(self, old: pb.TaskExecution) -> None:
-        kv = await self.store.get(keys.task(old.task_id))
-        if kv is None:
+        """REPLACE: the older run makes way, through the fenced task writer like every other
+        task change (its node stops it once the stop is committed)."""
+        if self.writer is None:
             return
-        t = pb.TaskExecution()
-        t.ParseFromString(kv.value)
-        if t.state in records.TERMINAL:
-            return
-        if t.state == pb.PENDING:
-            t.state = pb.STOPPED
-            t.finish_time.CopyFrom(records.ts(time.time()))
-        t.stop_requested = True
-        t.reason = "replaced by a newer run (REPLACE)"
-        await self.store.txn([Cmp(keys.task(old.task_id), kv.mod_revision)], [Put(keys.task(old.task_id), t.SerializeToString())])
+        replace = functools.partial(lifecycle.stop_requested, reason="replaced by a newer run (REPLACE)", now=time.time())
+        try:
+            await self.writer.update(old.task_id, replace, fenced=True)
+        except NotFound:
+            pass  # gone meanwhile (history trimmed): nothing runs

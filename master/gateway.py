@@ -26,7 +26,7 @@ from corral.v1 import api_pb2, nodelet_pb2_grpc
 from corral.v1 import nodelet_pb2 as npb
 from corral.v1 import types_pb2 as pb
 
-from . import keys, permissions, records, validate
+from . import keys, lifecycle, permissions, records, validate
 from .auth import Authenticator
 from .cache import Cache
 from .election import current_leader
@@ -348,7 +348,7 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
             if task.state == pb.ASSIGNED:
                 self.send_start(task)
             else:
-                lost = functools.partial(lost_or_retry, node_id=session.node_id, reason="the node restarted without it")
+                lost = functools.partial(lifecycle.lost, node_id=session.node_id, reason="the node restarted without it")
                 await self.writer.update(task_id, lost, fenced=True)
 
     async def _on_status(self, session: NodeSession, st: npb.TaskStatus) -> None:
@@ -361,7 +361,7 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
         for st in statuses:
             by_task.setdefault(st.task_id, []).append(st)
         screened = [valid for sts in by_task.values() if (valid := self._screen(session, sts))]
-        await self.writer.update_many([(v[0].task_id, functools.partial(apply_statuses, sts=v)) for v in screened], fenced=True)
+        await self.writer.update_many([(v[0].task_id, functools.partial(lifecycle.reported_all, sts=v)) for v in screened], fenced=True)
         for valid in screened:
             self._acknowledge(session, valid)
 
@@ -395,63 +395,6 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
             session.send(npb.MasterMessage(ack=npb.StatusAck(task_id=st.task_id, attempt=st.attempt, state=st.state)))
         if any(st.state in records.TERMINAL for st in committed):
             self.on_change()
-
-
-def apply_statuses(task: pb.TaskExecution, sts: list[npb.TaskStatus]) -> pb.TaskExecution | None:
-    """The task record after several reports in order, or None when none changes it."""
-    changed = None
-    for st in sts:
-        new = apply_status(task, st)
-        if new is not None:
-            task = changed = new
-    return changed
-
-
-def apply_status(task: pb.TaskExecution, st: npb.TaskStatus) -> pb.TaskExecution | None:
-    """The task record after a nodelet's report, or None when the report changes nothing."""
-    if task.state in records.TERMINAL or task.attempt != st.attempt:
-        return None
-    if st.state == pb.RUNNING:
-        if task.state == pb.RUNNING:
-            return None
-        task.state = pb.RUNNING
-        task.reason = ""
-        task.start_time.CopyFrom(st.start_time)
-        timeout = task.spec.timeout.seconds + task.spec.timeout.nanos / 1e9
-        if timeout:
-            task.expiry_time.CopyFrom(records.ts(records.seconds(st.start_time) + timeout))
-        return task
-    if st.state == pb.LOST:  # its node killed it (the node lease ran out): as if the node were lost
-        return lost_or_retry(task, task.node_id, st.reason or "its node lease ran out")
-    if st.state == pb.FAILED and task.spec.retry.retry_on_failure and task.attempt < records.max_attempts(task) and not task.stop_requested:
-        task.exit_code = st.exit_code
-        task.start_time.CopyFrom(st.start_time)
-        task.finish_time.CopyFrom(st.finish_time)
-        return records.next_attempt(task, pb.FAILED, st.reason or f"exit code {st.exit_code}")
-    task.state = st.state
-    task.exit_code = st.exit_code
-    task.reason = st.reason
-    if not task.HasField("start_time") and st.HasField("start_time"):
-        task.start_time.CopyFrom(st.start_time)
-    task.finish_time.CopyFrom(st.finish_time if st.HasField("finish_time") else records.ts(time.time()))
-    return task
-
-
-def lost_or_retry(task: pb.TaskExecution, node_id: str, reason: str) -> pb.TaskExecution | None:
-    """A task whose node is gone: a new attempt if its policy allows, else LOST for good."""
-    if task.state not in records.ACTIVE or task.node_id != node_id:
-        return None
-    if task.stop_requested:
-        task.state = pb.STOPPED
-        task.reason = f"stopped; its node was lost ({reason})"
-        task.finish_time.CopyFrom(records.ts(time.time()))
-        return task
-    if task.attempt < records.max_attempts(task):
-        return records.next_attempt(task, pb.LOST, f"node {node_id} lost: {reason}")
-    task.state = pb.LOST
-    task.reason = f"node {node_id} lost: {reason}; no attempts left ({task.attempt})"
-    task.finish_time.CopyFrom(records.ts(time.time()))
-    return task
 
 
 def check_node_identity(identity: tuple[str, str] | None, node_id: str) -> None:

@@ -14,9 +14,9 @@ import time
 
 from corral.v1 import types_pb2 as pb
 
-from . import keys
+from . import keys, lifecycle
 from .cache import Cache
-from .gateway import Gateway, lost_or_retry
+from .gateway import Gateway
 from .leadership import Leadership
 from .store import Cmp, EtcdStore, Put
 from .taskops import TaskWriter
@@ -77,4 +77,4 @@ class Liveness:
         await self.cache.wait_revision(result.revision)
         log.warning("node %s DOWN: %s", node_id, reason)
         for task_id in list(self.cache.by_node.get(node_id, ())):
-            await self.writer.update(task_id, functools.partial(lost_or_retry, node_id=node_id, reason=reason), fenced=True)
+            await self.writer.update(task_id, functools.partial(lifecycle.lost, node_id=node_id, reason=reason), fenced=True)

@@ -22,7 +22,7 @@ import corral.scheduler_core as sc
 from corral.errors import Aborted
 from corral.v1 import types_pb2 as pb
 
-from . import records
+from . import lifecycle, records
 from .cache import Cache
 from .gateway import Gateway
 from .taskops import Mutator, TaskWriter
@@ -286,7 +286,7 @@ class Scheduler:
             t = by_id[u.task_id]
             self._wake_at_deadline(t)
             if t.reason != u.reason:
-                await self.writer.update(u.task_id, functools.partial(_set_reason, reason=u.reason), fenced=True)
+                await self.writer.update(u.task_id, functools.partial(lifecycle.pending_reason, reason=u.reason), fenced=True)
 
     def _wake_at_deadline(self, t: pb.TaskExecution) -> None:
         """An unplaced task with a starting deadline gets a pass when the deadline passes,
@@ -312,7 +312,7 @@ class Scheduler:
             deadline = records.seconds(t.spec.starting_deadline)
             late = now - records.seconds(t.due_time)
             if deadline > 0 and late > deadline:
-                await self.writer.update(t.task_id, functools.partial(_skip, deadline=deadline, now=now), fenced=True)
+                await self.writer.update(t.task_id, functools.partial(lifecycle.skipped_past_deadline, deadline=deadline, now=now), fenced=True)
             else:
                 keep.append(t)
         return keep
@@ -328,7 +328,7 @@ class Scheduler:
                 if head != t.task_id:
                     reason = f"waiting for earlier tasks with ordering_key {t.spec.ordering_key!r} to finish"
                     if t.reason != reason:
-                        await self.writer.update(t.task_id, functools.partial(_set_reason, reason=reason), fenced=True)
+                        await self.writer.update(t.task_id, functools.partial(lifecycle.pending_reason, reason=reason), fenced=True)
                     continue
             keep.append(t)
         return keep
@@ -347,7 +347,7 @@ class Scheduler:
                 for t in ms:
                     held.add(t.task_id)
                     if t.reason != reason:
-                        await self.writer.update(t.task_id, functools.partial(_set_reason, reason=reason), fenced=True)
+                        await self.writer.update(t.task_id, functools.partial(lifecycle.pending_reason, reason=reason), fenced=True)
         return [t for t in tasks if t.task_id not in held]
 
     async def _preempt(self, pre: sc.Preemption) -> None:
@@ -359,11 +359,7 @@ class Scheduler:
             stale = pb.TaskExecution()
             stale.CopyFrom(old.msg)
 
-            def requeue(t: pb.TaskExecution, node_id: str = pre.node_id, by: str = pre.for_task) -> pb.TaskExecution | None:
-                if t.state not in records.ACTIVE or t.node_id != node_id:
-                    return None
-                return records.next_attempt(t, pb.PREEMPTED, f"preempted on {node_id} for {by}")
-
+            requeue = functools.partial(lifecycle.preempted, node_id=pre.node_id, by=pre.for_task)
             if await self.writer.update(victim, requeue, fenced=True) is not None:
                 self.gateway.send_stop(stale, pb.PREEMPTED, f"preempted for {pre.for_task}")
                 log.info("preempted %s on %s for %s", victim, pre.node_id, pre.for_task)
@@ -388,10 +384,7 @@ class Scheduler:
                 self._apply_retries.pop(t.task_id, None)
                 return t
             self._apply_retries.pop(t.task_id, None)
-            t.state = pb.ASSIGNED
-            t.node_id = p.node_id
-            t.reason = ""
-            return t
+            return lifecycle.assigned(t, p.node_id)
 
         return mutate
 
@@ -400,20 +393,3 @@ class Scheduler:
         each committed assignment to its node (see Gateway._on_cache_change)."""
         chunks = [placements[i : i + self.concurrency] for i in range(0, len(placements), self.concurrency)]
         await asyncio.gather(*(self.writer.update_many([(p.task_id, self._assignment(p)) for p in c], fenced=True) for c in chunks))
-
-
-def _skip(t: pb.TaskExecution, deadline: float, now: float) -> pb.TaskExecution | None:
-    if t.state != pb.PENDING:
-        return None
-    waited = f": {t.reason}" if t.reason and t.reason != "fired by its schedule" else ""
-    t.state = pb.SKIPPED
-    t.finish_time.CopyFrom(records.ts(now))
-    t.reason = f"missed its starting deadline ({deadline:g}s after its due time){waited}"
-    return t
-
-
-def _set_reason(t: pb.TaskExecution, reason: str) -> pb.TaskExecution | None:
-    if t.state != pb.PENDING or t.reason == reason:
-        return None
-    t.reason = reason
-    return t

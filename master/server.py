@@ -170,7 +170,7 @@ class Master:
         from .retention import Retention
 
         self.retention = Retention(self.cache, self.commit, self.leadership, keep=args.retention, audit=self.audit)
-        self.cron = CronLoop(self.store, self.cache, self.leadership, lookahead=args.lookahead, commit=self.commit)
+        self.cron = CronLoop(self.store, self.cache, self.leadership, lookahead=args.lookahead, commit=self.commit, writer=self.writer)
         self.server = grpc.aio.server(options=GRPC_OPTIONS)
         self.leader: LeaderLoops | None = None
         self.cluster_id = ""
