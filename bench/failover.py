@@ -2,7 +2,10 @@
 
   * kill -9 of the leader → first task started under the new leader (p50/p99 over N kills);
   * SIGTERM of the leader (it resigns) → first task started under the new leader;
-  * kill -9 of a nodelet → its node marked DOWN, at the default heartbeat timeout.
+  * kill -9 of a nodelet → its node marked DOWN, at the default heartbeat timeout;
+  * kill -9 and SIGSTOP of a nodelet → its running task started again on another node, and
+    whether the two copies overlapped (from the marker file the task writes; the node lease
+    kills the first copy first). Goal ≤ 15 s at the default heartbeat timeout.
 A task is submitted to a surviving master right after each kill; the figure is that task's
 recorded start_time minus the kill instant. Targets (issue): kill ≤ lease TTL + 0.5 s,
 hand-off ≤ 200 ms. `--quick` takes 3 samples of each; `--json` prints the figures last.
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
+import signal
 import statistics
 import sys
 import tempfile
@@ -23,6 +27,7 @@ from _common import pct, print_table
 
 from corral import procs
 from corral.client import Client
+from corral.nodelet import cgroups
 from corral.v1 import types_pb2 as pb
 
 
@@ -98,12 +103,56 @@ class Bench:
         self.wait_ready()
         return took
 
+    def moved(self, how: str) -> tuple[float, float]:
+        """(seconds from the fault to the task's next attempt starting on another node,
+        seconds the two copies overlapped: ≤ 0 is none)."""
+        out = self.tmp / f"moved-{secrets.token_hex(3)}"
+        loop = f'while :; do echo "$CORRAL_ATTEMPT $(date +%s.%N)" >> {out}; sleep 0.05; done'
+        t = self.client.submit_task(spec=pb.TaskTemplate(run_script=loop, user="root"))  # type: ignore[attr-defined]
+        while self.client.get_task(task_id=t.task_id).state != pb.RUNNING:  # type: ignore[attr-defined]
+            time.sleep(0.05)
+        other = procs.start_nodelet(self.addr, self.token, self.tmp, node_id="bench-node-2", extra=["--log-level", "warning"])
+        while "bench-node-2" not in {n.node_id for n in self.client.list_nodes().nodes if n.state == pb.READY}:  # type: ignore[attr-defined]
+            time.sleep(0.1)
+        t0 = time.time()
+        if how == "kill":
+            self.nodelet.kill9()
+        else:
+            self.nodelet.popen.send_signal(signal.SIGSTOP)
+        try:
+            while (x := self.client.get_task(task_id=t.task_id)).attempt < 2 or x.state != pb.RUNNING:  # type: ignore[attr-defined]
+                time.sleep(0.05)
+                if time.time() - t0 > 120:
+                    raise RuntimeError("the task never moved")
+            took = x.start_time.ToNanoseconds() / 1e9 - t0
+            time.sleep(1.0)
+            firsts: dict[int, float] = {}
+            lasts: dict[int, float] = {}
+            for line in out.read_text().splitlines():
+                parts = line.split()
+                if len(parts) == 2:
+                    a, at = int(parts[0]), float(parts[1])
+                    firsts.setdefault(a, at)
+                    lasts[a] = at
+            overlap = lasts[1] - firsts[2]
+        finally:
+            if how == "kill":
+                self.nodelet = self.start_nodelet()
+            else:
+                self.nodelet.popen.send_signal(signal.SIGCONT)
+            self.client.stop_task(task_id=t.task_id, grace_period={"seconds": 0})  # type: ignore[attr-defined]
+            other.stop()
+            cgroups.remove_node("bench-node-2")
+        self.wait_ready()
+        return took, overlap
+
     def stop(self) -> None:
         self.client.close()
         self.nodelet.stop()
         for m in self.masters.values():
             m.stop()
         self.etcd.stop()
+        cgroups.remove_node("bench-node")
 
 
 def main() -> int:
@@ -124,6 +173,9 @@ def main() -> int:
             term.append(b.failover(hard=False))
             print(f"  sample {i + 1}: kill -9 → start {kill[-1] * 1000:.0f} ms, SIGTERM → start {term[-1] * 1000:.0f} ms", file=sys.stderr)
         down = [b.dead_node() for _ in range(nodes_n)]
+        moved = {how: [b.moved(how) for _ in range(nodes_n)] for how in ("kill", "stop")}
+        for how, runs in moved.items():
+            print(f"  nodelet {how}: moved after {[round(m[0], 1) for m in runs]} s, overlap {[round(m[1], 2) for m in runs]} s", file=sys.stderr)
     finally:
         b.stop()
     figures = {
@@ -136,11 +188,15 @@ def main() -> int:
         "dead_nodelet_detection_s_median": round(statistics.median(down), 2),
         "dead_nodelet_detection_s_runs": [round(x, 2) for x in down],
         "heartbeat_timeout_s": 10,
+        **{f"nodelet_{how}_to_task_elsewhere_s_median": round(statistics.median(m[0] for m in runs), 2) for how, runs in moved.items()},
+        **{f"nodelet_{how}_largest_overlap_s": round(max(m[1] for m in runs), 3) for how, runs in moved.items()},
     }
     rows = [
         (f"kill -9 leader → first start ({n} kills)", f"p50 {figures['kill9_to_first_start_ms_p50']:.0f} ms", f"p99 {figures['kill9_to_first_start_ms_p99']:.0f} ms", f"target ≤ {args.lease_ttl * 1000 + 500} ms"),
         (f"SIGTERM leader → first start ({n})", f"p50 {figures['sigterm_to_first_start_ms_p50']:.0f} ms", f"p99 {figures['sigterm_to_first_start_ms_p99']:.0f} ms", "target ≤ 200 ms"),
         (f"dead nodelet → DOWN ({nodes_n})", f"median {figures['dead_nodelet_detection_s_median']:.2f} s", f"runs {figures['dead_nodelet_detection_s_runs']}", "timeout 10 s"),
+        *((f"nodelet {how} → its task running elsewhere ({nodes_n})", f"median {figures[f'nodelet_{how}_to_task_elsewhere_s_median']:.1f} s",
+           f"overlap {max(m[1] for m in runs):+.2f} s (≤ 0: none)", "target ≤ 15 s, no overlap") for how, runs in moved.items()),
     ]
     print_table(("figure", "value", "spread", "goal"), rows)
     if args.json:

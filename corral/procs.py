@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,3 +245,56 @@ def start_nodelet(
     p = _spawn(node_id, argv + (extra or []), run_dir / "logs", {"CORRAL_TOKEN": token})
     p.info["node_id"] = node_id
     return p
+
+
+class Blackhole:
+    """A TCP proxy on loopback to one address whose links can be cut (for fault tests and
+    benchmarks): while `cut` is set nothing is forwarded either way and new connections
+    hang — a partition, not a reset. Data held meanwhile goes through if the link heals."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit(":", 1)
+        self.target = (host, int(port))
+        self.cut = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.addr = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self._socks: list[socket.socket] = []
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            self._socks += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                while self.cut.is_set():
+                    time.sleep(0.05)  # held, as a partition holds it; sent if the link heals in time
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._closed = True
+        self.listener.close()
+        for s in self._socks:
+            with contextlib.suppress(OSError):
+                s.close()

@@ -8,9 +8,6 @@ record is final, and every node READY again without restarting anything.
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -102,61 +99,9 @@ def test_a_short_etcd_outage_kills_no_running_work(tmp_path: Path) -> None:
         etcd.stop()
 
 
-class Blackhole:
-    """A TCP proxy to one address whose links can be cut: while cut, nothing is forwarded
-    either way and new connections hang (a partition, not a reset)."""
-
-    def __init__(self, target: str) -> None:
-        host, port = target.rsplit(":", 1)
-        self.target = (host, int(port))
-        self.cut = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.addr = f"127.0.0.1:{self.listener.getsockname()[1]}"
-        self._socks: list[socket.socket] = []
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            self._socks += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                while self.cut.is_set():
-                    time.sleep(0.05)  # held, as a partition holds it; sent if the link heals in time
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                dst.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self._closed = True
-        self.listener.close()
-        for s in self._socks:
-            with contextlib.suppress(OSError):
-                s.close()
-
-
 def test_a_partitioned_node_s_task_ends_before_its_next_attempt_and_the_node_returns(cluster: Cluster, tmp_path: Path) -> None:
     cluster.start_master()  # heartbeat timeout 6 s: node lease 4.2 s
-    proxy = Blackhole(cluster.addr)
+    proxy = procs.Blackhole(cluster.addr)
     try:
         node_a = cluster.node_id("a")
         cluster.node_ids.add(node_a)
