@@ -34,6 +34,7 @@ lint: $(STAMP)
 bench: deps
 	$(PY) bench/e2e.py --quick
 	$(PY) bench/failover.py --quick
+	$(PY) bench/chaos.py --quick
 	$(PY) bench/placement.py --quick
 	$(PY) bench/docker_start.py --quick
 	$(PY) bench/cron_lateness.py --quick
