@@ -130,7 +130,10 @@ def spans(path: Path) -> dict[tuple[str, int], tuple[float, float]]:
     return out
 
 
-def run(seconds: float, rate: float, every: float, timeout: float, seed: int) -> dict[str, object]:
+KINDS = ["leader-kill9", "nodelet-stop", "nodelet-kill9", "etcd-kill9"]
+
+
+def run(seconds: float, rate: float, every: float, timeout: float, seed: int, kinds: list[str] = KINDS) -> dict[str, object]:
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="corral-chaos-") as d:
         tmp = Path(d)
@@ -164,10 +167,10 @@ def run(seconds: float, rate: float, every: float, timeout: float, seed: int) ->
                 time.sleep(min(every, max(0.0, end - time.monotonic())))
                 if time.monotonic() >= end:
                     break
-                kind = rng.choice(["leader-kill9", "nodelet-stop", "nodelet-kill9", "etcd-kill9"])
+                kind = rng.choice(kinds)
                 began = time.monotonic()
                 chaos.fault(kind, rng)
-                faults.append((kind, time.monotonic() - began))
+                faults.append((kind, time.time() - (time.monotonic() - began)))
                 recovery += [t for t in chaos.wait_ready(60).values()]
                 print(f"  fault {len(faults)}: {kind}, ready again after {max(recovery[-2:]):.1f}s", file=sys.stderr)
             stop.set()
@@ -190,9 +193,14 @@ def run(seconds: float, rate: float, every: float, timeout: float, seed: int) ->
             by_task.setdefault(task_id, []).append((attempt, span))
         for task_id, attempts in by_task.items():
             attempts.sort()
-            for (_, (_, end1)), (_, (start2, _)) in zip(attempts, attempts[1:], strict=False):
+            for (a1, (_, end1)), (a2, (start2, _)) in zip(attempts, attempts[1:], strict=False):
                 if end1 >= start2:
                     overlaps.append(end1 - start2)
+                    f = finals.get(task_id)
+                    hist = [(h.attempt, h.node_id, pb.TaskState.Name(h.state), h.reason) for h in f.history] if f else []
+                    near = [k for k, at in faults if at <= start2][-1:] if faults else []
+                    print(f"  overlap {task_id}: attempt {a1} until {end1:.2f}, attempt {a2} from {start2:.2f}; "
+                          f"last fault before: {near}; history {hist}", file=sys.stderr)
             final = finals.get(task_id)
             if final is not None and final.finish_time.seconds and attempts[-1][1][1] > final.finish_time.ToNanoseconds() / 1e9 + 0.05:
                 after_final += 1
@@ -213,12 +221,17 @@ def main() -> None:
     ap.add_argument("--every", type=float, default=8.0, help="seconds between faults (default 8)")
     ap.add_argument("--heartbeat-timeout", type=float, default=6.0, help="the masters' --heartbeat-timeout (default 6)")
     ap.add_argument("--seed", type=int, default=0, help="random seed (default: from the clock)")
+    ap.add_argument("--faults", default=",".join(KINDS), help=f"which faults to draw from (default {','.join(KINDS)})")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     seconds = args.seconds or (60.0 if args.quick else 300.0)
     seed = args.seed or int(time.time())
     print(f"corral bench chaos: {seconds:.0f}s of faults every {args.every:g}s, {args.rate:g} tasks/s, seed {seed}", file=sys.stderr)
-    r = run(seconds, args.rate, args.every, args.heartbeat_timeout, seed)
+    kinds = [k for k in args.faults.split(",") if k]
+    unknown = set(kinds) - set(KINDS)
+    if unknown or not kinds:
+        ap.error(f"--faults: use some of {', '.join(KINDS)}")
+    r = run(seconds, args.rate, args.every, args.heartbeat_timeout, seed, kinds)
     print_table(
         ["faults", "kinds", "acknowledged", "lost", "overlapping", "largest overlap s", "ran after final", "ready again p50 s", "max s"],
         [[str(r["faults"]), ",".join(r["fault_kinds"]), str(r["acknowledged"]), str(r["lost"]), str(r["overlapping"]),  # type: ignore[arg-type]

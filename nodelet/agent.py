@@ -320,6 +320,12 @@ class Nodelet:
                 queue.put_nowait(npb.NodeletMessage(status=st))
             log.info("registered with %s as %s", addr, self.node_id)
         elif kind == "start":
+            if self.lease > 0 and time.monotonic() >= self.lease_file.deadline:
+                # read after the node lease ran out (e.g. queued while this process was
+                # paused): the cluster may have given it to another node; the leader sends
+                # it again when this node registers, if it is still this node's
+                log.warning("not starting %s: this node's lease ran out before the start was read", msg.start.task.task_id)
+                return
             # starts run side by side (a container start takes a while); a stop that
             # arrives meanwhile waits for its start first (see _stop)
             task_id = msg.start.task.task_id

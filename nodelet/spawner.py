@@ -195,6 +195,13 @@ def task_pid1(req: dict, go: int, out: int) -> None:
 # ---- the wrapper --------------------------------------------------------------------------
 
 
+def _lost(req: dict, why: str) -> None:
+    """Tell the nodelet the task ended LOST, not by its own doing (process_driver reads it)."""
+    fd = os.open(req["lost"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.write(fd, why.encode() + b"\n")
+    os.close(fd)
+
+
 class NodeLease:
     """The node lease as the nodelet writes it (agent.LeaseFile): "deadline grace" twice,
     deadline on the monotonic clock. A reading whose halves differ was half-written: the
@@ -224,18 +231,35 @@ class NodeLease:
         return 0 < self.deadline < now
 
 
-def copy_output(req: dict, r: int, log: int, lease: "NodeLease | None", pid: int) -> None:
+def copy_output(req: dict, r: int, log: int, lease: "NodeLease | None", pid: int, go: int, go_task: int) -> None:
     """Copy the task's output into the log up to the cap (the rest is read and dropped, so
-    the task is never stopped by it) until the task's pid namespace is gone; meanwhile,
-    every quarter second, kill the task if the node lease ran out: SIGTERM to its pid 1,
-    SIGKILL (the whole namespace) after the grace. This runs whatever the nodelet does:
-    paused, killed or cut off, its wrappers keep time for it."""
+    the task is never stopped by it) until the task's pid namespace is gone. Meanwhile:
+    pass the nodelet's "go" on to the parked task only if the node lease still holds (a
+    nodelet that wakes from a pause must not start what the cluster has given to another
+    node), and every quarter second kill the task once the lease ran out: SIGTERM to its
+    pid 1, SIGKILL (the whole namespace) after the grace. This runs whatever the nodelet
+    does: paused, killed or cut off, its wrappers keep time for it."""
     cap, written = int(req["cap"]), 0
     killed_at = 0.0
     hard = False
+    said = b""
     while True:
-        ready, _, _ = select.select([r], [], [], 0.25)
-        if ready:
+        ready, _, _ = select.select([r, go] if go >= 0 else [r], [], [], 0.25)
+        now = time.monotonic()
+        if go in ready:
+            chunk = os.read(go, 16)
+            said += chunk
+            if not chunk or said.endswith(b"\n") or len(said) >= 16:
+                os.close(go)
+                go = -1
+                if said == b"go\n" and lease is not None and lease.expired(now):
+                    _lost(req, "not started: its node lease had run out (no leader acknowledged the node in time)")
+                    killed_at, hard = now, True
+                    os.kill(pid, signal.SIGKILL)  # parked: nothing of the task's has run
+                elif said == b"go\n":
+                    os.write(go_task, b"go\n")
+                os.close(go_task)  # end of file without "go": the task exits without running
+        if r in ready:
             chunk = os.read(r, 65536)
             if not chunk:
                 return
@@ -245,12 +269,9 @@ def copy_output(req: dict, r: int, log: int, lease: "NodeLease | None", pid: int
                 written += len(part)
         if lease is None:
             continue
-        now = time.monotonic()
         if not killed_at and lease.expired(now):
             killed_at = now
-            fd = os.open(req["lost"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            os.write(fd, b"killed on its node: its node lease ran out (no leader acknowledged the node in time)\n")
-            os.close(fd)
+            _lost(req, "killed on its node: its node lease ran out (no leader acknowledged the node in time)")
             os.kill(pid, signal.SIGTERM)
         elif killed_at and not hard and now >= killed_at + lease.grace:
             hard = True
@@ -275,14 +296,17 @@ def wrapper(req: dict, go: int) -> None:
         log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         check(libc.unshare(CLONE_NEWPID), "pid namespace")  # for the child: it will be pid 1
         r, w = os.pipe()
+        go_r, go_w = os.pipe()  # "go" reaches the task through us: we check the lease first
         pid = os.fork()
         if pid == 0:
             os.close(r)
             os.close(log)
-            task_pid1(req, go, w)
+            os.close(go)
+            os.close(go_w)
+            task_pid1(req, go_r, w)
         os.close(w)
-        os.close(go)
-        copy_output(req, r, log, NodeLease(req["lease"]) if req["watch"] else None, pid)
+        os.close(go_r)
+        copy_output(req, r, log, NodeLease(req["lease"]) if req["watch"] else None, pid, go, go_w)
         _, status = os.waitpid(pid, 0)
         code = os.waitstatus_to_exitcode(status)
         code = 128 - code if code < 0 else code  # killed by a signal: as a shell says it

@@ -100,3 +100,55 @@ def test_a_task_may_opt_out_and_keep_running(cluster: Cluster, tmp_path: Path) -
         assert task_pids(first.node_id, first)
     finally:
         victim.popen.send_signal(signal.SIGCONT)
+
+
+def test_a_task_due_while_its_nodelet_is_paused_never_starts_there(cluster: Cluster, tmp_path: Path) -> None:
+    """Sent ahead and parked, then its nodelet paused past the timeout: the task goes
+    elsewhere; when the nodelet wakes, its timer releases the parked copy, and the wrapper,
+    finding the node lease gone, does not let it start."""
+    from corral.master import records
+
+    cluster.start_master()
+    cluster.start_nodelet("a")
+    c = cluster.client()
+    out = tmp_path / "markers"
+    due = time.time() + 3.0
+    t = c.submit_task(spec=pb.TaskTemplate(run_script=LOOP.format(out=out), user="root"), run_at=records.ts(due))  # type: ignore[attr-defined]
+    wait_for(lambda: c.get_task(task_id=t.task_id).state == pb.ASSIGNED, 10, what="ASSIGNED ahead of its instant")
+    victim = cluster.nodelets["a"]
+    time.sleep(max(0.0, due - 0.4 - time.time()))  # prepared and parked by now
+    victim.popen.send_signal(signal.SIGSTOP)
+    try:
+        cluster.start_nodelet("b")
+        wait_for(lambda: (x := c.get_task(task_id=t.task_id)).attempt == 2 and x.state == pb.RUNNING, 40, what="attempt 2 RUNNING")
+    finally:
+        victim.popen.send_signal(signal.SIGCONT)
+    time.sleep(2.0)  # the woken nodelet's timer has fired by now
+    s = spans(out)
+    assert 1 not in s, f"the parked copy ran after its lease was gone: {s}"
+    c.stop_task(task_id=t.task_id, grace_period={"seconds": 0})  # type: ignore[attr-defined]
+
+
+def test_a_start_read_after_the_lease_ran_out_is_not_acted_on(cluster: Cluster, tmp_path: Path) -> None:
+    """The leader places a task on a node whose nodelet is paused: the start waits in the
+    socket. The node goes DOWN, the task runs elsewhere; when the nodelet wakes it reads
+    the stale start, and must not run it (the cluster gave the task to another node)."""
+    cluster.start_master()
+    cluster.start_nodelet("a")
+    c = cluster.client()
+    out = tmp_path / "markers"
+    victim = cluster.nodelets["a"]
+    victim.popen.send_signal(signal.SIGSTOP)
+    try:
+        t = c.submit_task(spec=pb.TaskTemplate(run_script=LOOP.format(out=out), user="root"))  # type: ignore[attr-defined]
+        wait_for(lambda: c.get_task(task_id=t.task_id).state == pb.ASSIGNED, 10, what="ASSIGNED to the paused node")
+        cluster.start_nodelet("b")
+        wait_for(lambda: (x := c.get_task(task_id=t.task_id)).attempt == 2 and x.state == pb.RUNNING, 40, what="attempt 2 RUNNING")
+    finally:
+        victim.popen.send_signal(signal.SIGCONT)
+    wait_for(lambda: c.get_node(node_id=cluster.node_id("a")).state == pb.READY, 30, what="node a READY again")
+    time.sleep(2.0)
+    s = spans(out)
+    assert 1 not in s, f"the stale start ran: {s}"
+    assert "not starting" in victim.log_tail(200) or "lease had run out" in victim.log_tail(200) or 1 not in s
+    c.stop_task(task_id=t.task_id, grace_period={"seconds": 0})  # type: ignore[attr-defined]
