@@ -247,6 +247,23 @@ def start_nodelet(
     return p
 
 
+def marker_spans(path: Path, fields: int) -> dict[tuple[str, ...], tuple[float, float]]:
+    """From a marker file that fault tests' and benchmarks' tasks append to ("<key fields…>
+    <unix time>" per line): each key's (first, last) time. A line with another number of
+    fields was cut short by a kill and is skipped; no file yet, no spans."""
+    out: dict[tuple[str, ...], tuple[float, float]] = {}
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) != fields:
+            continue
+        key, t = tuple(parts[:-1]), float(parts[-1])
+        lo, hi = out.get(key, (t, t))
+        out[key] = (min(lo, t), max(hi, t))
+    return out
+
+
 class Blackhole:
     """A TCP proxy on loopback to one address whose links can be cut (for fault tests and
     benchmarks): while `cut` is set nothing is forwarded either way and new connections

@@ -115,6 +115,7 @@ class Nodelet:
         self.kill_grace = 0.0
         self._beat_seq = 0
         self._beats_sent: dict[int, float] = {}
+        self._register_sent = 0.0
         self.lease_file = LeaseFile(data_dir / "lease")
         # the cluster this node serves (Registered.cluster_id), kept across restarts: its
         # tasks' cgroups and containers carry it, and only those are this node's to clean up
@@ -269,11 +270,11 @@ class Nodelet:
             stub = nodelet_pb2_grpc.NodeletServiceStub(channel)
             queue: asyncio.Queue[npb.NodeletMessage] = asyncio.Queue()
             await queue.put(self._register(await asyncio.to_thread(self._fingerprint)))
-            register_sent = time.monotonic()
+            self._register_sent = time.monotonic()
 
             call = stub.Connect(metadata=(("authorization", f"Bearer {self.token}"),))
             self._last_heard = time.monotonic()
-            reader = asyncio.create_task(self._read_stream(call, queue, addr, register_sent))
+            reader = asyncio.create_task(self._read_stream(call, queue, addr))
             writer = asyncio.create_task(_write_stream(call, queue))
             beats = asyncio.create_task(self._heartbeats(queue))
             try:
@@ -285,15 +286,15 @@ class Nodelet:
                     t.cancel()
                 call.cancel()
 
-    async def _read_stream(self, call: Any, queue: asyncio.Queue[npb.NodeletMessage], addr: str, register_sent: float) -> None:
+    async def _read_stream(self, call: Any, queue: asyncio.Queue[npb.NodeletMessage], addr: str) -> None:
         async for msg in call:
             self._last_heard = time.monotonic()
             for m in unbatch(msg):
-                if m.WhichOneof("msg") == "registered":  # a leader with a valid lease took the node: the first ack
-                    self._on_registered(m.registered, register_sent)
                 await self._on_message(m, queue, addr)  # type: ignore[arg-type]
 
-    def _on_registered(self, reg: npb.Registered, register_sent: float) -> None:
+    def _on_registered(self, reg: npb.Registered) -> None:
+        """A leader with a valid election lease took the node: its answer is the first ack
+        of the node lease (counted from when the Register was sent)."""
         if reg.cluster_id and reg.cluster_id != self.cluster_id:
             if self.cluster_id:
                 log.warning("this node's data belonged to cluster %s; it now serves cluster %s", self.cluster_id, reg.cluster_id)
@@ -305,11 +306,12 @@ class Nodelet:
         self.lease = reg.lease.ToNanoseconds() / 1e9
         self.kill_grace = reg.kill_grace.ToNanoseconds() / 1e9
         if self.lease > 0:
-            self.lease_file.renew(register_sent + self.lease, self.kill_grace)
+            self.lease_file.renew(self._register_sent + self.lease, self.kill_grace)
 
     async def _on_message(self, msg: npb.MasterMessage, queue: asyncio.Queue[npb.NodeletMessage], addr: str) -> None:
         kind = msg.WhichOneof("msg")
         if kind == "registered":
+            self._on_registered(msg.registered)
             hb = msg.registered.heartbeat_interval
             self.heartbeat_interval = max(0.05, hb.seconds + hb.nanos / 1e9) or 1.0
             self._queue = queue

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from corral import procs
 from corral.v1 import types_pb2 as pb
 
 from harness import Cluster, kill9, task_pids, wait_for
@@ -25,15 +26,7 @@ LOOP = 'while :; do echo "$CORRAL_ATTEMPT $(date +%s.%N)" >> {out}; sleep 0.05; 
 
 def spans(path: Path) -> dict[int, tuple[float, float]]:
     """attempt → (first, last) marker time."""
-    out: dict[int, tuple[float, float]] = {}
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if len(parts) != 2:
-            continue  # a line cut short by a kill
-        attempt, t = int(parts[0]), float(parts[1])
-        lo, hi = out.get(attempt, (t, t))
-        out[attempt] = (min(lo, t), max(hi, t))
-    return out
+    return {int(k[0]): v for k, v in procs.marker_spans(path, 2).items()}
 
 
 def _run(cluster: Cluster, tmp_path: Path, fault: str) -> None:

@@ -28,17 +28,7 @@ LOOP = ('end=$(( $(date +%s) + {secs} )); while [ "$(date +%s)" -lt "$end" ]; do
 
 def spans(path: Path) -> dict[tuple[str, int], tuple[float, float]]:
     """(task, attempt) → (first, last) marker time."""
-    out: dict[tuple[str, int], tuple[float, float]] = {}
-    if not path.exists():
-        return out
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if len(parts) != 3:
-            continue  # cut short by a kill
-        key, t = (parts[0], int(parts[1])), float(parts[2])
-        lo, hi = out.get(key, (t, t))
-        out[key] = (min(lo, t), max(hi, t))
-    return out
+    return {(k[0], int(k[1])): v for k, v in procs.marker_spans(path, 3).items()}
 
 
 def check(c: Client, ids: list[str], out: Path) -> list[pb.TaskExecution]:
