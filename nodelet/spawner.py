@@ -278,8 +278,10 @@ def copy_output(req: dict, r: int, log: int, lease: "NodeLease | None", pid: int
             os.kill(pid, signal.SIGKILL)  # pid 1: the kernel ends its whole namespace
 
 
-def wrapper(req: dict, go: int) -> None:
-    """Never returns. Runs forked from the spawner, as root, in the node's namespaces."""
+def wrapper(req: dict, go: int, joined: int) -> None:
+    """Never returns. Runs forked from the spawner, as root, in the node's namespaces; closes
+    `joined` once it is in the task's cgroups (the spawner answers the nodelet only then,
+    so a task the nodelet tracks always has its wrapper in its cgroup)."""
     code = SETUP_FAILED
     log = -1
     try:
@@ -293,6 +295,7 @@ def wrapper(req: dict, go: int) -> None:
                 os.write(fd, me)
             finally:
                 os.close(fd)
+        os.close(joined)
         log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         check(libc.unshare(CLONE_NEWPID), "pid namespace")  # for the child: it will be pid 1
         r, w = os.pipe()
@@ -343,11 +346,16 @@ def serve(sock: socket.socket) -> None:
                 os.close(fd)
             sock.send(b'{"error": "bad request"}')
             continue
+        joined_r, joined_w = os.pipe()
         pid = os.fork()
         if pid == 0:
             sock.close()
-            wrapper(req, go)
+            os.close(joined_r)
+            wrapper(req, go, joined_w)
         os.close(go)
+        os.close(joined_w)
+        select.select([joined_r], [], [], 5.0)  # end of file: it joined its cgroups (or failed)
+        os.close(joined_r)
         try:
             pidfd = os.pidfd_open(pid)
         except OSError:  # it ended already; the nodelet reads its exit file
