@@ -3,7 +3,9 @@
 no capabilities and no new privileges, as the uid the cluster gave the task's owner (never
 privileged, never a host mount or device: the API has no way to ask for one); labels that let a restarted nodelet
 find its containers again. Output streams into the task's log as it is produced; an exited
-container is removed once its logs are collected.
+container is removed once its logs are collected. No container runs without the node's
+container watchdog (container_watchdog.py), which kills them all once the node lease runs
+out, also while the nodelet is paused or dead.
 
 Every SDK call blocks, so each runs in a worker thread, never on the event loop.
 """
@@ -13,6 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -30,13 +35,41 @@ PULL_TIMEOUT = 120.0
 class DockerDriver:
     name = "docker"
 
-    def __init__(self, node_id: str, *, log_cap: int = 16 * 1024 * 1024, client: Any = None) -> None:
+    def __init__(self, node_id: str, *, log_cap: int = 16 * 1024 * 1024, client: Any = None, data_dir: Path | None = None) -> None:
         self.node_id = node_id
         self.cluster_id = ""  # set by the nodelet: containers carry it; only ours are cleaned up
         self.log_cap = log_cap
         self._client = client
         self._pulls: dict[str, asyncio.Future[None]] = {}
         self._log_threads: dict[str, threading.Thread] = {}
+        # the node lease for containers (container_watchdog.py); None: no lease (unit use)
+        self.data_dir = data_dir.resolve() if data_dir is not None else None
+        self._watchdog: subprocess.Popen[bytes] | None = None
+        self._watchdog_pipe = -1
+        self._watchdog_lock = threading.Lock()
+
+    def ensure_watchdog(self) -> None:
+        """Start this node's container watchdog unless ours runs: a container must never run
+        without one (it kills containers once the node lease runs out, whatever the nodelet
+        does). The pipe's write end stays here; its end of file tells the watchdog we are gone."""
+        if self.data_dir is None:
+            return
+        with self._watchdog_lock:
+            if self._watchdog is not None and self._watchdog.poll() is None:
+                return
+            if self._watchdog_pipe >= 0:
+                os.close(self._watchdog_pipe)
+            r, w = os.pipe()
+            try:
+                self._watchdog = subprocess.Popen(
+                    [sys.executable, "-m", f"{__package__}.container_watchdog", "--node-id", self.node_id,
+                     "--data-dir", str(self.data_dir), "--lock", str(self.data_dir / "container-watchdog.lock"),
+                     "--nodelet-fd", str(r)],
+                    pass_fds=[r], start_new_session=True, stdin=subprocess.DEVNULL, cwd=str(self.data_dir),
+                )
+            finally:
+                os.close(r)
+            self._watchdog_pipe = w
 
     # ---- engine ---------------------------------------------------------------------------
 
@@ -89,6 +122,7 @@ class DockerDriver:
     async def start(self, task: pb.TaskExecution, directory: Path) -> Handle:
         spec = task.spec
         await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(self.ensure_watchdog)
         await self._ensure_image(spec.image, spec.pull_policy)
         handle = Handle(task_id=task.task_id, attempt=task.attempt, driver=self.name, dir=str(directory), start_time=time.time())
         timeout = spec.timeout.seconds + spec.timeout.nanos / 1e9
@@ -197,6 +231,7 @@ class DockerDriver:
 
         if not handle.container_id:
             return False
+        await asyncio.to_thread(self.ensure_watchdog)
         try:
             container = await asyncio.to_thread(self.client().containers.get, handle.container_id)
         except NotFound:
@@ -220,6 +255,12 @@ class DockerDriver:
             return Outcome(handle.stop_state or pb.LOST, -1, handle.stop_reason or "the container disappeared", time.time())
         code = int(result.get("StatusCode", -1))
         oom = bool(container.attrs.get("State", {}).get("OOMKilled"))
+        try:  # the container watchdog killed it: the node lease ran out
+            lost = (Path(handle.dir) / "lost").read_text().strip()
+        except OSError:
+            lost = ""
+        if lost and not handle.stop_state:
+            handle.stop_state, handle.stop_reason = pb.LOST, lost
         t = self._log_threads.pop(handle.key, None)
         if t is not None:
             await asyncio.to_thread(t.join, 10)

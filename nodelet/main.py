@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if "process" in wanted:
         drivers["process"] = ProcessDriver(args.node_id, log_cap=cap, hide=[str(data_dir.resolve())], lease_file=str(data_dir / "lease"))
     if "docker" in wanted:
-        drivers["docker"] = DockerDriver(args.node_id, log_cap=cap)
+        drivers["docker"] = DockerDriver(args.node_id, log_cap=cap, data_dir=data_dir)
     nodelet = Nodelet(
         args.node_id,
         [m.strip() for m in args.masters.split(",") if m.strip()],
