@@ -2,14 +2,16 @@
 
 Up the stream come registration (with every task the nodelet still knows, for
 re-adoption), heartbeats, task status and log data; down go start/stop commands, status
-acknowledgements and log reads. Every status change is committed before it is
-acknowledged, so a nodelet keeps resending an outcome until it is durable.
+acknowledgements, heartbeat acknowledgements (the node lease) and log reads. The gateway
+carries these and nothing more: what registrations and statuses mean for the cluster's
+records is node_reports.py's (every status committed before it is acknowledged, so a
+nodelet resends an outcome until it is durable), and every message is a sign of life
+handed to liveness (`on_heard`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import logging
 import time
@@ -26,19 +28,16 @@ from corral.v1 import api_pb2, nodelet_pb2_grpc
 from corral.v1 import nodelet_pb2 as npb
 from corral.v1 import types_pb2 as pb
 
-from . import keys, lifecycle, permissions, records, validate
+from . import keys, permissions, records
 from .auth import Authenticator
 from .cache import Cache
 from .election import current_leader
 from .leadership import Leadership
-from .store import Cmp, EtcdStore, Put
+from .node_reports import NodeReports, check_register, stop_message
+from .store import EtcdStore
 from .taskops import TaskWriter
 
 log = logging.getLogger("corral.gateway")
-
-MAX_NODE_CPU = 1_000_000 * 1000
-MAX_NODE_MEMORY = 1 << 50
-
 
 # The node lease, as shares of the heartbeat timeout T: a node kills its tasks LEASE·T after
 # the last heartbeat a leader acknowledged (SIGKILL after KILL_GRACE·T more); the leader
@@ -84,6 +83,7 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 10.0,
         on_change: Callable[[], None] = lambda: None,
+        on_heard: Callable[[str], None] = lambda node_id: None,
     ) -> None:
         self.heartbeat_timeout = heartbeat_timeout
         self.cluster_id = ""  # set by the master once it has read it from the store
@@ -94,8 +94,9 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
         self.leadership = leadership
         self.heartbeat_interval = heartbeat_interval
         self.on_change = on_change
+        self.on_heard = on_heard
+        self.reports = NodeReports(store, cache, writer, leadership)
         self.sessions: dict[str, NodeSession] = {}
-        self.last_seen: dict[str, float] = {}
         self._ids = itertools.count(1)
         cache.listen(self._on_cache_change)
 
@@ -134,14 +135,7 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
         s = self.sessions.get(task.node_id)
         if s is None or s.closed:
             return False
-        grace = task.stop_grace if task.HasField("stop_grace") else Duration(seconds=10)
-        s.send(
-            npb.MasterMessage(
-                stop=npb.StopTask(
-                    task_id=task.task_id, attempt=task.attempt, grace_period=grace, state=state, reason=reason
-                )
-            )
-        )
+        s.send(stop_message(task, state, reason))
         return True
 
     async def read_logs(self, node_id: str, task_id: str, offset: int, max_bytes: int) -> bytes:
@@ -230,10 +224,10 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
                 # silent too long (e.g. paused); its tasks were replaced: make it register
                 # again so reconciliation stops the stale copies
                 raise Unavailable(f"node {session.node_id} was marked DOWN; register again")
-            self.last_seen[session.node_id] = time.monotonic()
+            self.on_heard(session.node_id)
             kind = msg.WhichOneof("msg")
             if kind == "status":
-                await self._on_status(session, msg.status)
+                await self._on_statuses(session, [msg.status])
             elif kind == "batch":
                 statuses = []
                 for m in msg.batch.messages:
@@ -270,20 +264,13 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
             session.last_sent = time.monotonic()
 
     async def _register(self, reg: npb.Register, peer: str) -> NodeSession:
-        validate.check_id("register.node_id", reg.node_id)
-        if len(reg.address) > 256:
-            raise InvalidArgument("register.address: at most 256 characters")
-        cap = reg.capacity
-        if not (0 < cap.cpu <= MAX_NODE_CPU and 0 < cap.memory <= MAX_NODE_MEMORY and cap.pids >= 0):
-            raise InvalidArgument("register.capacity: cpu and memory must be positive and sane")
-        if len(reg.labels) > 64 or len(reg.drivers) > 16 or len(reg.tasks) > 100_000:
-            raise InvalidArgument("register: too many labels, drivers or tasks")
+        check_register(reg)
         existing = self.sessions.get(reg.node_id)
         if existing is not None and not existing.closed:
             raise AlreadyExists(f"node {reg.node_id} is already connected from {existing.peer}")
         if not self.leadership.lease_valid():  # its Registered renews the node's lease: only a sure leader sends it
             raise Unavailable("this master's leadership is not confirmed right now; try again")
-        await self._save_node(reg)
+        await self.reports.save_node(reg)
         # only now the session: a registration whose save failed leaves nothing behind
         # (a session left over would refuse the node's next try as "already connected")
         existing = self.sessions.get(reg.node_id)
@@ -291,7 +278,7 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
             raise AlreadyExists(f"node {reg.node_id} is already connected from {existing.peer}")
         session = NodeSession(reg.node_id, peer, batches=reg.batches)
         self.sessions[reg.node_id] = session
-        self.last_seen[reg.node_id] = time.monotonic()
+        self.on_heard(reg.node_id)
         session.send(
             npb.MasterMessage(
                 registered=npb.Registered(
@@ -303,97 +290,13 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
                 )
             )
         )
-        await self._reconcile(session, reg)
+        await self.reports.reconcile(reg, session.send, self.send_start)
         log.info("nodelet %s registered from %s with %d known tasks", reg.node_id, peer, len(reg.tasks))
         self.on_change()
         return session
 
-    async def _save_node(self, reg: npb.Register) -> None:
-        for _ in range(5):
-            kv = await self.store.get(keys.node(reg.node_id))
-            node = pb.NodeInfo()
-            if kv is not None:
-                node.ParseFromString(kv.value)
-            state = node.state if node.state in (pb.CORDONED, pb.DRAINING) else pb.READY
-            new = pb.NodeInfo(
-                node_id=reg.node_id,
-                address=reg.address,
-                capacity=reg.capacity,
-                allocatable=reg.capacity,
-                labels=reg.labels,
-                drivers=reg.drivers,
-                driver_health=reg.driver_health,
-                state=state,
-                last_heartbeat=records.ts(time.time()),
-                version=reg.version,
-            )
-            result = await self.store.txn(
-                [Cmp(keys.node(reg.node_id), kv.mod_revision if kv else 0), *self.leadership.fence()],
-                [Put(keys.node(reg.node_id), new.SerializeToString())],
-            )
-            if result.succeeded:
-                await self.cache.wait_revision(result.revision)
-                return
-        raise Unavailable(f"could not record node {reg.node_id}; try again")
-
-    async def _reconcile(self, session: NodeSession, reg: npb.Register) -> None:
-        reported = {st.task_id: st for st in reg.tasks}
-        for st in reg.tasks:
-            await self._on_status(session, st)
-        for task_id in list(self.cache.by_node.get(session.node_id, ())):
-            rec = self.cache.tasks.get(task_id)
-            if rec is None or rec.msg.state not in records.ACTIVE or task_id in reported:
-                continue
-            task = rec.msg
-            if task.state == pb.ASSIGNED:
-                self.send_start(task)
-            else:
-                lost = functools.partial(lifecycle.lost, node_id=session.node_id, reason="the node restarted without it")
-                await self.writer.update(task_id, lost, fenced=True)
-
-    async def _on_status(self, session: NodeSession, st: npb.TaskStatus) -> None:
-        await self._on_statuses(session, [st])
-
     async def _on_statuses(self, session: NodeSession, statuses: list[npb.TaskStatus]) -> None:
-        """The statuses of one batch: one write per task, so a task's RUNNING and its
-        outcome sent together commit together; all the tasks' writes at once."""
-        by_task: dict[str, list[npb.TaskStatus]] = {}
-        for st in statuses:
-            by_task.setdefault(st.task_id, []).append(st)
-        screened = [valid for sts in by_task.values() if (valid := self._screen(session, sts))]
-        await self.writer.update_many([(v[0].task_id, functools.partial(lifecycle.reported_all, sts=v)) for v in screened], fenced=True)
-        for valid in screened:
-            self._acknowledge(session, valid)
-
-    def _screen(self, session: NodeSession, sts: list[npb.TaskStatus]) -> list[npb.TaskStatus]:
-        """Of one task's statuses (in the order the nodelet sent them), those to commit.
-        Reports on a copy the cluster does not know or has replaced are answered here."""
-        valid = []
-        for st in sts:
-            if st.state not in (pb.RUNNING, pb.PREEMPTED, *records.TERMINAL):
-                log.warning("node %s sent status with state %s for %s", session.node_id, st.state, st.task_id)
-                continue
-            rec = self.cache.tasks.get(st.task_id)
-            if rec is None or rec.msg.node_id != session.node_id or rec.msg.attempt != st.attempt:
-                # Unknown, or a copy the cluster has replaced: kill it, forget it.
-                if st.state == pb.RUNNING:
-                    stale = pb.TaskExecution(task_id=st.task_id, attempt=st.attempt, node_id=session.node_id)
-                    self.send_stop(stale, pb.LOST, "this copy was replaced; the task runs elsewhere")
-                else:
-                    session.send(npb.MasterMessage(ack=npb.StatusAck(task_id=st.task_id, attempt=st.attempt, state=st.state)))
-                continue
-            if st.state == pb.RUNNING and rec.msg.state in records.TERMINAL:
-                # final for good (LOST with no attempts left, stopped, ...) yet running: end it
-                self.send_stop(rec.msg, rec.msg.state, f"its record is final ({records.state_name(rec.msg.state)})")
-            elif st.state == pb.RUNNING and rec.msg.stop_requested:
-                self.send_stop(rec.msg, pb.STOPPED, "stop requested")
-            valid.append(st)
-        return valid
-
-    def _acknowledge(self, session: NodeSession, committed: list[npb.TaskStatus]) -> None:
-        for st in committed:
-            session.send(npb.MasterMessage(ack=npb.StatusAck(task_id=st.task_id, attempt=st.attempt, state=st.state)))
-        if any(st.state in records.TERMINAL for st in committed):
+        if await self.reports.statuses(session.node_id, statuses, session.send):
             self.on_change()
 
 

@@ -1,8 +1,9 @@
 """Node liveness (leader only): a node silent past the heartbeat timeout goes DOWN, and each
 of its tasks gets a new attempt elsewhere (or ends LOST when its attempts are used up).
 
-Deadlines start with a full grace period when the loop starts, so a new leader never marks
-healthy nodes DOWN before they had time to reconnect.
+It hears of nodes through `heard` (the gateway calls it for every message a node sends),
+not by looking into the gateway. Deadlines start with a full grace period when the loop
+starts, so a new leader never marks healthy nodes DOWN before they had time to reconnect.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from corral.v1 import types_pb2 as pb
 
 from . import keys, lifecycle
 from .cache import Cache
-from .gateway import Gateway
 from .leadership import Leadership
 from .store import Cmp, EtcdStore, Put
 from .taskops import TaskWriter
@@ -32,7 +32,6 @@ class Liveness:
         store: EtcdStore,
         cache: Cache,
         writer: TaskWriter,
-        gateway: Gateway,
         leadership: Leadership,
         *,
         timeout: float = 10.0,
@@ -40,9 +39,13 @@ class Liveness:
         self.store = store
         self.cache = cache
         self.writer = writer
-        self.gateway = gateway
         self.leadership = leadership
         self.timeout = timeout
+        self.last_seen: dict[str, float] = {}  # node → monotonic time of its last message
+
+    def heard(self, node_id: str) -> None:
+        """A node said something (registered, or sent any message on its stream)."""
+        self.last_seen[node_id] = time.monotonic()
 
     async def run(self) -> None:
         await self.cache.ready.wait()
@@ -55,7 +58,7 @@ class Liveness:
             for node_id, rec in list(self.cache.nodes.items()):
                 if rec.msg.state == pb.DOWN:
                     continue
-                seen = self.gateway.last_seen.get(node_id, 0.0)
+                seen = self.last_seen.get(node_id, 0.0)
                 if seen < started:
                     seen = started + RECONNECT_GRACE
                 if now - seen > self.timeout:

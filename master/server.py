@@ -158,15 +158,14 @@ class Master:
 
         self.commit = GroupCommit(self.store, max_ops=args.commit_batch)
         self.writer = TaskWriter(self.store, self.cache, self.leadership, self.commit)
+        self.liveness = Liveness(self.store, self.cache, self.writer, self.leadership, timeout=args.heartbeat_timeout)
         self.gateway = Gateway(
             self.store, self.cache, self.writer, self.auth, self.leadership,
             heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
+            on_heard=self.liveness.heard,
         )
         self.scheduler = Scheduler(self.cache, self.writer, self.gateway, config=placement_config(args), lookahead=args.lookahead)
         self.gateway.on_change = self.scheduler.wake
-        self.liveness = Liveness(
-            self.store, self.cache, self.writer, self.gateway, self.leadership, timeout=args.heartbeat_timeout
-        )
         from .retention import Retention
 
         self.retention = Retention(self.cache, self.commit, self.leadership, keep=args.retention, audit=self.audit)

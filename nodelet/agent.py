@@ -1,28 +1,20 @@
-"""The nodelet agent: registers with the master, holds one stream, heartbeats, runs tasks
-through drivers, reports their status until acknowledged, and re-adopts what it finds on
-disk after a restart.
-
-Task directories live under `<data_dir>/tasks/<task>-<attempt>/` with `handle.json` (how to
-re-attach), `output.log`, `exit`, `outcome.json` once ended, and `acked` once the master
-has committed the outcome.
+"""The nodelet's session with the masters: registers with the leader, holds one stream,
+heartbeats, keeps the node lease from the leader's acknowledgements, and hands the
+master's commands to the task runner (runner.py), whose statuses it sends back.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import logging
 import os
 import random
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import psutil
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from corral import __version__
 from corral.batching import Drainer, nodelet_batch, unbatch
@@ -31,13 +23,11 @@ from corral.v1 import nodelet_pb2 as npb
 from corral.v1 import nodelet_pb2_grpc
 from corral.v1 import types_pb2 as pb
 
-from .driver import Driver, DriverError, Handle, Outcome, PreparingDriver
-from .release import ReleaseTimer
+from .driver import Driver
+from .runner import TaskRunner
 
 log = logging.getLogger("corral.nodelet")
 
-TERMINAL = {pb.SUCCEEDED, pb.FAILED, pb.OOM_KILLED, pb.TIMED_OUT, pb.STOPPED, pb.LOST, pb.PREEMPTED, pb.SKIPPED}
-TIMEOUT_GRACE = 5.0
 MAX_BACKOFF = 1.0  # seconds; short, so a nodelet finds a newly elected leader soon
 FINGERPRINT_EVERY = 10.0  # seconds between driver health checks
 # HTTP/2 pings on the stream: a dead master or a cut link ends the call within ~5 s even
@@ -51,19 +41,9 @@ KEEPALIVE = [
 MASTER_SILENCE_BEATS = 5  # heartbeat intervals without a word from the master before the nodelet drops the stream (the master answers at least every second beat)
 
 
-def _ts(seconds: float) -> Timestamp:
-    t = Timestamp()
-    t.FromNanoseconds(int(seconds * 1e9))
-    return t
-
-
 class MasterSilent(Exception):
     """The stream must be dropped and opened again: the master stopped answering heartbeats
     (dead, paused or cut off), or what this node offers changed."""
-
-
-def _dir_name(task_id: str, attempt: int) -> str:
-    return f"{task_id.replace('/', '_')}-{attempt}"
 
 
 class Nodelet:
@@ -92,22 +72,12 @@ class Nodelet:
         self.memory = memory
         self.labels = labels or {}
         self.address = address
-        self.handles: dict[str, Handle] = {}          # task_id → current attempt's handle
-        self.dirs: dict[str, Path] = {}               # task_id → latest directory (for logs)
-        self.outbox: dict[tuple[str, int], npb.TaskStatus] = {}
+        self.runner = TaskRunner(node_id, data_dir, drivers)
         self.heartbeat_interval = 1.0
-        self._queue: asyncio.Queue[npb.NodeletMessage] | None = None
-        self._monitors: dict[str, asyncio.Task[None]] = {}  # handle key → its watcher
         self.connected = asyncio.Event()
-        self._last_cpu: dict[str, tuple[float, int]] = {}
         self._last_heard = time.monotonic()
         self._registered_once = False
         self._offered: list[str] = []
-        self._starting: dict[str, asyncio.Task[None]] = {}
-        self.release_timer = ReleaseTimer()
-        self._release_futs: dict[str, asyncio.Future[None]] = {}
-        self._waiting: dict[str, int] = {}  # task → attempt, sleeping until its due time
-        self._stopped_early: dict[str, npb.StopTask] = {}
         self._bg: set[asyncio.Task[None]] = set()
         # the node lease (see Registered.lease): heartbeats by number with their send times,
         # and the file through which every task's wrapper learns the current deadline
@@ -123,19 +93,18 @@ class Nodelet:
             self.cluster_id = (data_dir / "cluster_id").read_text().strip()
         except OSError:
             self.cluster_id = ""
-        for d in drivers.values():
-            d.cluster_id = self.cluster_id
+        self.runner.set_cluster(self.cluster_id)
 
     # ---- lifecycle --------------------------------------------------------------------------
 
     async def run(self) -> None:
         self.tasks_dir.mkdir(parents=True, exist_ok=True)
-        # the nodelet's alone: tasks see it as an empty folder (launcher.py), and a task
+        # the nodelet's alone: tasks see it as an empty folder (spawner.py), and a task
         # granted root is the only one that could reach it anyway
         self.data_dir.chmod(0o700)
         self.tasks_dir.chmod(0o700)
-        await self.recover_all()
-        await asyncio.to_thread(self._remove_orphan_containers)
+        await self.runner.recover_all()
+        await asyncio.to_thread(self.runner.remove_orphan_containers)
         await self._connect_forever()
 
     async def _connect_forever(self) -> None:
@@ -167,7 +136,7 @@ class Nodelet:
                 log.warning("stream to %s failed: %r", addr, e)
             finally:
                 self.connected.clear()
-                self._queue = None
+                self.runner.send = _nowhere
             i += 1
             if self._registered_once:
                 backoff, failed_in_round = 0.1, 0
@@ -178,51 +147,6 @@ class Nodelet:
             failed_in_round = 0
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, MAX_BACKOFF)
-
-    def _remove_orphan_containers(self) -> None:
-        """Containers labelled for this node that no task directory knows are removed."""
-        driver = self.drivers.get("docker")
-        if driver is None or not driver.fingerprint()[0]:
-            return
-        known = set()
-        for d in self.tasks_dir.glob("*"):
-            try:
-                known.add(Handle.load(d).container_id)
-            except (OSError, ValueError, TypeError):
-                continue
-        for cid in driver.orphans(known):  # type: ignore[attr-defined]
-            log.warning("removing container %s: no task of this node knows it", cid[:12])
-            driver.remove(cid)  # type: ignore[attr-defined]
-
-    async def recover_all(self) -> None:
-        """Re-adopt running tasks and queue unacknowledged outcomes found on disk."""
-        for d in sorted(self.tasks_dir.glob("*")):
-            if not (d / "handle.json").exists():
-                continue
-            try:
-                handle = Handle.load(d)
-            except (OSError, ValueError, TypeError):
-                log.error("unreadable task handle in %s; leaving it", d)
-                continue
-            self.dirs[handle.task_id] = d
-            if (d / "acked").exists():
-                continue
-            outcome = Outcome.load(d)
-            if outcome is not None:
-                self._queue_outcome(handle, outcome)
-                continue
-            driver = self.drivers.get(handle.driver)
-            if driver is None:
-                continue
-            self.handles[handle.task_id] = handle
-            if await driver.recover(handle):
-                log.info("re-adopted task %s attempt %d (pid %d)", handle.task_id, handle.attempt, handle.pid)
-                self._set_status(self._running_status(handle))
-            else:
-                log.info("task %s ended while the nodelet was down", handle.task_id)
-            self._monitor(handle)
-
-    # ---- the stream -------------------------------------------------------------------------
 
     def _capacity(self) -> pb.Resources:
         cpus = self.cpus if self.cpus else float(psutil.cpu_count() or 1)
@@ -256,10 +180,7 @@ class Nodelet:
             version=__version__,
             batches=True,
         )
-        known = dict(self.outbox)
-        for h in self.handles.values():
-            known.setdefault((h.task_id, h.attempt), self._running_status(h))
-        reg.tasks.extend(known.values())
+        reg.tasks.extend(self.runner.known_statuses())
         return npb.NodeletMessage(register=reg)
 
     async def _session(self, addr: str) -> None:
@@ -300,9 +221,10 @@ class Nodelet:
                 log.warning("this node's data belonged to cluster %s; it now serves cluster %s", self.cluster_id, reg.cluster_id)
             self.cluster_id = reg.cluster_id
             (self.data_dir / "cluster_id").write_text(reg.cluster_id + "\n")
-            for d in self.drivers.values():
-                d.cluster_id = reg.cluster_id
-            self._background(asyncio.to_thread(self._remove_orphan_containers))
+            self.runner.set_cluster(reg.cluster_id)
+            t = asyncio.create_task(asyncio.to_thread(self.runner.remove_orphan_containers))
+            self._bg.add(t)
+            t.add_done_callback(self._bg.discard)
         self.lease = reg.lease.ToNanoseconds() / 1e9
         self.kill_grace = reg.kill_grace.ToNanoseconds() / 1e9
         if self.lease > 0:
@@ -314,11 +236,11 @@ class Nodelet:
             self._on_registered(msg.registered)
             hb = msg.registered.heartbeat_interval
             self.heartbeat_interval = max(0.05, hb.seconds + hb.nanos / 1e9) or 1.0
-            self._queue = queue
+            self.runner.send = queue.put_nowait
             self._registered_once = True
             self.connected.set()
             # statuses that changed after the Register was built; duplicates are harmless
-            for st in list(self.outbox.values()):
+            for st in list(self.runner.outbox.values()):
                 queue.put_nowait(npb.NodeletMessage(status=st))
             log.info("registered with %s as %s", addr, self.node_id)
         elif kind == "start":
@@ -328,15 +250,11 @@ class Nodelet:
                 # it again when this node registers, if it is still this node's
                 log.warning("not starting %s: this node's lease ran out before the start was read", msg.start.task.task_id)
                 return
-            # starts run side by side (a container start takes a while); a stop that
-            # arrives meanwhile waits for its start first (see _stop)
-            task_id = msg.start.task.task_id
-            if task_id not in self._starting:
-                self._starting[task_id] = asyncio.create_task(self._start_guarded(msg.start))
+            self.runner.start(msg.start)
         elif kind == "stop":
-            self._background(self._stop(msg.stop))
+            self.runner.stop(msg.stop)
         elif kind == "ack":
-            self._ack(msg.ack)
+            self.runner.ack(msg.ack)
         elif kind == "heartbeat_ack":
             sent = self._beats_sent.get(msg.heartbeat_ack.seq)
             if sent is not None and self.lease > 0:
@@ -344,7 +262,7 @@ class Nodelet:
                     del self._beats_sent[seq]
                 self.lease_file.renew(sent + self.lease, self.kill_grace)
         elif kind == "read_logs":
-            await queue.put(npb.NodeletMessage(log_data=await asyncio.to_thread(self._read_logs, msg.read_logs)))
+            await queue.put(npb.NodeletMessage(log_data=await asyncio.to_thread(self.runner.read_logs, msg.read_logs)))
 
     async def _heartbeats(self, queue: asyncio.Queue[npb.NodeletMessage]) -> None:
         """Beat once registered; end (raising MasterSilent) when the master stops answering."""
@@ -374,218 +292,13 @@ class Nodelet:
         cpu = psutil.cpu_percent(None) / 100 * (psutil.cpu_count() or 1) * 1000
         mem = psutil.virtual_memory()
         hb = npb.Heartbeat(used=pb.Resources(cpu=int(cpu), memory=mem.total - mem.available))
-        now = time.monotonic()
-        for h in list(self.handles.values()):
-            driver = self.drivers.get(h.driver)
-            if driver is None:
-                continue
-            try:
-                cpu_ns, mem_b = driver.usage(h)
-            except (OSError, ValueError):
-                continue
-            prev = self._last_cpu.get(h.key)
-            self._last_cpu[h.key] = (now, cpu_ns)
-            millis = 0
-            if prev is not None and now > prev[0]:
-                millis = int((cpu_ns - prev[1]) / 1e6 / (now - prev[0]))
-            hb.tasks.add(task_id=h.task_id, cpu=max(0, millis), memory=mem_b)
+        self.runner.task_usage(hb)
         return hb
 
-    def _send(self, msg: npb.NodeletMessage) -> None:
-        if self._queue is not None:
-            self._queue.put_nowait(msg)
 
-    def _set_status(self, st: npb.TaskStatus) -> None:
-        """Remember a status until the master acknowledges it, and send it now if connected."""
-        self.outbox[(st.task_id, st.attempt)] = st
-        self._send(npb.NodeletMessage(status=st))
-
-    def _ack(self, ack: npb.StatusAck) -> None:
-        key = (ack.task_id, ack.attempt)
-        st = self.outbox.get(key)
-        if st is not None and st.state == ack.state:
-            del self.outbox[key]
-        if ack.state in TERMINAL:
-            d = self.dirs.get(ack.task_id)
-            if d is not None and d.name == _dir_name(ack.task_id, ack.attempt):
-                with contextlib.suppress(OSError):
-                    (d / "acked").touch()
-
-    # ---- tasks ------------------------------------------------------------------------------
-
-    def _running_status(self, h: Handle) -> npb.TaskStatus:
-        return npb.TaskStatus(task_id=h.task_id, attempt=h.attempt, state=pb.RUNNING, start_time=_ts(h.start_time))
-
-    def _queue_outcome(self, h: Handle, o: Outcome) -> None:
-        st = npb.TaskStatus(
-            task_id=h.task_id, attempt=h.attempt, state=o.state, exit_code=o.exit_code, reason=o.reason, finish_time=_ts(o.finish_time)
-        )
-        if h.start_time:  # 0: it never started (stopped before its instant, or refused)
-            st.start_time.CopyFrom(_ts(h.start_time))
-        self._set_status(st)
-
-    def _background(self, coro: Any) -> None:
-        t = asyncio.create_task(coro)
-        self._bg.add(t)
-        t.add_done_callback(self._bg.discard)
-
-    async def _start_guarded(self, start: npb.StartTask) -> None:
-        task = start.task
-        try:
-            await self._start(task, start.run_as if start.HasField("run_as") else None)
-        except Exception:  # noqa: BLE001 - one task's failure must not end the stream
-            log.exception("starting task %s failed", task.task_id)
-        finally:
-            self._starting.pop(task.task_id, None)
-
-    async def _start(self, task: pb.TaskExecution, run_as: npb.RunAs | None) -> None:
-        """Start a task, at its due time if that is still ahead: the master sends tasks a
-        little early (its look-ahead), the driver prepares everything it can, and the
-        nodelet's own timer launches it on the instant."""
-        current = self.handles.get(task.task_id)
-        if current is not None and current.attempt >= task.attempt:
-            return  # already running this attempt (a resent start)
-        directory = self.tasks_dir / _dir_name(task.task_id, task.attempt)
-        if directory.exists() and (directory / "handle.json").exists():
-            return  # started before; its status is in the outbox
-        driver_name = {pb.DOCKER: "docker"}.get(task.spec.driver, "process")
-        driver = self.drivers.get(driver_name)
-        self.dirs[task.task_id] = directory
-        if run_as is None or run_as.refused:
-            why = run_as.refused if run_as is not None else "the master sent no run-as uid (an older master?); not started"
-            self._end_unstarted(task, directory, driver_name, pb.FAILED, why)
-            return
-        # drivers read the uid the cluster decided from here, never what the submitter wrote
-        task.spec.user = str(run_as.uid)
-        if driver is None:
-            self._end_unstarted(task, directory, driver_name, pb.FAILED, f"driver {driver_name} is not available on node {self.node_id}")
-            return
-        due = task.due_time.seconds + task.due_time.nanos / 1e9
-        ahead = due > time.time()
-        if ahead:
-            self._waiting[task.task_id] = task.attempt  # a stop from now on means "never start"
-        try:
-            preparing = driver if ahead and isinstance(driver, PreparingDriver) else None
-            prepared = await preparing.prepare(task, directory) if preparing is not None else None
-            try:
-                await self._until(task.task_id, due, functools.partial(preparing.release, prepared) if preparing is not None else None)
-            except asyncio.CancelledError:
-                if preparing is not None:
-                    await preparing.abandon(prepared)
-                raise
-            if preparing is not None:
-                handle = await preparing.launch(prepared)
-            else:
-                handle = await driver.start(task, directory)
-        except asyncio.CancelledError:
-            stop = self._stopped_early.pop(task.task_id, None)
-            if stop is None:
-                raise
-            self._end_unstarted(task, directory, driver_name, stop.state or pb.STOPPED, stop.reason or "stopped before it started")
-            return
-        except DriverError as e:
-            self._end_unstarted(task, directory, driver_name, pb.FAILED, str(e))
-            return
-        finally:
-            self._waiting.pop(task.task_id, None)
-        self.handles[task.task_id] = handle
-        self._set_status(self._running_status(handle))
-        self._monitor(handle)
-
-    async def _until(self, task_id: str, due: float, release: Callable[[], None] | None) -> None:
-        """Wait for the wall-clock instant `due` (never before it); `release` runs at the
-        instant together with the other tasks due then (see release.py)."""
-        if task_id in self._stopped_early:
-            raise asyncio.CancelledError  # stopped while it was being prepared
-        if due <= time.time():
-            if release is not None:
-                release()
-            return
-        fut = self.release_timer.at(due, release)
-        self._release_futs[task_id] = fut
-        try:
-            await fut
-        finally:
-            self._release_futs.pop(task_id, None)
-
-    def _end_unstarted(self, task: pb.TaskExecution, directory: Path, driver_name: str, state: int, reason: str) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        h = Handle(task.task_id, task.attempt, driver_name, str(directory), 0.0)
-        h.save()
-        self._finish(h, Outcome(state, -1, reason, time.time()))
-
-    def _monitor(self, handle: Handle) -> None:
-        t = asyncio.create_task(self._watch(handle))
-        self._monitors[handle.key] = t
-        t.add_done_callback(lambda _: self._monitors.pop(handle.key, None))
-
-    async def _watch(self, handle: Handle) -> None:
-        driver = self.drivers[handle.driver]
-        timer: asyncio.TimerHandle | None = None
-        if handle.deadline:
-            delay = max(0.0, handle.deadline - time.time())
-            timer = asyncio.get_running_loop().call_later(
-                delay, lambda: asyncio.create_task(self._kill(handle, pb.TIMED_OUT, "past its timeout", TIMEOUT_GRACE))
-            )
-        try:
-            outcome = await driver.wait(handle)
-        finally:
-            if timer:
-                timer.cancel()
-        self._finish(handle, outcome)
-
-    def _finish(self, handle: Handle, outcome: Outcome) -> None:
-        outcome.save(Path(handle.dir))
-        if self.handles.get(handle.task_id) is handle:
-            del self.handles[handle.task_id]
-        self._last_cpu.pop(handle.key, None)
-        self._queue_outcome(handle, outcome)
-        log.info("task %s attempt %d ended: %s %s", handle.task_id, handle.attempt, pb.TaskState.Name(outcome.state), outcome.reason)
-
-    async def _stop(self, stop: npb.StopTask) -> None:
-        starting = self._starting.get(stop.task_id)
-        if starting is not None and self._waiting.get(stop.task_id) == stop.attempt:
-            fut = self._release_futs.get(stop.task_id)
-            if fut is None or not fut.done():
-                # stopped before its instant: it never starts
-                self._stopped_early[stop.task_id] = stop
-                if fut is not None:
-                    fut.cancel()
-                return
-        if starting is not None:
-            await asyncio.shield(starting)
-        h = self.handles.get(stop.task_id)
-        if h is None or h.attempt != stop.attempt:
-            return
-        grace = stop.grace_period.seconds + stop.grace_period.nanos / 1e9
-        await self._kill(h, stop.state or pb.STOPPED, stop.reason or "stopped", grace)
-
-    async def _kill(self, h: Handle, state: int, reason: str, grace: float) -> None:
-        if h.stop_state:
-            return
-        h.stop_state = state
-        h.stop_reason = reason
-        h.save()
-        driver = self.drivers[h.driver]
-        await driver.signal_stop(h)
-        watcher = self._monitors.get(h.key)
-        if grace > 0 and watcher is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(watcher), grace)
-        if self.handles.get(h.task_id) is h:
-            await driver.kill(h)
-
-    def _read_logs(self, req: npb.ReadLogs) -> npb.LogData:
-        d = self.dirs.get(req.task_id)
-        if d is None:
-            return npb.LogData(request_id=req.request_id, error=f"no logs for task {req.task_id} on node {self.node_id}")
-        try:
-            with open(d / "output.log", "rb") as f:
-                f.seek(req.offset)
-                data = f.read(max(1, min(req.max_bytes, 1 << 20)))
-        except FileNotFoundError:
-            data = b""
-        return npb.LogData(request_id=req.request_id, data=data, offset=req.offset)
+def _nowhere(msg: npb.NodeletMessage) -> None:
+    """Where the runner's statuses go while no stream is registered: they wait in its
+    outbox and go with the next registration."""
 
 
 async def _write_stream(call: Any, queue: asyncio.Queue[npb.NodeletMessage]) -> None:

@@ -28,17 +28,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .runner import dir_name
 from .spawner import NodeLease
 
 log = logging.getLogger("corral.container_watchdog")
 
 POLL = 0.25  # seconds between lease readings, as the process tasks' wrappers
 LIVE_CHECK = 5.0  # seconds between looks for running containers once the nodelet is gone
-
-
-def task_dir_name(task_id: str, attempt: int | str) -> str:
-    """The task directory's name (agent._dir_name), from a container's labels."""
-    return f"{task_id.replace('/', '_')}-{attempt}"
 
 
 class Watchdog:
@@ -85,10 +81,10 @@ class Watchdog:
         return signalled
 
     def _mark_lost(self, labels: dict[str, str]) -> None:
-        task_id, attempt = labels.get("corral.task_id"), labels.get("corral.attempt")
-        if not task_id or not attempt:
+        task_id, attempt = labels.get("corral.task_id", ""), labels.get("corral.attempt", "")
+        if not task_id or not attempt.isdigit():
             return
-        d = self.data_dir / "tasks" / task_dir_name(task_id, attempt)
+        d = self.data_dir / "tasks" / dir_name(task_id, int(attempt))
         if d.is_dir():
             (d / "lost").write_text("killed on its node: its node lease ran out (no leader acknowledged the node in time)\n")
 
