@@ -95,3 +95,39 @@ def test_packed_and_parsed_records_and_the_finish_index(etcd: str) -> None:
             await store.close()
 
     asyncio.run(main())
+
+
+def test_a_watch_resumed_far_behind_reports_only_what_it_delivered(etcd: str) -> None:
+    """etcd sends a far-behind watch its backlog in several responses, each headed with the
+    *current* revision. The revision the store yields (what the cache resumes from) must be
+    the last event delivered: resuming after the header would skip the rest of the backlog."""
+    async def main() -> None:
+        store = EtcdStore(etcd, prefix=f"/t-gap-{time.time_ns()}/")
+        await store.connect()
+        try:
+            first = await store.current_revision() + 1
+            n = 2500  # etcd sends a backlog 1,000 revisions per response
+            sem = asyncio.Semaphore(32)
+
+            async def put(i: int) -> None:
+                async with sem:
+                    await store.put(f"k/{i:05d}", b"x")
+
+            await asyncio.gather(*(put(i) for i in range(n)))
+            last = await store.current_revision()
+            seen: list[int] = []
+            resume = first
+            responses = 0
+            while len(seen) < n and responses < 50:  # the watch breaks after each response
+                async for rev, events in store.watch("k/", resume):
+                    responses += 1
+                    seen.extend(ev.mod_revision for ev in events)
+                    assert rev <= max(seen), f"yielded {rev}, but only revisions up to {max(seen)} came"
+                    resume = rev + 1
+                    break
+            assert responses > 1, "the backlog came in one response; the gap could not show"
+            assert sorted(seen) == list(range(first, last + 1)), "events skipped or repeated"
+        finally:
+            await store.close()
+
+    asyncio.run(main())
