@@ -113,8 +113,7 @@ class ClusterServicer(api_pb2_grpc.ClusterServiceServicer):
             cluster_id=self.cluster_id,
         )
         current = await current_leader(self.store)
-        if current is not None:
-            resp.leader.ParseFromString(current[0])
+        if current is not None and records.parse(resp.leader, current[0], "the leader key") is not None:
             resp.leader_term = current[1]
         elif isinstance(self.leadership, Always):
             resp.leader.CopyFrom(self.me)
@@ -122,7 +121,8 @@ class ClusterServicer(api_pb2_grpc.ClusterServiceServicer):
             resp.etcd.add(**ep)  # type: ignore[arg-type]
         kvs, _ = await self.store.range(keys.MEMBERS)
         for kv in kvs:
-            resp.members.add().ParseFromString(kv.value)
+            if (member := records.parse(api_pb2.Member(), kv.value, kv.key)) is not None:
+                resp.members.append(member)
         if not resp.members:
             resp.members.append(self.me)
         return resp

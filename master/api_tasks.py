@@ -367,8 +367,9 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
         current = await current_leader(self.store)
         if current is None:
             raise Unavailable("no leader elected right now; try again")
-        member = api_pb2.Member()
-        member.ParseFromString(current[0])
+        member = records.parse(api_pb2.Member(), current[0], "the leader key")
+        if member is None:
+            raise Unavailable("the leader's record cannot be read right now; try again")
         auth = [(k, v) for k, v in (context.invocation_metadata() or ()) if k == "authorization"]
         channel = grpc.aio.secure_channel(member.address, self.tls.channel_credentials()) if self.tls else grpc.aio.insecure_channel(member.address)
         async with channel as ch:

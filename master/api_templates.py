@@ -162,8 +162,8 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
             if skip_missed:
                 kv = await self.store.get(cron_key(t.template_id))
                 st = pb.CronState()
-                if kv is not None:
-                    st.ParseFromString(kv.value)
+                if kv is not None and records.parse(st, kv.value, kv.key) is None:
+                    st = pb.CronState()  # unreadable: as if never fired (the loop re-creates nothing that exists)
                 now = time.time()
                 last = st.last_scheduled or int(records.seconds(t.create_time) or now)
                 plan = cron_plan.suspended(Schedule(t.cron_schedule, t.time_zone), last, now)
@@ -228,8 +228,8 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
         runs = sorted(self.cache.tasks_of(t.template_id), key=lambda x: (records.seconds(x.due_time), x.task_id), reverse=True)
         resp = api_pb2.TemplateHistoryResponse(runs=runs[:limit])
         kv = await self.store.get(keys.CRON + t.template_id)
-        if kv is not None:
-            resp.state.ParseFromString(kv.value)
+        if kv is not None and records.parse(resp.state, kv.value, kv.key) is None:
+            resp.ClearField("state")
         launched = [r for r in runs if r.state != pb.SKIPPED]
         if launched:
             resp.last_fire.CopyFrom(launched[0].due_time)

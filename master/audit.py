@@ -125,9 +125,8 @@ class AuditLog:
         out: list[pb.AuditRecord] = []
         kvs, _ = await self.store.range(keys.AUDIT, self.keep if who or target else limit, newest_first=True)
         for kv in kvs:
-            rec = pb.AuditRecord()
-            rec.ParseFromString(kv.value)
-            if (who and rec.who != who) or (target and rec.target != target):
+            rec = records.parse(pb.AuditRecord(), kv.value, kv.key)
+            if rec is None or (who and rec.who != who) or (target and rec.target != target):
                 continue
             out.append(rec)
             if len(out) >= limit:

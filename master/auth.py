@@ -22,7 +22,7 @@ from corral.errors import CorralError, DeadlineExceeded, PermissionDenied, Unaut
 from corral.tls import peer_identity
 from corral.v1 import types_pb2 as pb
 
-from . import authz, keys, masking
+from . import authz, keys, masking, records
 from .audit import AuditLog
 from .cache import Cache
 from .quotas import Quotas
@@ -139,8 +139,7 @@ async def ensure_bootstrap_admin(store: EtcdStore, token: str, uid_range: tuple[
     kv = await store.get(keys.user("admin"))
     user = pb.User(user_id="admin", name="admin", roles=["admin"], token_hash=hash_token(token))
     if kv is not None:
-        old = pb.User()
-        old.ParseFromString(kv.value)
+        old = records.parse(pb.User(), kv.value, kv.key) or pb.User(user_id="admin", name="admin", roles=["admin"])
         if old.token_hash == user.token_hash:
             return
         old.token_hash = user.token_hash  # keep its uid, quota and creation time

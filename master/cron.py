@@ -10,6 +10,10 @@ the host's). The daylight-saving rule, written once and tested against a brute-f
    unless the schedule runs every hour (hour field `*`): then it fires at both, once per
    real hour.
 3. Fires are strictly increasing in UTC; wall times that land on one instant fire once.
+
+A schedule fires at most HORIZON_YEARS apart: one that has no fire within that span of
+any instant (February 30th, say) has no next fire, and the API refuses it. Fifty years
+keeps every leap-day schedule (at most eight years apart) valid.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import zoneinfo
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 from corral.errors import InvalidArgument
 
@@ -25,6 +29,7 @@ UTC = dt.UTC
 MARGIN = dt.timedelta(hours=4)  # larger than any zone's DST shift
 SAMPLED_SPAN = dt.timedelta(days=2)  # the fast path checks offsets over at most this span,
 SAMPLE_STEP = dt.timedelta(minutes=30)  # every half hour: no zone changes twice within that
+HORIZON_YEARS = 50
 
 
 class Schedule:
@@ -61,18 +66,33 @@ class Schedule:
                 lo_s = mid
         return dt.datetime.fromtimestamp(hi_s, UTC)
 
+    def _iter(self, start: dt.datetime) -> croniter:
+        return croniter(self.expr, start, max_years_between_matches=HORIZON_YEARS)
+
     def next_after(self, after: dt.datetime, n: int = 1) -> list[dt.datetime]:
-        """The next `n` fire instants strictly after `after` (an aware datetime), in UTC."""
+        """The next `n` fire instants strictly after `after` (an aware datetime), in UTC;
+        fewer (none) where the schedule has no fire within HORIZON_YEARS."""
+        try:
+            return self._next_after(after, n)
+        except CroniterError:  # no next fire within the horizon (or past year 9999)
+            return self._next_after(after, n, tolerant=True)
+
+    def _next_after(self, after: dt.datetime, n: int, tolerant: bool = False) -> list[dt.datetime]:
         after = after.astimezone(UTC)
-        fast = self._next_fixed_offset(after, n)
+        fast = None if tolerant else self._next_fixed_offset(after, n)
         if fast is not None:
             return fast
         start = after.astimezone(self.tz).replace(tzinfo=None) - MARGIN
-        it = croniter(self.expr, start)
+        it = self._iter(start)
         found: set[dt.datetime] = set()
         stop_at: dt.datetime | None = None
         for _ in range(1_000_000):
-            wall = it.get_next(dt.datetime)
+            try:
+                wall = it.get_next(dt.datetime)
+            except CroniterError:
+                if not tolerant:
+                    raise
+                break
             if stop_at is not None and wall > stop_at:
                 break
             for inst in self.instants(wall):
@@ -88,7 +108,7 @@ class Schedule:
         and need no DST rule. None when an offset change is near (or the span is long:
         sparse schedules are cheap on the general path anyway)."""
         local = after.astimezone(self.tz)
-        it = croniter(self.expr, local.replace(tzinfo=None))
+        it = self._iter(local.replace(tzinfo=None))
         walls = [it.get_next(dt.datetime) for _ in range(n)]
         offset = local.utcoffset()
         out = [(w - offset).replace(tzinfo=UTC) for w in walls]  # type: ignore[operator]

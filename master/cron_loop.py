@@ -7,6 +7,11 @@ leader, a retry or a restart can never create it twice. Fires are created `looka
 seconds before their instant, so the task is placed and on its node when the instant comes
 (the nodelet starts it on its own timer). A new leader catches up on the instants it missed
 per the template's starting deadline and misfire policy (see cron_plan).
+
+No template can stop the loop: an error that comes from a template (its schedule, its
+cron state, a bug its fields reach) sets that template aside — it is suspended with the
+reason, logged and counted — and the others fire on. Only the store's own trouble
+(unavailable, a deadline) makes a whole pass wait and try again.
 """
 
 from __future__ import annotations
@@ -18,10 +23,10 @@ import heapq
 import logging
 import time
 
-from corral.errors import CorralError, NotFound
+from corral.errors import Aborted, CorralError, DeadlineExceeded, NotFound, Unavailable
 from corral.v1 import types_pb2 as pb
 
-from . import cron_plan, keys, lifecycle, records
+from . import cron_plan, keys, lifecycle, metrics, records
 from .cache import Cache
 from .cron import Schedule
 from .group_commit import GroupCommit
@@ -33,6 +38,7 @@ from .taskops import TaskWriter
 log = logging.getLogger("corral.cron")
 
 DEFAULT_LOOKAHEAD = 1.0  # seconds; `corral master --lookahead`
+STORE_TROUBLE = (Unavailable, DeadlineExceeded, Aborted)  # the store's, not a template's: retry the pass
 
 
 def cron_key(template_id: str) -> str:
@@ -69,6 +75,7 @@ class CronLoop:
         # writing; a template change (ResumeTemplate writes both) or a refused write drops one
         self._states: dict[str, tuple[pb.CronState, int]] = {}
         self.guard = RunawayGuard()
+        self._broken: dict[str, int] = {}  # template → generation set aside (until it changes)
 
     def _on_change(self, prefix: str, ident: str, msg: object) -> None:
         if prefix == keys.TEMPLATES:
@@ -91,7 +98,13 @@ class CronLoop:
                 try:
                     for tid in list(self._dirty):
                         self._dirty.discard(tid)
-                        await self._schedule(tid, catch_up=True)
+                        try:
+                            await self._schedule(tid, catch_up=True)
+                        except STORE_TROUBLE:
+                            self._dirty.add(tid)
+                            raise
+                        except Exception as e:  # noqa: BLE001 - this template's, not the loop's
+                            await self._set_aside(tid, e)
                     await self._fire_due()
                 except CorralError as e:
                     log.warning("cron pass: %s", e)
@@ -127,8 +140,8 @@ class CronLoop:
             st.CopyFrom(known[0])
             return st, known[1]
         kv = await self.store.get(cron_key(tid))
-        if kv is not None:
-            st.ParseFromString(kv.value)
+        if kv is not None and records.parse(st, kv.value, kv.key) is None:
+            raise ValueError(f"its cron state at {kv.key} cannot be read")
         rev = kv.mod_revision if kv else 0
         self._states[tid] = (st, rev)
         copy = pb.CronState()
@@ -144,6 +157,9 @@ class CronLoop:
     async def _schedule(self, tid: str, *, catch_up: bool) -> None:
         rec = self.cache.templates.get(tid)
         gen = self._gen.get(tid, 0)
+        if self._broken.get(tid, -1) == gen:
+            return
+        self._broken.pop(tid, None)
         if rec is None or not rec.msg.cron_schedule or rec.msg.suspended:
             self.guard.forget(tid)
             self._scheds.pop(tid, None)
@@ -176,15 +192,36 @@ class CronLoop:
         while self._heap and self._heap[0][0] <= now:
             entries.append(heapq.heappop(self._heap))
         results = await asyncio.gather(*(self._fire_entry(due, tid, gen, now) for _, due, tid, gen in entries), return_exceptions=True)
-        failed = [(e[2], r) for e, r in zip(entries, results, strict=True) if isinstance(r, BaseException)]
-        for tid, _ in failed:
-            self._dirty.add(tid)  # worked out again (with catch-up) on the next pass
-        for _, err in failed[:1]:
+        failed = []
+        for entry, r in zip(entries, results, strict=True):
+            if isinstance(r, STORE_TROUBLE):
+                self._dirty.add(entry[2])  # worked out again (with catch-up) on the next pass
+                failed.append(r)
+            elif isinstance(r, Exception):
+                await self._set_aside(entry[2], r)
+            elif isinstance(r, BaseException):
+                raise r
+        for err in failed[:1]:
             raise err
 
+    async def _set_aside(self, tid: str, e: Exception) -> None:
+        """A template the loop cannot handle: not again until it changes; suspended, so its
+        owner sees why (`template get`) and can fix and resume it."""
+        self._broken[tid] = self._gen.get(tid, 0)
+        metrics.RECORD_ERRORS["cron"] += 1
+        log.error("template %s set aside: the cron loop cannot handle it: %s: %s", tid, type(e).__name__, e, exc_info=e)
+        rec = self.cache.templates.get(tid)
+        if rec is None or rec.msg.suspended:
+            return
+        reason = f"suspended: the scheduler could not handle this template ({type(e).__name__}: {str(e)[:200]}); fix it and resume"
+        try:
+            await self._suspend(rec.msg, reason)
+        except Exception as err:  # noqa: BLE001 - set aside all the same; the next leader tries again
+            log.warning("template %s: could not record its suspension: %s", tid, err)
+
     async def _fire_entry(self, due: float, tid: str, gen: int, now: float) -> None:
-        if gen != self._gen.get(tid, 0):
-            return  # the template changed; its entry was rescheduled
+        if gen != self._gen.get(tid, 0) or self._broken.get(tid, -1) == gen:
+            return  # the template changed (its entry was rescheduled), or was set aside
         rec = self.cache.templates.get(tid)
         if rec is None or rec.msg.suspended or not rec.msg.cron_schedule:
             return

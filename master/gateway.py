@@ -207,9 +207,8 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
         """Tell a nodelet where the leader is (status + `corral-leader` trailing metadata)."""
         current = await current_leader(self.store)
         address = ""
-        if current is not None:
-            member = api_pb2.Member()
-            member.ParseFromString(current[0])
+        member = records.parse(api_pb2.Member(), current[0], "the leader key") if current is not None else None
+        if member is not None:
             address = member.address
         await context.abort(
             grpc.StatusCode.FAILED_PRECONDITION,

@@ -21,6 +21,10 @@ from .taskops import TaskWriter
 
 log = logging.getLogger("corral.metrics")
 
+# Records a leader loop could not handle and set aside (the loop went on with the rest),
+# by loop: counted where it happens, shown here.
+RECORD_ERRORS: Counter[str] = Counter()
+
 
 def render(cache: Cache, gateway: Gateway, scheduler: Scheduler, writer: TaskWriter, leadership: Leadership) -> str:
     lines = [
@@ -56,6 +60,9 @@ def render(cache: Cache, gateway: Gateway, scheduler: Scheduler, writer: TaskWri
         "# HELP corral_store_revision Last etcd revision applied to the cache.",
         "# TYPE corral_store_revision gauge",
         f"corral_store_revision {cache.revision}",
+        "# HELP corral_record_errors_total Records a leader loop could not handle and set aside (a template is suspended with the reason).",
+        "# TYPE corral_record_errors_total counter",
+        *(f'corral_record_errors_total{{loop="{k}"}} {v}' for k, v in sorted(RECORD_ERRORS.items())),
         "# HELP corral_build_info Version of this master.",
         "# TYPE corral_build_info gauge",
         f'corral_build_info{{version="{__version__}"}} 1',

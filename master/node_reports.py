@@ -96,8 +96,8 @@ class NodeReports:
         for _ in range(5):
             kv = await self.store.get(keys.node(reg.node_id))
             node = pb.NodeInfo()
-            if kv is not None:
-                node.ParseFromString(kv.value)
+            if kv is not None and records.parse(node, kv.value, kv.key) is None:
+                node = pb.NodeInfo()  # unreadable: written anew
             state = node.state if node.state in (pb.CORDONED, pb.DRAINING) else pb.READY
             new = pb.NodeInfo(
                 node_id=reg.node_id,

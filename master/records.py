@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import threading
 import time
+from typing import TypeVar
 
+from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from corral.v1 import types_pb2 as pb
@@ -18,6 +21,21 @@ ACTIVE = frozenset({pb.ASSIGNED, pb.RUNNING})
 DEFAULT_MAX_ATTEMPTS = 3
 
 _lock = threading.Lock()
+log = logging.getLogger("corral.records")
+
+
+M = TypeVar("M", bound=Message)
+
+
+def parse(msg: M, raw: bytes, where: str) -> M | None:
+    """`msg` filled from a stored record, or None (logged) when the bytes do not decode:
+    a record that no corral wrote, or damaged, must not stop a loop or an answer."""
+    try:
+        msg.ParseFromString(raw)
+    except DecodeError:
+        log.error("undecodable %s record at %s; ignored", msg.DESCRIPTOR.name, where)
+        return None
+    return msg
 _last = [0, 0]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from corral.errors import ResourceExhausted, Unavailable
 from corral.v1 import types_pb2 as pb
 
+from . import records
 from .store import Cmp, EtcdStore, Put
 
 NEXT_KEY = "uid_next"
@@ -65,9 +66,8 @@ async def assign_missing(store: EtcdStore, uid_range: tuple[int, int]) -> int:
     kvs, _ = await store.range(keys.USERS)
     assigned = 0
     for kv in kvs:
-        user = pb.User()
-        user.ParseFromString(kv.value)
-        if user.uid:
+        user = records.parse(pb.User(), kv.value, kv.key)
+        if user is None or user.uid:
             continue
         ok, _ = await create_user(store, kv.key, user, uid_range, [Cmp(kv.key, kv.mod_revision)], [])
         assigned += ok

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import zoneinfo
 
@@ -9,6 +10,8 @@ from croniter import croniter
 
 from corral.errors import InvalidArgument
 from corral.v1 import types_pb2 as pb
+
+from . import cron
 
 MAX_SCRIPT = 100 * 1024
 MAX_CPU = 1024 * 1000            # 1,024 cores in millicores
@@ -54,6 +57,11 @@ def check_schedule(spec: pb.TaskTemplate) -> None:
             zoneinfo.ZoneInfo(spec.time_zone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise _bad("time_zone", f"{spec.time_zone[:80]!r} is not a known IANA time zone (e.g. Europe/Berlin)") from None
+    if spec.cron_schedule:
+        sched = cron.Schedule(spec.cron_schedule, spec.time_zone)
+        if not sched.next_after(dt.datetime.now(dt.UTC), 1):
+            raise _bad("cron_schedule", f"{spec.cron_schedule[:80]!r} never fires within the next {cron.HORIZON_YEARS} years "
+                       "(a date that does not exist, such as February 30th?); corral accepts schedules that fire at least that often")
 
 
 def check_run_spec(spec: pb.TaskTemplate, field: str = "spec") -> None:

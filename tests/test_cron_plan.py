@@ -82,3 +82,47 @@ def test_runaway_guard_trips_on_fires_faster_than_the_schedule() -> None:
             break
     assert tripped and "runaway guard" in tripped and "suspended" in tripped
     assert i < 30, "trips within the allowance, not after thousands of fires"
+
+
+def _field(lo: int, hi: int) -> st.SearchStrategy[str]:
+    one = st.integers(lo, hi).map(str)
+    span = st.tuples(st.integers(lo, hi), st.integers(lo, hi)).map(lambda ab: f"{min(ab)}-{max(ab)}")
+    step = st.integers(1, hi - lo + 1).map(lambda n: f"*/{n}")
+    items = st.lists(st.one_of(one, span), min_size=1, max_size=3).map(",".join)
+    return st.one_of(st.just("*"), one, span, step, items)
+
+
+EXPRESSIONS = st.one_of(
+    st.sampled_from(["@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight"]),
+    st.tuples(_field(0, 59), _field(0, 23), _field(1, 31), _field(1, 12), _field(0, 7), st.none() | _field(0, 59)).map(
+        lambda f: " ".join(x for x in f if x is not None)
+    ),
+)
+ZONES = st.sampled_from(["", "UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kathmandu", "Pacific/Chatham"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(EXPRESSIONS, ZONES, st.sampled_from([pb.RUN_ONCE, pb.SKIP, pb.RUN_ALL]), st.integers(0, 3600),
+       st.integers(0, 3 * 86400), st.integers(0, 20 * 365 * 86400))
+def test_every_schedule_the_api_accepts_goes_through_the_cron_loop_s_planning(
+    expr: str, zone: str, policy: int, deadline: int, missed_for: int, offset: int
+) -> None:
+    """What the cron loop computes for a template (its schedule, the runaway guard's gap,
+    catch-up after an outage or a pause, the next fire) never raises for a template the API
+    accepted: a template must not be able to stop the loop."""
+    from corral.errors import InvalidArgument
+    from corral.master import validate
+
+    t = _tpl(misfire_policy=policy, starting_deadline={"seconds": deadline})
+    t.cron_schedule, t.time_zone = expr, zone
+    try:
+        validate.check_schedule(t)
+    except InvalidArgument:
+        return
+    now = T0 + offset + 0.5
+    sched = Schedule(expr, zone)
+    assert sched.next_after(dt.datetime.fromtimestamp(now, dt.UTC), 1), "accepted, so it has a next fire"
+    smallest_gap(sched, dt.datetime.fromtimestamp(now, dt.UTC))
+    plan = cron_plan.missed(t, sched, int(now) - missed_for, now)
+    assert all(int(now) - missed_for < i <= now for i in plan.fire)
+    cron_plan.suspended(sched, int(now) - missed_for, now)
