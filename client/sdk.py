@@ -22,6 +22,7 @@ import grpc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf.message import Message
 
+from corral import channels
 from corral.errors import CorralError, DeadlineExceeded, Unavailable, from_code
 from corral.tls import TlsFiles, tls_files
 from corral.v1 import api_pb2
@@ -31,7 +32,7 @@ TERMINAL = {pb.SUCCEEDED, pb.FAILED, pb.OOM_KILLED, pb.TIMED_OUT, pb.STOPPED, pb
 DEFAULT_ADDR = "127.0.0.1:7070"
 RETRIES = 4
 ATTEMPT_TIMEOUT = 5.0  # one master may hang (paused, partitioned): try the next after this
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024), *channels.RECONNECT]
 
 
 def snake(name: str) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import grpc
 from aetcd import rpc
 
+from corral import channels
 from corral.errors import Unavailable
 from corral.tls import TlsFiles
 
@@ -111,11 +112,7 @@ class EtcdStore:
             ("grpc.keepalive_time_ms", 10_000),
             ("grpc.keepalive_timeout_ms", 5_000),
         ]
-        target = channel_target(self.endpoint)
-        if self.tls is not None:
-            self._channel = grpc.aio.secure_channel(target, self.tls.channel_credentials(), options=options)
-        else:
-            self._channel = grpc.aio.insecure_channel(target, options=options)
+        self._channel = channels.aio_channel(channel_target(self.endpoint), self.tls, options)
         self._kvstub = rpc.KVStub(self._channel)
         self._leasestub = rpc.LeaseStub(self._channel)
         self._maintenance = rpc.MaintenanceStub(self._channel)

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import psutil
 
-from corral import __version__
+from corral import __version__, channels
 from corral.batching import Drainer, nodelet_batch, unbatch
 from corral.tls import TlsFiles
 from corral.v1 import nodelet_pb2 as npb
@@ -185,8 +185,7 @@ class Nodelet:
 
     async def _session(self, addr: str) -> None:
         """One stream to one master, until it breaks or the master falls silent."""
-        channel = (grpc.aio.secure_channel(addr, self.tls.channel_credentials(), options=KEEPALIVE) if self.tls
-                   else grpc.aio.insecure_channel(addr, options=KEEPALIVE))
+        channel = channels.aio_channel(addr, self.tls, [*KEEPALIVE, *channels.OWN_SUBCHANNELS])
         async with channel:
             stub = nodelet_pb2_grpc.NodeletServiceStub(channel)
             queue: asyncio.Queue[npb.NodeletMessage] = asyncio.Queue()

@@ -7,7 +7,8 @@ killed or cut off, so this process does for containers what each wrapper does fo
 it reads the lease file the nodelet renews with every acknowledged heartbeat
 (agent.LeaseFile) four times a second, and once the deadline has passed it writes the
 task's `lost` marker (the nodelet reports the attempt LOST, not FAILED) and sends SIGTERM
-to each of this node's running containers, then SIGKILL after the lease's grace.
+to each of this node's running containers, then SIGKILL after the lease's grace — except
+those whose template says `on_disconnect: keep` (label `corral.on_disconnect`).
 
 It is started by the Docker driver before the first container runs, as
 `python -m corral.nodelet.container_watchdog ...` in its own session (a SIGSTOP or kill -9 of the
@@ -62,6 +63,8 @@ class Watchdog:
         signalled = 0
         for c in self._containers():
             labels = c.labels or {}
+            if labels.get("corral.on_disconnect") == "keep":
+                continue  # its template opted out: it tolerates a second copy
             termed = self.termed.get(c.id)
             if termed is None:
                 self._mark_lost(labels)

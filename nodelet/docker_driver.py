@@ -161,7 +161,7 @@ class DockerDriver:
             security_opt=["no-new-privileges"],
             init=True,
             labels={"corral.task_id": task.task_id, "corral.node_id": self.node_id, "corral.attempt": str(task.attempt),
-                    "corral.cluster_id": self.cluster_id},
+                    "corral.cluster_id": self.cluster_id, "corral.on_disconnect": spec.on_disconnect or "kill"},
             name=_container_name(f"{self.cluster_id}-{self.node_id}", task.task_id, task.attempt),
             detach=True,
         )
