@@ -16,7 +16,7 @@ from . import authz, cron_plan, keys, lifecycle, permissions, records, validate
 from .auth import Authenticator, api_method
 from .cache import Cache
 from .cron import Schedule
-from .cron_loop import cron_key, skip_ops
+from .cron_loop import cron_key, write_skips
 from .request_ids import RequestIds, request_id
 from .store import Cmp, Delete, EtcdStore, Put
 from .taskops import TaskWriter
@@ -148,8 +148,10 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
 
     async def _set_suspended(self, ref: str, suspended: bool, *, skip_missed: bool = False) -> pb.TaskTemplate:
         """Pause or resume. Resuming records each instant that passed while paused as
-        SKIPPED ("suspended"), in the same transaction, and restarts the schedule from now;
-        with `skip_missed` False the cron loop owes them per the misfire policy instead."""
+        SKIPPED ("suspended") and restarts the schedule from now; with `skip_missed` False the
+        cron loop owes them per the misfire policy instead. The records go first, in chunks
+        (cron_loop.write_skips); the last transaction unpauses the template, and holds only
+        if neither it nor its cron state changed meanwhile."""
         for _ in range(5):
             old, rev = resolve_template(self.cache, ref)
             t = pb.TaskTemplate()
@@ -166,12 +168,14 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
                     st = pb.CronState()  # unreadable: as if never fired (the loop re-creates nothing that exists)
                 now = time.time()
                 last = st.last_scheduled or int(records.seconds(t.create_time) or now)
-                plan = cron_plan.suspended(Schedule(t.cron_schedule, t.time_zone), last, now)
-                skip_cmps, skip_puts = skip_ops(t, st, plan.skip, plan.unlisted, now)
+                plan = cron_plan.suspended(t, Schedule(t.cron_schedule, t.time_zone), last, now)
+                ok, cron_rev = await write_skips(self.store.txn, t, st, kv.mod_revision if kv else 0, plan.skip, plan.older, now, [])
+                if not ok:
+                    await self.cache.sync()
+                    continue
                 st.last_scheduled = max(st.last_scheduled, int(now))
-                skip_puts[-1] = Put(cron_key(t.template_id), st.SerializeToString())
-                cmps += [Cmp(cron_key(t.template_id), kv.mod_revision if kv else 0), *skip_cmps]
-                puts += skip_puts
+                cmps.append(Cmp(cron_key(t.template_id), cron_rev))
+                puts.append(Put(cron_key(t.template_id), st.SerializeToString()))
             result = await self.store.txn(cmps, puts)
             if result.succeeded:
                 await self.cache.wait_revision(result.revision)

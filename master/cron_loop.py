@@ -22,6 +22,7 @@ import functools
 import heapq
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from corral.errors import Aborted, CorralError, DeadlineExceeded, NotFound, Unavailable
 from corral.v1 import types_pb2 as pb
@@ -32,7 +33,7 @@ from .cron import Schedule
 from .group_commit import GroupCommit
 from .leadership import Leadership
 from .runaway import RunawayGuard, smallest_gap
-from .store import Cmp, Delete, EtcdStore, Put
+from .store import Cmp, Delete, EtcdStore, Put, TxnResult
 from .taskops import TaskWriter
 
 log = logging.getLogger("corral.cron")
@@ -45,13 +46,30 @@ def cron_key(template_id: str) -> str:
     return keys.CRON + template_id
 
 
-def skip_ops(t: pb.TaskTemplate, st: pb.CronState, skips: list[tuple[int, str]], unlisted: str, now: float) -> tuple[list[Cmp], list[Put]]:
-    """The compares and puts that record skipped instants (each created only if absent)
-    and advance the cron state past them; `st` is updated in place."""
-    recorded = cron_plan.skip_state(st, skips, unlisted)
-    cmps = [Cmp(keys.task(records.fire_id(t.template_id, i)), 0) for i, _ in recorded]
-    puts = [Put(keys.task(records.fire_id(t.template_id, i)), records.skipped_run(t, i, now, reason=r).SerializeToString()) for i, r in recorded]
-    return cmps, [*puts, Put(cron_key(t.template_id), st.SerializeToString())]
+async def write_skips(
+    txn: Callable[[list[Cmp], list[Put]], Awaitable[TxnResult]], t: pb.TaskTemplate, st: pb.CronState, rev: int,
+    skips: list[tuple[int, str]], older: cron_plan.SkipRange | None, now: float, fence: list[Cmp],
+) -> tuple[bool, int]:
+    """Record skipped instants, cron_plan.SKIP_CHUNK records per transaction, oldest first.
+    Each transaction also moves the cron state past its records and holds only if the state
+    is still the one the previous wrote (and each record is created only if absent), so a
+    catch-up cut short by a failure resumes where it stopped. `st` is updated in place;
+    returns (all written, the cron state's revision)."""
+    items = cron_plan.skip_records(skips, older)
+    for i in range(0, len(items), cron_plan.SKIP_CHUNK):
+        chunk = items[i:i + cron_plan.SKIP_CHUNK]
+        recs = [records.skipped_run(t, at, now, reason=why, range_end=end) for at, end, why in chunk]
+        st.last_scheduled = max(st.last_scheduled, *(end or at for at, end, _ in chunk))
+        st.skipped += sum(1 for _, end, _ in chunk if not end)
+        st.last_skip_reason = chunk[-1][2]
+        result = await txn(
+            [Cmp(cron_key(t.template_id), rev), *(Cmp(keys.task(r.task_id), 0) for r in recs), *fence],
+            [*(Put(keys.task(r.task_id), r.SerializeToString()) for r in recs), Put(cron_key(t.template_id), st.SerializeToString())],
+        )
+        if not result.succeeded:
+            return False, rev
+        rev = result.revision
+    return True, rev
 
 
 class CronLoop:
@@ -171,11 +189,11 @@ class CronLoop:
         last = st.last_scheduled or int(records.seconds(t.create_time) or now)  # nothing is owed before creation
         if catch_up and last < now:
             plan = cron_plan.missed(t, sched, last, now)
-            if plan.skip or plan.unlisted:
-                await self._record_skips(t, plan.skip, plan.unlisted)
+            if plan.skip or plan.older:
+                await self._record_skips(t, plan.skip, plan.older)
             for inst in plan.fire:
                 await self._fire(t, inst, catch_up=True)
-            last = max([last, *plan.fire, *(i for i, _ in plan.skip)])
+            last = max([last, *plan.fire, *(i for i, _ in plan.skip), plan.older.last if plan.older else 0])
         nxt = sched.next_after(dt.datetime.fromtimestamp(max(now, last), dt.UTC), 1)
         if nxt:
             due = nxt[0].timestamp()
@@ -233,15 +251,16 @@ class CronLoop:
         await self._fire(t, int(due), catch_up=False)
         await self._schedule(tid, catch_up=False)
 
-    async def _record_skips(self, t: pb.TaskTemplate, skips: list[tuple[int, str]], unlisted: str = "") -> None:
+    async def _record_skips(self, t: pb.TaskTemplate, skips: list[tuple[int, str]], older: cron_plan.SkipRange | None = None) -> None:
         st, rev = await self._state(t.template_id)
         skips = [(i, r) for i, r in skips if i > st.last_scheduled]
-        if not skips and not unlisted:
+        if older is not None and older.last <= st.last_scheduled:
+            older = None
+        if not skips and older is None:
             return
-        cmps, puts = skip_ops(t, st, skips, unlisted, time.time())
-        result = await self.store.txn([Cmp(cron_key(t.template_id), rev), *cmps, *self.leadership.fence()], puts)
-        self._wrote(t.template_id, st, result.revision, result.succeeded)
-        if not result.succeeded:
+        ok, rev = await write_skips(self.store.txn, t, st, rev, skips, older, time.time(), self.leadership.fence())
+        self._wrote(t.template_id, st, rev, ok)
+        if not ok:
             log.warning("template %s: recording %d skipped instants lost a race; the next pass retries", t.template_id, len(skips))
             self._dirty.add(t.template_id)
 

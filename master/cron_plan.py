@@ -19,36 +19,66 @@ from .cron import Schedule
 from .runaway import smallest_gap
 
 RUN_ALL_CAP = 1000      # catch-up fires at most, per RUN_ALL template
-SKIP_RECORD_CAP = 100   # SKIPPED records written per catch-up (one etcd transaction)
+DEFAULT_SKIP_RECORDS = 1000  # SKIPPED records one by one per catch-up (TaskTemplate.max_skip_records)
+SKIP_CHUNK = 100        # SKIPPED records per etcd transaction
+
+
+@dataclass
+class SkipRange:
+    """Instants recorded by one SKIPPED record: every instant in [first, last]."""
+    first: int
+    last: int
+    reason: str
 
 
 @dataclass
 class CatchUp:
     fire: list[int] = field(default_factory=list)              # unix seconds, oldest first
     skip: list[tuple[int, str]] = field(default_factory=list)  # (unix seconds, reason)
-    unlisted: str = ""  # a sentence about older instants that were not enumerated
+    older: SkipRange | None = None  # the instants before `skip` and `fire`, as one record
 
 
-def recent_instants(sched: Schedule, last: int, now: float, limit: int) -> tuple[list[int], bool]:
-    """The instants in (last, now], at most about `limit` of the latest; True if older ones
-    were left out."""
+def skip_cap(t: pb.TaskTemplate) -> int:
+    return t.max_skip_records or DEFAULT_SKIP_RECORDS
+
+
+def recent_instants(sched: Schedule, last: int, now: float, limit: int) -> tuple[list[int], tuple[int, int] | None]:
+    """The instants in (last, now], at most about `limit` of the latest, and the span
+    (first instant, bound) of the older ones left out, if any (not enumerated: after a
+    long outage of a per-second schedule they are millions)."""
     end = dt.datetime.fromtimestamp(now, dt.UTC)
     start = dt.datetime.fromtimestamp(last, dt.UTC)
     gap = smallest_gap(sched, start)
-    cut = False
+    older = None
     if gap != float("inf") and (now - last) / gap > limit:
-        start = dt.datetime.fromtimestamp(now - gap * limit, dt.UTC)
-        cut = True
+        cut = int(now - gap * limit)
+        start = dt.datetime.fromtimestamp(cut, dt.UTC)
+        first = sched.next_after(dt.datetime.fromtimestamp(last, dt.UTC), 1)
+        if first and int(first[0].timestamp()) <= cut:
+            older = (int(first[0].timestamp()), cut)
     found = [int(i.timestamp()) for i in sched.between(start, end)]
-    return found, cut and bool(found)
+    return found, older
+
+
+def _cap(plan: CatchUp, cap: int, older: tuple[int, int] | None, why: str) -> CatchUp:
+    """Keep the latest `cap` skipped instants one by one; the older ones join the range."""
+    plan.skip.sort()
+    over = plan.skip[: max(0, len(plan.skip) - cap)]
+    plan.skip = plan.skip[len(over):]
+    first, last = older if older else (0, 0)
+    if over:
+        first, last = (first or over[0][0]), over[-1][0]
+    if first:
+        plan.older = SkipRange(first, last, f"{why}: every instant from {_iso(first)} to {_iso(last)} "
+                                             f"(one record for them all: beyond max_skip_records, {cap})")
+    return plan
 
 
 def missed(t: pb.TaskTemplate, sched: Schedule, last: int, now: float) -> CatchUp:
     """Instants missed while no leader ran: the starting deadline first, then the policy."""
-    instants, cut = recent_instants(sched, last, now, RUN_ALL_CAP + 1)
+    cap = skip_cap(t)
+    instants, older = recent_instants(sched, last, now, RUN_ALL_CAP + cap + 1)
     plan = CatchUp()
-    if cut:
-        plan.unlisted = f"instants after {_iso(last)} and before {_iso(instants[0])} were missed and skipped (not recorded one by one)"
     deadline = records.seconds(t.starting_deadline)
     if deadline > 0:
         late = [i for i in instants if i < now - deadline]
@@ -65,34 +95,22 @@ def missed(t: pb.TaskTemplate, sched: Schedule, last: int, now: float) -> CatchU
     else:
         plan.skip += [(i, "misfire: RUN_ONCE runs only the latest missed instant") for i in instants[:-1]]
         plan.fire = instants[-1:]
-    plan.skip.sort()
-    return plan
+    return _cap(plan, cap, older, "misfire: missed while no leader ran")
 
 
-def suspended(sched: Schedule, last: int, now: float) -> CatchUp:
+def suspended(t: pb.TaskTemplate, sched: Schedule, last: int, now: float) -> CatchUp:
     """Instants that passed while the template was paused: each is skipped."""
-    instants, cut = recent_instants(sched, last, now, SKIP_RECORD_CAP)
+    cap = skip_cap(t)
+    instants, older = recent_instants(sched, last, now, cap)
     plan = CatchUp(skip=[(i, "suspended: the template was paused") for i in instants])
-    if cut:
-        plan.unlisted = f"instants after {_iso(last)} and before {_iso(instants[0])} passed while paused (not recorded one by one)"
-    return plan
+    return _cap(plan, cap, older, "suspended: the template was paused")
 
 
-def skip_state(st: pb.CronState, skips: list[tuple[int, str]], unlisted: str) -> list[tuple[int, str]]:
-    """Advance the cron state over skipped instants; the ones to record (the latest
-    SKIP_RECORD_CAP). The rest are counted only, and the state says so."""
-    if not skips and not unlisted:
-        return []
-    recorded = skips[-SKIP_RECORD_CAP:]
-    if skips:
-        st.last_scheduled = max(st.last_scheduled, skips[-1][0])
-        st.skipped += len(skips)
-        st.last_skip_reason = skips[-1][1]
-    dropped = len(skips) - len(recorded)
-    notes = [n for n in (unlisted, f"{dropped} more skipped instants are counted, not recorded" if dropped else "") if n]
-    if notes:
-        st.last_skip_reason = "; ".join([st.last_skip_reason, *notes]) if st.last_skip_reason else "; ".join(notes)
-    return recorded
+def skip_records(skips: list[tuple[int, str]], older: SkipRange | None) -> list[tuple[int, int, str]]:
+    """What to write, oldest first: (instant, range end or 0, reason) — the range record
+    first, so the cron state only ever moves forward as they are written in chunks."""
+    out = [(older.first, older.last, older.reason)] if older else []
+    return out + [(i, 0, r) for i, r in sorted(skips)]
 
 
 def _iso(unix: int) -> str:

@@ -96,10 +96,14 @@ def lost(t: pb.TaskExecution, node_id: str, reason: str) -> pb.TaskExecution | N
         t.reason = f"stopped; its node was lost ({reason})"
         t.finish_time.CopyFrom(records.ts(time.time()))
         return t
-    if t.attempt < records.max_attempts(t):
+    if t.spec.on_lost == "end":
+        t.state = pb.LOST
+        t.reason = f"node {node_id} lost: {reason}; not retried (on_lost: end): it may have run"
+    elif t.attempt < records.max_attempts(t):
         return records.next_attempt(t, pb.LOST, f"node {node_id} lost: {reason}")
-    t.state = pb.LOST
-    t.reason = f"node {node_id} lost: {reason}; no attempts left ({t.attempt})"
+    else:
+        t.state = pb.LOST
+        t.reason = f"node {node_id} lost: {reason}; no attempts left ({t.attempt})"
     t.finish_time.CopyFrom(records.ts(time.time()))
     return t
 
@@ -135,9 +139,18 @@ def suspended_before_start(t: pb.TaskExecution, *, now: float) -> pb.TaskExecuti
 
 
 def skipped_past_deadline(t: pb.TaskExecution, deadline: float, *, now: float) -> pb.TaskExecution | None:
-    """It could not start within its starting deadline: SKIPPED, with what held it up."""
+    """It could not start within its starting deadline: SKIPPED, with what held it up —
+    unless an earlier attempt was placed (LOST or preempted: it may have run, and a run
+    that may have executed is never recorded as SKIPPED); then it ends as that attempt did."""
     if t.state != pb.PENDING:
         return None
+    if t.history:
+        before = t.history[-1]
+        t.state = before.state if before.state in records.TERMINAL else pb.FAILED
+        t.finish_time.CopyFrom(records.ts(now))
+        t.reason = (f"not retried: past its starting deadline ({deadline:g}s after its due time); "
+                    f"attempt {before.attempt} ended {records.state_name(before.state)} on {before.node_id or 'its node'} and may have run")
+        return t
     waited = f": {t.reason}" if t.reason and t.reason != "fired by its schedule" else ""
     t.state = pb.SKIPPED
     t.finish_time.CopyFrom(records.ts(now))

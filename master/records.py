@@ -115,11 +115,15 @@ def scheduled_run(t: pb.TaskTemplate, scheduled: int, now: float, *, reason: str
     )
 
 
-def skipped_run(t: pb.TaskTemplate, scheduled: int, now: float, *, reason: str) -> pb.TaskExecution:
+def skipped_run(t: pb.TaskTemplate, scheduled: int, now: float, *, reason: str, range_end: int = 0) -> pb.TaskExecution:
     """The record of an instant that did not run: its one outcome, SKIPPED with the reason.
-    It carries no spec (nothing will run it), which keeps it small."""
-    return pb.TaskExecution(
-        task_id=fire_id(t.template_id, scheduled), template_id=t.template_id, user_id=t.owner,
-        state=pb.SKIPPED, attempt=1, submit_time=ts(now), due_time=ts(scheduled), finish_time=ts(now),
+    It carries no spec (nothing will run it), which keeps it small. With `range_end`, one
+    record for every instant from `scheduled` to `range_end` (id `{template}@{first}..{end}`)."""
+    rec = pb.TaskExecution(
+        task_id=fire_id(t.template_id, scheduled) + (f"..{range_end}" if range_end else ""), template_id=t.template_id,
+        user_id=t.owner, state=pb.SKIPPED, attempt=1, submit_time=ts(now), due_time=ts(scheduled), finish_time=ts(now),
         name=t.name, reason=reason,
     )
+    if range_end:
+        rec.range_end.CopyFrom(ts(range_end))
+    return rec

@@ -14,6 +14,7 @@ from corral.v1 import types_pb2 as pb
 from . import cron
 
 MAX_SCRIPT = 100 * 1024
+MAX_SKIP_RECORDS = 100_000
 MAX_CPU = 1024 * 1000            # 1,024 cores in millicores
 MAX_MEMORY = 16 * 1024**4        # 16 TiB
 MAX_PIDS = 1 << 22
@@ -144,6 +145,10 @@ def check_run_spec(spec: pb.TaskTemplate, field: str = "spec") -> None:
             raise _bad(f + "constraints", "key must not be empty")
     if spec.on_disconnect not in ("", "kill", "keep"):
         raise _bad(f + "on_disconnect", f"{spec.on_disconnect[:40]!r}: use kill (the default) or keep")
+    if spec.on_lost not in ("", "retry", "end"):
+        raise _bad(f + "on_lost", f"{spec.on_lost[:40]!r}: use retry (the default) or end")
+    if not 0 <= spec.max_skip_records <= MAX_SKIP_RECORDS:
+        raise _bad(f + "max_skip_records", f"{spec.max_skip_records}: from 0 (the default, 1000) to {MAX_SKIP_RECORDS}")
     if spec.placement not in ("", "binpack", "spread"):
         raise _bad(f + "placement", f"{spec.placement[:40]!r}: use binpack or spread")
     if spec.gang and not 2 <= spec.gang_size <= 10_000:

@@ -41,13 +41,19 @@ def test_starting_deadline_skips_instants_too_late_to_start() -> None:
     assert all("starting_deadline" in r for _, r in plan.skip) and [i for i, _ in plan.skip] == [T0 + 1, T0 + 2, T0 + 3]
 
 
-def test_a_long_gap_is_not_enumerated_and_says_so() -> None:
+def test_a_long_gap_is_recorded_one_by_one_up_to_the_cap_and_as_one_range_before() -> None:
     week = 7 * 86400
-    plan = cron_plan.suspended(PER_SECOND, T0, T0 + week)
-    assert len(plan.skip) <= cron_plan.SKIP_RECORD_CAP + 1 and plan.skip[-1][0] == T0 + week
-    assert "not recorded one by one" in plan.unlisted
+    plan = cron_plan.suspended(_tpl(), PER_SECOND, T0, T0 + week)
+    assert [i for i, _ in plan.skip] == list(range(T0 + week - 999, T0 + week + 1)), "the latest 1000, one by one"
+    assert plan.older is not None and (plan.older.first, plan.older.last) == (T0 + 1, T0 + week - 1000)
+    assert "every instant from" in plan.older.reason
     run_all = cron_plan.missed(_tpl(misfire_policy=pb.RUN_ALL), PER_SECOND, T0, T0 + week)
     assert len(run_all.fire) == cron_plan.RUN_ALL_CAP and run_all.fire[-1] == T0 + week
+    assert run_all.older is not None and run_all.older.first == T0 + 1
+    assert run_all.older.last + 1 == min(i for i, _ in run_all.skip) and max(i for i, _ in run_all.skip) + 1 == run_all.fire[0]
+    small = cron_plan.missed(_tpl(misfire_policy=pb.SKIP, max_skip_records=10), PER_SECOND, T0, T0 + 120)
+    assert [i for i, _ in small.skip] == list(range(T0 + 111, T0 + 121))
+    assert small.older is not None and (small.older.first, small.older.last) == (T0 + 1, T0 + 110)
 
 
 @settings(max_examples=200, deadline=None)
@@ -60,11 +66,26 @@ def test_each_missed_instant_is_fired_or_skipped_exactly_once(gap: int, policy: 
     t = _tpl(misfire_policy=policy, starting_deadline={"seconds": deadline})
     plan = cron_plan.missed(t, PER_SECOND, T0, T0 + gap)
     handled = sorted([*plan.fire, *(i for i, _ in plan.skip)])
-    assert handled == list(range(T0 + 1, T0 + gap + 1))
-    st_ = pb.CronState(last_scheduled=T0)
-    recorded = cron_plan.skip_state(st_, plan.skip, plan.unlisted)
-    assert len(recorded) == min(len(plan.skip), cron_plan.SKIP_RECORD_CAP)
-    assert st_.skipped == len(plan.skip)
+    assert handled == list(range(T0 + 1, T0 + gap + 1)), "each instant one by one (under the default cap of 1000)"
+    assert plan.older is None
+    records = cron_plan.skip_records(plan.skip, plan.older)
+    assert [i for i, _, _ in records] == sorted(i for i, _ in plan.skip)
+
+
+@settings(max_examples=200, deadline=None)
+@given(gap=st.integers(0, 400), policy=st.sampled_from([pb.RUN_ONCE, pb.SKIP, pb.RUN_ALL]), cap=st.integers(1, 50),
+       every=st.sampled_from(["* * * * * *", "* * * * * */7", "* * * * * 0,1,2,30"]))
+def test_with_a_cap_every_instant_is_fired_recorded_or_in_the_range_record(gap: int, policy: int, cap: int, every: str) -> None:
+    sched = Schedule(every)
+    t = _tpl(misfire_policy=policy, max_skip_records=cap)
+    plan = cron_plan.missed(t, sched, T0, T0 + gap)
+    want = [int(i.timestamp()) for i in sched.between(dt.datetime.fromtimestamp(T0, dt.UTC), dt.datetime.fromtimestamp(T0 + gap, dt.UTC))]
+    ranged = [i for i in want if plan.older and plan.older.first <= i <= plan.older.last]
+    handled = sorted([*plan.fire, *(i for i, _ in plan.skip), *ranged])
+    assert handled == want, "each instant once: fired, recorded, or inside the one range record"
+    assert len(plan.skip) <= cap
+    if plan.older:
+        assert plan.older.first == want[0] and all(plan.older.last < i for i in [*plan.fire, *(i for i, _ in plan.skip)])
 
 
 def test_runaway_guard_trips_on_fires_faster_than_the_schedule() -> None:
@@ -125,4 +146,4 @@ def test_every_schedule_the_api_accepts_goes_through_the_cron_loop_s_planning(
     smallest_gap(sched, dt.datetime.fromtimestamp(now, dt.UTC))
     plan = cron_plan.missed(t, sched, int(now) - missed_for, now)
     assert all(int(now) - missed_for < i <= now for i in plan.fire)
-    cron_plan.suspended(sched, int(now) - missed_for, now)
+    cron_plan.suspended(t, sched, int(now) - missed_for, now)

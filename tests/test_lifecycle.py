@@ -18,9 +18,10 @@ P, A, R = pb.PENDING, pb.ASSIGNED, pb.RUNNING
 FINAL = sorted(records.TERMINAL)
 
 
-def task(state: int = P, *, attempt: int = 1, node: str = "a", stop: bool = False, retry_on_failure: bool = False, max_attempts: int = 0) -> pb.TaskExecution:
+def task(state: int = P, *, attempt: int = 1, node: str = "a", stop: bool = False, retry_on_failure: bool = False, max_attempts: int = 0,
+         on_lost: str = "") -> pb.TaskExecution:
     t = pb.TaskExecution(task_id="t1", state=state, attempt=attempt, node_id=node if state != P else "", stop_requested=stop,
-                         spec=pb.TaskTemplate(run_script="x", timeout=Duration(seconds=30),
+                         spec=pb.TaskTemplate(run_script="x", timeout=Duration(seconds=30), on_lost=on_lost,
                                               retry=pb.RetryPolicy(retry_on_failure=retry_on_failure, max_attempts=max_attempts)))
     t.due_time.CopyFrom(records.ts(NOW - 5))
     return t
@@ -59,6 +60,11 @@ TABLE: list[tuple[str, pb.TaskExecution, Event, tuple[int, int, str, bool] | Non
     ("paused before its instant", task(A), lambda t: lifecycle.suspended_before_start(t, now=NOW), (A, 1, "a", True)),
     ("paused while running", task(R), lambda t: lifecycle.suspended_before_start(t, now=NOW), None),
     ("past its starting deadline", task(P), lambda t: lifecycle.skipped_past_deadline(t, 30, now=NOW), (pb.SKIPPED, 1, "", False)),
+    # a retry of a LOST attempt that cannot start in time: attempt 1 may have run, so not SKIPPED
+    ("lost, then past its starting deadline", lifecycle.lost(task(R), "a", "DOWN"),  # type: ignore[arg-type]
+     lambda t: lifecycle.skipped_past_deadline(t, 30, now=NOW), (pb.LOST, 2, "", False)),
+    ("node lost, on_lost: end", task(R, on_lost="end"), lambda t: lifecycle.lost(t, "a", "DOWN"), (pb.LOST, 1, "a", False)),
+    ("killed by its node lease, on_lost: end", task(R, on_lost="end"), lambda t: lifecycle.reported(t, status(pb.LOST)), (pb.LOST, 1, "a", False)),
     ("placed in time", task(A), lambda t: lifecycle.skipped_past_deadline(t, 30, now=NOW), None),
     ("retried by a user", task(pb.FAILED), lambda t: lifecycle.retried(t, "u", now=NOW), (P, 2, "", False)),
     ("retry of a running task", task(R), lambda t: lifecycle.retried(t, "u", now=NOW), None),

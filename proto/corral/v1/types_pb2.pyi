@@ -112,7 +112,7 @@ class RetryPolicy(_message.Message):
     def __init__(self, max_attempts: _Optional[int] = ..., retry_on_failure: _Optional[bool] = ...) -> None: ...
 
 class TaskTemplate(_message.Message):
-    __slots__ = ("template_id", "name", "owner", "cpu_request", "cpu_limit", "mem_request", "mem_limit", "pids_limit", "driver", "image", "run_script", "args", "env", "user", "working_dir", "timeout", "cron_schedule", "time_zone", "concurrency_policy", "misfire_policy", "starting_deadline", "suspended", "history_limit", "retry", "priority", "constraints", "labels", "ordering_key", "pull_policy", "network", "read_only_rootfs", "create_time", "update_time", "distinct_nodes", "gang", "gang_size", "placement", "next_fires", "suspend_reason", "secret_env", "on_disconnect")
+    __slots__ = ("template_id", "name", "owner", "cpu_request", "cpu_limit", "mem_request", "mem_limit", "pids_limit", "driver", "image", "run_script", "args", "env", "user", "working_dir", "timeout", "cron_schedule", "time_zone", "concurrency_policy", "misfire_policy", "starting_deadline", "suspended", "history_limit", "retry", "priority", "constraints", "labels", "ordering_key", "pull_policy", "network", "read_only_rootfs", "create_time", "update_time", "distinct_nodes", "gang", "gang_size", "placement", "next_fires", "suspend_reason", "secret_env", "on_disconnect", "on_lost", "max_skip_records")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -168,6 +168,8 @@ class TaskTemplate(_message.Message):
     SUSPEND_REASON_FIELD_NUMBER: _ClassVar[int]
     SECRET_ENV_FIELD_NUMBER: _ClassVar[int]
     ON_DISCONNECT_FIELD_NUMBER: _ClassVar[int]
+    ON_LOST_FIELD_NUMBER: _ClassVar[int]
+    MAX_SKIP_RECORDS_FIELD_NUMBER: _ClassVar[int]
     template_id: str
     name: str
     owner: str
@@ -209,7 +211,9 @@ class TaskTemplate(_message.Message):
     suspend_reason: str
     secret_env: _containers.RepeatedScalarFieldContainer[str]
     on_disconnect: str
-    def __init__(self, template_id: _Optional[str] = ..., name: _Optional[str] = ..., owner: _Optional[str] = ..., cpu_request: _Optional[int] = ..., cpu_limit: _Optional[int] = ..., mem_request: _Optional[int] = ..., mem_limit: _Optional[int] = ..., pids_limit: _Optional[int] = ..., driver: _Optional[_Union[Driver, str]] = ..., image: _Optional[str] = ..., run_script: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., user: _Optional[str] = ..., working_dir: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., cron_schedule: _Optional[str] = ..., time_zone: _Optional[str] = ..., concurrency_policy: _Optional[_Union[ConcurrencyPolicy, str]] = ..., misfire_policy: _Optional[_Union[MisfirePolicy, str]] = ..., starting_deadline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., suspended: _Optional[bool] = ..., history_limit: _Optional[int] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., priority: _Optional[int] = ..., constraints: _Optional[_Iterable[_Union[Constraint, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., ordering_key: _Optional[str] = ..., pull_policy: _Optional[_Union[PullPolicy, str]] = ..., network: _Optional[str] = ..., read_only_rootfs: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., distinct_nodes: _Optional[bool] = ..., gang: _Optional[str] = ..., gang_size: _Optional[int] = ..., placement: _Optional[str] = ..., next_fires: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., suspend_reason: _Optional[str] = ..., secret_env: _Optional[_Iterable[str]] = ..., on_disconnect: _Optional[str] = ...) -> None: ...
+    on_lost: str
+    max_skip_records: int
+    def __init__(self, template_id: _Optional[str] = ..., name: _Optional[str] = ..., owner: _Optional[str] = ..., cpu_request: _Optional[int] = ..., cpu_limit: _Optional[int] = ..., mem_request: _Optional[int] = ..., mem_limit: _Optional[int] = ..., pids_limit: _Optional[int] = ..., driver: _Optional[_Union[Driver, str]] = ..., image: _Optional[str] = ..., run_script: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., user: _Optional[str] = ..., working_dir: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., cron_schedule: _Optional[str] = ..., time_zone: _Optional[str] = ..., concurrency_policy: _Optional[_Union[ConcurrencyPolicy, str]] = ..., misfire_policy: _Optional[_Union[MisfirePolicy, str]] = ..., starting_deadline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., suspended: _Optional[bool] = ..., history_limit: _Optional[int] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., priority: _Optional[int] = ..., constraints: _Optional[_Iterable[_Union[Constraint, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., ordering_key: _Optional[str] = ..., pull_policy: _Optional[_Union[PullPolicy, str]] = ..., network: _Optional[str] = ..., read_only_rootfs: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., distinct_nodes: _Optional[bool] = ..., gang: _Optional[str] = ..., gang_size: _Optional[int] = ..., placement: _Optional[str] = ..., next_fires: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., suspend_reason: _Optional[str] = ..., secret_env: _Optional[_Iterable[str]] = ..., on_disconnect: _Optional[str] = ..., on_lost: _Optional[str] = ..., max_skip_records: _Optional[int] = ...) -> None: ...
 
 class AttemptRecord(_message.Message):
     __slots__ = ("attempt", "node_id", "state", "exit_code", "reason", "start_time", "finish_time")
@@ -230,7 +234,7 @@ class AttemptRecord(_message.Message):
     def __init__(self, attempt: _Optional[int] = ..., node_id: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class TaskExecution(_message.Message):
-    __slots__ = ("task_id", "template_id", "user_id", "node_id", "state", "exit_code", "reason", "attempt", "submit_time", "due_time", "start_time", "finish_time", "expiry_time", "name", "spec", "idempotency_key", "history", "stop_requested", "stop_grace")
+    __slots__ = ("task_id", "template_id", "user_id", "node_id", "state", "exit_code", "reason", "attempt", "submit_time", "due_time", "start_time", "finish_time", "expiry_time", "name", "spec", "idempotency_key", "history", "stop_requested", "stop_grace", "range_end")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -250,6 +254,7 @@ class TaskExecution(_message.Message):
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     STOP_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     STOP_GRACE_FIELD_NUMBER: _ClassVar[int]
+    RANGE_END_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     template_id: str
     user_id: str
@@ -269,7 +274,8 @@ class TaskExecution(_message.Message):
     history: _containers.RepeatedCompositeFieldContainer[AttemptRecord]
     stop_requested: bool
     stop_grace: _duration_pb2.Duration
-    def __init__(self, task_id: _Optional[str] = ..., template_id: _Optional[str] = ..., user_id: _Optional[str] = ..., node_id: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., attempt: _Optional[int] = ..., submit_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., due_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expiry_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., name: _Optional[str] = ..., spec: _Optional[_Union[TaskTemplate, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., history: _Optional[_Iterable[_Union[AttemptRecord, _Mapping]]] = ..., stop_requested: _Optional[bool] = ..., stop_grace: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    range_end: _timestamp_pb2.Timestamp
+    def __init__(self, task_id: _Optional[str] = ..., template_id: _Optional[str] = ..., user_id: _Optional[str] = ..., node_id: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., attempt: _Optional[int] = ..., submit_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., due_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expiry_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., name: _Optional[str] = ..., spec: _Optional[_Union[TaskTemplate, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., history: _Optional[_Iterable[_Union[AttemptRecord, _Mapping]]] = ..., stop_requested: _Optional[bool] = ..., stop_grace: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., range_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Resources(_message.Message):
     __slots__ = ("cpu", "memory", "pids")
