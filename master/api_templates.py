@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 import time
@@ -20,6 +21,8 @@ from .cron_loop import cron_key, write_skips
 from .request_ids import RequestIds, request_id
 from .store import Cmp, Delete, EtcdStore, Put
 from .taskops import TaskWriter
+
+EARLY_FIRE_WAIT = 3.0  # seconds an answer waits for nodes to confirm early fires will not start
 
 
 def with_next_fires(t: pb.TaskTemplate, count: int = 5) -> pb.TaskTemplate:
@@ -125,13 +128,30 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
         validate.apply_defaults(t)
         t.owner = old.owner
         t.create_time.CopyFrom(old.create_time)
-        t.update_time.CopyFrom(records.ts(time.time()))
-        result = await self.store.txn(
-            [Cmp(keys.template(t.template_id), rev)], [Put(keys.template(t.template_id), t.SerializeToString())]
-        )
+        now = time.time()
+        t.update_time.CopyFrom(records.ts(now))
+        rescheduled = (t.cron_schedule, t.time_zone) != (old.cron_schedule, old.time_zone)
+        for _ in range(5):  # the cron loop may write the cron state meanwhile: read it again
+            cmps = [Cmp(keys.template(t.template_id), rev)]
+            puts = [Put(keys.template(t.template_id), t.SerializeToString())]
+            if rescheduled and t.cron_schedule:
+                # the new schedule starts now: nothing is owed for its instants before the update
+                kv = await self.store.get(cron_key(t.template_id))
+                st = pb.CronState()
+                if kv is not None and records.parse(st, kv.value, kv.key) is None:
+                    st = pb.CronState()
+                st.last_scheduled = int(now)
+                cmps.append(Cmp(cron_key(t.template_id), kv.mod_revision if kv else 0))
+                puts.append(Put(cron_key(t.template_id), st.SerializeToString()))
+            result = await self.store.txn(cmps, puts)
+            current = self.cache.templates.get(t.template_id)
+            if result.succeeded or current is None or current.rev != rev:
+                break
         if not result.succeeded:
             raise InvalidArgument("template changed concurrently; get it again and retry")
         await self.cache.wait_revision(result.revision)
+        if rescheduled:
+            await self._skip_early_fires(t.template_id, "skipped: the template's schedule changed before this instant", before=now)
         return with_next_fires(t)
 
     @api_method
@@ -144,6 +164,7 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
         if not result.succeeded:
             raise NotFound(f"template {request.template_id!r} changed or was deleted meanwhile")
         await self.cache.wait_revision(result.revision)
+        await self._skip_early_fires(t.template_id, "skipped: its template was deleted before this instant")
         return api_pb2.DeleteTemplateResponse(template_id=t.template_id)
 
     async def _set_suspended(self, ref: str, suspended: bool, *, skip_missed: bool = False) -> pb.TaskTemplate:
@@ -189,16 +210,26 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
         if not t.cron_schedule:
             raise FailedPrecondition(f"template {t.name} has no cron_schedule; there is nothing to pause")
         paused = await self._set_suspended(t.template_id, True)
-        await self._stop_early_fires(paused)
+        await self._skip_early_fires(paused.template_id, "suspended: the template was paused before this instant")
         return paused
 
-    async def _stop_early_fires(self, t: pb.TaskTemplate) -> None:
-        """Fires created ahead of their instant (the look-ahead) that have not started
-        are stopped: a paused template runs nothing after the pause."""
+    async def _skip_early_fires(self, template_id: str, reason: str, *, before: float = 0.0) -> None:
+        """Fires created ahead of their instant (the look-ahead) that have not started end
+        SKIPPED with `reason`, and the answer waits (up to EARLY_FIRE_WAIT) until each is
+        final — its node confirmed it never starts — so a paused, deleted or rescheduled
+        template runs nothing after the answer. A node that does not answer in time may
+        still start its copy at the instant; that run is then stopped, and ends STOPPED."""
         now = time.time()
-        for run in self.cache.tasks_of(t.template_id):
-            if run.state in (pb.PENDING, pb.ASSIGNED) and records.seconds(run.due_time) > now:
-                await self.writer.update(run.task_id, functools.partial(lifecycle.suspended_before_start, now=time.time()))
+        early = [run.task_id for run in self.cache.tasks_of(template_id)
+                 if run.state in (pb.PENDING, pb.ASSIGNED) and records.seconds(run.due_time) > now
+                 and not (before and records.seconds(run.submit_time) >= before)]  # (fires of a new schedule stay)
+        for task_id in early:
+            await self.writer.update(task_id, functools.partial(lifecycle.skipped_before_start, reason=reason, now=time.time()))
+        deadline = time.monotonic() + EARLY_FIRE_WAIT
+        while early and time.monotonic() < deadline:
+            early = [i for i in early if (rec := self.cache.tasks.get(i)) is not None and rec.msg.state not in records.TERMINAL]
+            if early:
+                await asyncio.sleep(0.01)
 
     @api_method
     async def ResumeTemplate(self, request, context, user):  # type: ignore[override]

@@ -94,8 +94,14 @@ class CronLoop:
         self._states: dict[str, tuple[pb.CronState, int]] = {}
         self.guard = RunawayGuard()
         self._broken: dict[str, int] = {}  # template → generation set aside (until it changes)
+        self._trims: set[str] = set()  # templates with a run that ended: trim to history_limit
 
     def _on_change(self, prefix: str, ident: str, msg: object) -> None:
+        if prefix == keys.TASKS and isinstance(msg, pb.TaskExecution) and msg.template_id and msg.state in records.TERMINAL:
+            tpl = self.cache.templates.get(msg.template_id)
+            if tpl is not None and tpl.msg.history_limit > 0:
+                self._trims.add(msg.template_id)  # history_limit holds from when a run ends
+                self._wake.set()
         if prefix == keys.TEMPLATES:
             self._states.pop(ident, None)
             self._gen[ident] = self._gen.get(ident, 0) + 1
@@ -124,6 +130,11 @@ class CronLoop:
                         except Exception as e:  # noqa: BLE001 - this template's, not the loop's
                             await self._set_aside(tid, e)
                     await self._fire_due()
+                    for tid in list(self._trims):
+                        self._trims.discard(tid)
+                        rec = self.cache.templates.get(tid)
+                        if rec is not None and rec.msg.history_limit > 0:
+                            await self._trim(rec.msg)
                 except CorralError as e:
                     log.warning("cron pass: %s", e)
                     await asyncio.sleep(0.5)
@@ -281,7 +292,14 @@ class CronLoop:
         )
         self._wrote(t.template_id, st, result.revision, result.succeeded)
         if not result.succeeded:
+            if task.task_id in self.cache.tasks:
+                # the instant has its record already (a run of the schedule before an update,
+                # skipped by it): its outcome stands; the state moves past it
+                await self._advance(t, scheduled)
             return
+        if t.concurrency_policy in (pb.FORBID, pb.REPLACE):
+            # the next decision (a catch-up fires several in a row) must see this run active
+            await self.cache.wait_revision(result.revision)
         for old in active:  # REPLACE: the older runs make way
             await self._stop(old)
         log.debug("fired %s", task.task_id)
@@ -292,6 +310,15 @@ class CronLoop:
             tripped = self.guard.record(t.template_id, gap, time.monotonic())
             if tripped:
                 await self._suspend(t, tripped)
+
+    async def _advance(self, t: pb.TaskTemplate, scheduled: int) -> None:
+        st, rev = await self._state(t.template_id)
+        if scheduled <= st.last_scheduled:
+            return
+        st.last_scheduled = scheduled
+        result = await self.store.txn([Cmp(cron_key(t.template_id), rev), *self.leadership.fence()],
+                                      [Put(cron_key(t.template_id), st.SerializeToString())])
+        self._wrote(t.template_id, st, result.revision, result.succeeded)
 
     async def _suspend(self, t: pb.TaskTemplate, reason: str) -> None:
         """The runaway guard's stop: the template is suspended and says why."""

@@ -106,7 +106,7 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
         to the node running the task, whichever master wrote it."""
         if prefix == keys.TASKS and isinstance(msg, pb.TaskExecution):
             if msg.stop_requested and msg.state in records.ACTIVE:
-                self.send_stop(msg, pb.STOPPED, msg.reason or "stopped by user")
+                self.send_stop(msg, msg.stop_as or pb.STOPPED, msg.reason or "stopped by user")
             elif msg.state == pb.ASSIGNED:
                 self.send_start(msg)
 

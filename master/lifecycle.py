@@ -8,10 +8,12 @@ once ASSIGNED is committed, and a stop once `stop_requested` is (Gateway._on_cac
 
     PENDING ─assigned→ ASSIGNED ─reported RUNNING→ RUNNING ─reported outcome→ final
        │                  │                          │
-       ├─ stop_requested / suspended_before_start ─→ STOPPED (a started one is stopped on its node)
-       ├─ skipped_past_deadline ─→ SKIPPED
+       ├─ stop_requested ─→ STOPPED (a started one is stopped on its node)
+       ├─ skipped_before_start (template paused, deleted, rescheduled) ─→ SKIPPED if it
+       │     never started, STOPPED if it had (its node says which)
+       ├─ skipped_past_deadline ─→ SKIPPED (or as its earlier attempt ended: it may have run)
        └─ lost (node DOWN, or its node lease ran out) / preempted ─→ the next attempt, PENDING
-                                                          (or LOST for good, attempts used up)
+                                      (or LOST for good: attempts used up, or on_lost: end)
     final ─retried→ the next attempt, PENDING
 """
 
@@ -68,6 +70,8 @@ def reported(t: pb.TaskExecution, st: npb.TaskStatus) -> pb.TaskExecution | None
         t.finish_time.CopyFrom(st.finish_time)
         return records.next_attempt(t, pb.FAILED, st.reason or f"exit code {st.exit_code}")
     t.state = st.state
+    if st.state == pb.SKIPPED and (t.HasField("start_time") or st.HasField("start_time")):
+        t.state = pb.STOPPED  # it ran: never recorded as SKIPPED
     t.exit_code = st.exit_code
     t.reason = st.reason
     if not t.HasField("start_time") and st.HasField("start_time"):
@@ -130,12 +134,29 @@ def stop_requested(t: pb.TaskExecution, reason: str, *, now: float, grace: Durat
     return t
 
 
-def suspended_before_start(t: pb.TaskExecution, *, now: float) -> pb.TaskExecution | None:
-    """Its template was paused before the run's instant: a run not yet started does not
-    start (one in progress goes on)."""
-    if t.state not in (pb.PENDING, pb.ASSIGNED):
+def skipped_before_start(t: pb.TaskExecution, reason: str, *, now: float) -> pb.TaskExecution | None:
+    """Its template was paused, deleted or rescheduled before the run's instant: a run not
+    yet started never starts and ends SKIPPED (a pending one now; a placed one once its
+    node confirms — if it had started meanwhile it ends STOPPED); one in progress goes on."""
+    if t.state not in (pb.PENDING, pb.ASSIGNED) or t.stop_requested:
         return None
-    return stop_requested(t, "suspended: the template was paused before this instant", now=now)
+    if t.state == pb.PENDING:
+        t.state = pb.SKIPPED
+        t.finish_time.CopyFrom(records.ts(now))
+    t.stop_requested = True
+    t.stop_as = pb.SKIPPED
+    t.reason = reason
+    return t
+
+
+def ended_unstarted(t: pb.TaskExecution, *, now: float) -> pb.TaskExecution | None:
+    """A stop was asked for a placed run its node never had (the node registered without
+    it): it ends without running, as the stop said."""
+    if t.state != pb.ASSIGNED or not t.stop_requested:
+        return None
+    t.state = t.stop_as or pb.STOPPED
+    t.finish_time.CopyFrom(records.ts(now))
+    return t
 
 
 def skipped_past_deadline(t: pb.TaskExecution, deadline: float, *, now: float) -> pb.TaskExecution | None:

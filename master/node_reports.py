@@ -133,7 +133,9 @@ class NodeReports:
             rec = self.cache.tasks.get(task_id)
             if rec is None or rec.msg.state not in records.ACTIVE or task_id in reported:
                 continue
-            if rec.msg.state == pb.ASSIGNED:
+            if rec.msg.state == pb.ASSIGNED and rec.msg.stop_requested:
+                await self.writer.update(task_id, functools.partial(lifecycle.ended_unstarted, now=time.time()), fenced=True)
+            elif rec.msg.state == pb.ASSIGNED:
                 start(rec.msg)
             else:
                 lost = functools.partial(lifecycle.lost, node_id=reg.node_id, reason="the node restarted without it")

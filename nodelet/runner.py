@@ -313,7 +313,8 @@ class TaskRunner:
         if h is None or h.attempt != stop.attempt:
             return
         grace = stop.grace_period.seconds + stop.grace_period.nanos / 1e9
-        await self._kill(h, stop.state or pb.STOPPED, stop.reason or "stopped", grace)
+        state = pb.STOPPED if stop.state in (0, pb.SKIPPED) else stop.state  # it started: never SKIPPED
+        await self._kill(h, state, stop.reason or "stopped", grace)
 
     async def _kill(self, h: Handle, state: int, reason: str, grace: float) -> None:
         if h.stop_state:

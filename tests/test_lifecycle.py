@@ -27,9 +27,10 @@ def task(state: int = P, *, attempt: int = 1, node: str = "a", stop: bool = Fals
     return t
 
 
-def status(state: int, attempt: int = 1, code: int = 0) -> npb.TaskStatus:
+def status(state: int, attempt: int = 1, code: int = 0, *, started: bool = True) -> npb.TaskStatus:
     s = npb.TaskStatus(task_id="t1", attempt=attempt, state=state, exit_code=code, reason="why")
-    s.start_time.CopyFrom(records.ts(NOW - 1))
+    if started:  # a nodelet sends a start time only for what it started
+        s.start_time.CopyFrom(records.ts(NOW - 1))
     s.finish_time.CopyFrom(records.ts(NOW))
     return s
 
@@ -57,8 +58,16 @@ TABLE: list[tuple[str, pb.TaskExecution, Event, tuple[int, int, str, bool] | Non
     ("preempted", task(R), lambda t: lifecycle.preempted(t, "a", "t9"), (P, 2, "", False)),
     ("stopped before it started", task(P), lambda t: lifecycle.stop_requested(t, "by u", now=NOW), (pb.STOPPED, 1, "", True)),
     ("stop asked while running", task(R), lambda t: lifecycle.stop_requested(t, "by u", now=NOW), (R, 1, "a", True)),
-    ("paused before its instant", task(A), lambda t: lifecycle.suspended_before_start(t, now=NOW), (A, 1, "a", True)),
-    ("paused while running", task(R), lambda t: lifecycle.suspended_before_start(t, now=NOW), None),
+    ("paused before its instant", task(A), lambda t: lifecycle.skipped_before_start(t, "paused", now=NOW), (A, 1, "a", True)),
+    ("paused before it was placed", task(P), lambda t: lifecycle.skipped_before_start(t, "paused", now=NOW), (pb.SKIPPED, 1, "", True)),
+    ("paused while running", task(R), lambda t: lifecycle.skipped_before_start(t, "paused", now=NOW), None),
+    ("its node confirms it never started", lifecycle.skipped_before_start(task(A), "paused", now=NOW),  # type: ignore[arg-type]
+     lambda t: lifecycle.reported(t, status(pb.SKIPPED, started=False)), (pb.SKIPPED, 1, "a", True)),
+    ("it had started when the skip came", lifecycle.skipped_before_start(task(A), "paused", now=NOW),  # type: ignore[arg-type]
+     lambda t: lifecycle.reported_all(t, [status(R), status(pb.SKIPPED)]), (pb.STOPPED, 1, "a", True)),
+    ("a skip its node never had", lifecycle.skipped_before_start(task(A), "paused", now=NOW),  # type: ignore[arg-type]
+     lambda t: lifecycle.ended_unstarted(t, now=NOW), (pb.SKIPPED, 1, "a", True)),
+    ("a stop its node never had", task(A, stop=True), lambda t: lifecycle.ended_unstarted(t, now=NOW), (pb.STOPPED, 1, "a", True)),
     ("past its starting deadline", task(P), lambda t: lifecycle.skipped_past_deadline(t, 30, now=NOW), (pb.SKIPPED, 1, "", False)),
     # a retry of a LOST attempt that cannot start in time: attempt 1 may have run, so not SKIPPED
     ("lost, then past its starting deadline", lifecycle.lost(task(R), "a", "DOWN"),  # type: ignore[arg-type]

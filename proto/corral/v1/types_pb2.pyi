@@ -234,7 +234,7 @@ class AttemptRecord(_message.Message):
     def __init__(self, attempt: _Optional[int] = ..., node_id: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class TaskExecution(_message.Message):
-    __slots__ = ("task_id", "template_id", "user_id", "node_id", "state", "exit_code", "reason", "attempt", "submit_time", "due_time", "start_time", "finish_time", "expiry_time", "name", "spec", "idempotency_key", "history", "stop_requested", "stop_grace", "range_end")
+    __slots__ = ("task_id", "template_id", "user_id", "node_id", "state", "exit_code", "reason", "attempt", "submit_time", "due_time", "start_time", "finish_time", "expiry_time", "name", "spec", "idempotency_key", "history", "stop_requested", "stop_grace", "range_end", "stop_as")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -255,6 +255,7 @@ class TaskExecution(_message.Message):
     STOP_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     STOP_GRACE_FIELD_NUMBER: _ClassVar[int]
     RANGE_END_FIELD_NUMBER: _ClassVar[int]
+    STOP_AS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     template_id: str
     user_id: str
@@ -275,7 +276,8 @@ class TaskExecution(_message.Message):
     stop_requested: bool
     stop_grace: _duration_pb2.Duration
     range_end: _timestamp_pb2.Timestamp
-    def __init__(self, task_id: _Optional[str] = ..., template_id: _Optional[str] = ..., user_id: _Optional[str] = ..., node_id: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., attempt: _Optional[int] = ..., submit_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., due_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expiry_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., name: _Optional[str] = ..., spec: _Optional[_Union[TaskTemplate, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., history: _Optional[_Iterable[_Union[AttemptRecord, _Mapping]]] = ..., stop_requested: _Optional[bool] = ..., stop_grace: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., range_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    stop_as: TaskState
+    def __init__(self, task_id: _Optional[str] = ..., template_id: _Optional[str] = ..., user_id: _Optional[str] = ..., node_id: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., attempt: _Optional[int] = ..., submit_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., due_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expiry_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., name: _Optional[str] = ..., spec: _Optional[_Union[TaskTemplate, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., history: _Optional[_Iterable[_Union[AttemptRecord, _Mapping]]] = ..., stop_requested: _Optional[bool] = ..., stop_grace: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., range_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stop_as: _Optional[_Union[TaskState, str]] = ...) -> None: ...
 
 class Resources(_message.Message):
     __slots__ = ("cpu", "memory", "pids")
