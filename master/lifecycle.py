@@ -179,6 +179,16 @@ def skipped_past_deadline(t: pb.TaskExecution, deadline: float, *, now: float) -
     return t
 
 
+def unplaceable(t: pb.TaskExecution, reason: str, *, now: float) -> pb.TaskExecution | None:
+    """The placer cannot take it at all (a record no API would have accepted): FAILED."""
+    if t.state != pb.PENDING:
+        return None
+    t.state = pb.FAILED
+    t.reason = reason
+    t.finish_time.CopyFrom(records.ts(now))
+    return t
+
+
 def retried(t: pb.TaskExecution, by: str, *, now: float) -> pb.TaskExecution | None:
     """A user runs a finished task again: the next attempt, due now."""
     if t.state not in records.TERMINAL:

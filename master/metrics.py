@@ -9,15 +9,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from typing import TYPE_CHECKING
 
 from corral import __version__
 from corral.v1 import types_pb2 as pb
 
-from .cache import Cache
-from .gateway import Gateway
-from .leadership import Leadership
-from .scheduling import Scheduler
-from .taskops import TaskWriter
+if TYPE_CHECKING:  # (type names only: the loops import this module for RECORD_ERRORS)
+    from .cache import Cache
+    from .gateway import Gateway
+    from .leadership import Leadership
+    from .scheduling import Scheduler
+    from .taskops import TaskWriter
 
 log = logging.getLogger("corral.metrics")
 

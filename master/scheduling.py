@@ -22,7 +22,7 @@ import corral.scheduler_core as sc
 from corral.errors import Aborted
 from corral.v1 import types_pb2 as pb
 
-from . import lifecycle, records
+from . import lifecycle, metrics, records
 from .cache import Cache
 from .gateway import Gateway
 from .taskops import Mutator, TaskWriter
@@ -277,8 +277,28 @@ class Scheduler:
         due_tasks = await self._hold_incomplete_gangs(due_tasks)
         if not due_tasks:
             return
-        plan = sc.place(self.snapshots.build(self.cache, self.gateway, self.tally), [to_request(t) for t in due_tasks], config=self.config)
         by_id = {t.task_id: t for t in due_tasks}
+        requests = []
+        for t in due_tasks:
+            try:
+                requests.append(to_request(t))
+            except Exception as e:  # noqa: BLE001 - this record's, not the pass's
+                await self._unplaceable(t, e)
+        try:
+            plan = sc.place(self.snapshots.build(self.cache, self.gateway, self.tally), requests, config=self.config)
+        except Exception as e:
+            # one record the placer cannot take (nothing the API would accept, written
+            # into the store some other way) must not stop every placement: find it, end
+            # it FAILED with the error, place the rest
+            bad = self._culprits(requests)
+            if not bad:
+                raise
+            for task_id, err in bad:
+                await self._unplaceable(by_id[task_id], err)
+            log.error("scheduling pass: %d task(s) could not be placed at all and were ended: %s", len(bad), e)
+            gone = {task_id for task_id, _ in bad}
+            plan = sc.place(self.snapshots.build(self.cache, self.gateway, self.tally),
+                            [r for r in requests if r.task_id not in gone], config=self.config)
         for pre in plan.preemptions:
             await self._preempt(pre)
         await self._assign_all(plan.placements)
@@ -287,6 +307,24 @@ class Scheduler:
             self._wake_at_deadline(t)
             if t.reason != u.reason:
                 await self.writer.update(u.task_id, functools.partial(lifecycle.pending_reason, reason=u.reason), fenced=True)
+
+    def _culprits(self, requests: list[sc.TaskRequest]) -> list[tuple[str, Exception]]:
+        """The requests the placer fails on, by halving (each try on a fresh snapshot)."""
+        try:
+            sc.place(self.snapshots.build(self.cache, self.gateway, self.tally), requests, config=self.config)
+            return []
+        except Exception as e:  # noqa: BLE001 - looking for it
+            if len(requests) == 1:
+                return [(requests[0].task_id, e)]
+        mid = len(requests) // 2
+        return self._culprits(requests[:mid]) + self._culprits(requests[mid:])
+
+    async def _unplaceable(self, t: pb.TaskExecution, e: Exception) -> None:
+        metrics.RECORD_ERRORS["scheduler"] += 1
+        log.error("task %s cannot be placed: %s: %s", t.task_id, type(e).__name__, e)
+        why = f"the scheduler cannot place this task ({type(e).__name__}: {str(e)[:200]}); its record is not one the API accepts"
+        await self.writer.update(t.task_id, functools.partial(lifecycle.unplaceable, reason=why, now=time.time()), fenced=True)
+        self._ready.discard(t.task_id)
 
     def _wake_at_deadline(self, t: pb.TaskExecution) -> None:
         """An unplaced task with a starting deadline gets a pass when the deadline passes,

@@ -76,6 +76,22 @@ def test_bad_records_in_etcd_leave_the_masters_serving(cluster: Cluster, tmp_pat
                             cron_schedule="0 0 30 2 *", create_time=now, update_time=now)
     nonsense = pb.TaskTemplate(template_id="bad-nonsense", name="bad-nonsense", owner="admin", run_script="true",
                                cron_schedule="every tuesday", create_time=now, update_time=now)
+    # decodable, but nothing the API would accept: they must not stall the scheduler's passes
+    odd_specs = [
+        pb.TaskTemplate(run_script="true", cpu_request=-5, mem_request=-1),
+        pb.TaskTemplate(run_script="true", cpu_request=10**15, mem_request=1 << 62),
+        pb.TaskTemplate(run_script="true", driver=99),
+        pb.TaskTemplate(run_script="true", constraints=[pb.Constraint(key="", op="??", values=["x"])]),
+        pb.TaskTemplate(run_script="true", gang="g", gang_size=0),
+        pb.TaskTemplate(run_script="true", priority=-1000, placement="sideways"),
+    ]
+    odd = {keys.task(f"odd-{i}"): pb.TaskExecution(task_id=f"odd-{i}", user_id="admin", state=pb.PENDING, attempt=1,
+                                                     submit_time=now, due_time=now, spec=spec).SerializeToString()
+           for i, spec in enumerate(odd_specs)}
+    odd[keys.task("odd-ghost")] = pb.TaskExecution(task_id="odd-ghost", user_id="admin", state=pb.ASSIGNED, attempt=1,
+                                                   node_id="ghost", submit_time=now, due_time=now,
+                                                   spec=pb.TaskTemplate(run_script="true")).SerializeToString()
+    _write_raw(cluster, odd)
     _write_raw(cluster, {  # in this order: bad-never's cron state is unreadable before the loop sees it
         keys.CRON + "bad-never": GARBAGE,
         keys.template(never.template_id): never.SerializeToString(),
@@ -106,6 +122,8 @@ def test_bad_records_in_etcd_leave_the_masters_serving(cluster: Cluster, tmp_pat
         wait_for(lambda: len(_instants(ticks)) >= before + 3, 20, what=f"{phase}: the good template still firing")
 
     serving("after the bad records")
+    sideways = wait_for(lambda: (x := c.get_task(task_id="odd-5")).state == pb.FAILED and x, 10, what="the unplaceable task ended")
+    assert "cannot place" in sideways.reason, sideways.reason
     for name in ("bad-never", "bad-nonsense"):  # an unreadable cron state; a schedule croniter rejects
         got = wait_for(lambda n=name: (x := c.get_template(template_id=n)).suspended and x, 20, what=f"{name} suspended")
         assert "could not handle" in got.suspend_reason, got.suspend_reason
