@@ -38,7 +38,11 @@ def test_after_every_master_was_down_the_node_rejoins_at_once_and_nothing_runs_t
     c = cluster.client()
     out = tmp_path / "markers"
     script = f"{MARK.format(out=out)}; sleep 0.3; {MARK.format(out=out)}"
-    c.create_template(template=pb.TaskTemplate(name="tick", cron_schedule="* * * * * *", user="root", run_script=script))
+    ticks = {
+        c.create_template(template=pb.TaskTemplate(name=name, cron_schedule="* * * * * *", user="root", run_script=script,
+                                                   **policy)).template_id: name
+        for name, policy in {"tick": {}, "tick-all-5s": dict(misfire_policy=pb.RUN_ALL, starting_deadline={"seconds": 5})}.items()
+    }
     one_off = c.submit_task(spec=pb.TaskTemplate(run_script=f"{MARK.format(out=out)}; sleep 2; {MARK.format(out=out)}", user="root"))
     wait_for(lambda: c.get_task(task_id=one_off.task_id).state == pb.RUNNING, 20, what="the one-off RUNNING")
     time.sleep(0.5)
@@ -58,9 +62,20 @@ def test_after_every_master_was_down_the_node_rejoins_at_once_and_nothing_runs_t
     done = c.wait_task(one_off.task_id, timeout=30)
     assert done.state == pb.SUCCEEDED and done.attempt == 1, f"its outcome, kept through the outage, is applied: {done}"
     time.sleep(3)
-    c.pause_template(template_id="tick")
+    for tid in ticks:
+        c.pause_template(template_id=tid)
     time.sleep(2)
-    twice = {t: a for t, a in _attempts(out).items() if len(a) > 1}
+    executed = _attempts(out)
+    twice = {t: a for t, a in executed.items() if len(a) > 1}
     assert not twice, f"ran more than once: {twice}"
+    for tid, name in ticks.items():  # each instant from the first to the last: exactly one outcome
+        runs = {r.due_time.seconds: r for r in c.list_tasks(template_id=tid, page_size=1000).tasks}
+        instants = range(min(runs), max(runs) + 1)
+        missing = [i for i in instants if i not in runs]
+        assert not missing, f"{name}: instants with no record: {missing}"
+        ran_but_skipped = [i for i in instants if runs[i].state == pb.SKIPPED and runs[i].task_id in executed]
+        assert not ran_but_skipped, f"{name}: recorded SKIPPED, yet ran: {ran_but_skipped}"
+        not_run = [i for i in instants if runs[i].state == pb.SUCCEEDED and runs[i].task_id not in executed]
+        assert not not_run, f"{name}: recorded SUCCEEDED without a marker: {not_run}"
     logs = "\n".join(m.log_tail(2000) for m in cluster.masters[-2:])
     assert " DOWN" not in logs, "a node was marked DOWN after the restart"
