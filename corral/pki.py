@@ -6,6 +6,15 @@
     corral pki issue nodelet NODE_ID                 clientAuth; the subject CN is the node
                                                      id the nodelet may speak for
     corral pki issue client USER                     clientAuth; CN is the user
+    corral pki issue etcd-server NAME --san IP       serverAuth + clientAuth, for an etcd
+                                                     member's client port
+    corral pki issue etcd-peer NAME --san IP         serverAuth + clientAuth, for the
+                                                     members' own traffic
+    corral pki issue etcd-client NAME                clientAuth: a master's identity to etcd
+
+etcd trusts every certificate its CA signed, so give etcd a CA of its own (`corral pki init
+--dir pki/etcd`) and issue the etcd kinds from that: a nodelet's or a user's certificate from
+the cluster's CA then cannot reach the store.
 
 Keys are EC P-256, written with mode 0600; certificates are PEM. Files are never
 overwritten unless `--force` is given, so a second `init` cannot silently orphan every
@@ -28,7 +37,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from corral.errors import AlreadyExists, InvalidArgument, NotFound
 
-KINDS = ("master", "nodelet", "client")
+KINDS = ("master", "nodelet", "client", "etcd-server", "etcd-peer", "etcd-client")
+SERVERS = ("master", "etcd-server", "etcd-peer")  # kinds that serve TLS: serverAuth, and localhost in the names
 CA_DAYS = 3650
 LEAF_DAYS = 365
 
@@ -116,8 +126,8 @@ def issue(
     ca_cert, ca_key = load_ca(directory)
     key = ec.generate_private_key(ec.SECP256R1())
     start = not_before or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    usages = [ExtendedKeyUsageOID.CLIENT_AUTH] + ([ExtendedKeyUsageOID.SERVER_AUTH] if kind == "master" else [])
-    names = [name, *(sans or [])] + (["localhost", "127.0.0.1"] if kind == "master" else [])
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH] + ([ExtendedKeyUsageOID.SERVER_AUTH] if kind in SERVERS else [])
+    names = [name, *(sans or [])] + (["localhost", "127.0.0.1"] if kind in SERVERS else [])
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([
@@ -149,9 +159,9 @@ def main(argv: list[str]) -> int:
     i.add_argument("--dir", default=default_dir, help="where the CA and certificates live (env CORRAL_PKI_DIR, default ./pki)")
     i.add_argument("--days", type=int, default=CA_DAYS, help=f"validity (default {CA_DAYS})")
     i.add_argument("--force", action="store_true", help="replace an existing CA")
-    s = sub.add_parser("issue", help="issue a master, nodelet or client certificate")
+    s = sub.add_parser("issue", help="issue a master, nodelet, client or etcd certificate")
     s.add_argument("kind", choices=KINDS)
-    s.add_argument("name", help="master: its host name; nodelet: its node id; client: the user")
+    s.add_argument("name", help="master, etcd-*: its host name; nodelet: its node id; client: the user")
     s.add_argument("--san", action="append", default=[], help="extra DNS name or IP the certificate is valid for (repeatable)")
     s.add_argument("--dir", default=default_dir, help="the CA's directory (env CORRAL_PKI_DIR, default ./pki)")
     s.add_argument("--days", type=int, default=LEAF_DAYS, help=f"validity (default {LEAF_DAYS})")

@@ -133,3 +133,46 @@ def test_cli_init_and_issue(tmp_path: Path) -> None:
     missing = subprocess.run([sys.executable, "-m", "corral", "pki", "issue", "client", "x", "--dir", str(tmp_path / "none")],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "corral pki init" in missing.stderr
+
+
+@pytest.mark.integration
+def test_etcd_kinds_from_a_ca_of_its_own_keep_cluster_certificates_out_of_the_store(tmp_path: Path) -> None:
+    """etcd on mutual TLS with `etcd-server` from the etcd CA: a master's `etcd-client`
+    certificate reads and writes; a client certificate of the cluster's CA is refused."""
+    import asyncio
+
+    from corral import procs
+    from corral.errors import Unavailable
+    from corral.master.store import EtcdStore
+    from corral.tls import TlsFiles
+
+    cluster_ca, etcd_ca = tmp_path / "pki", tmp_path / "pki" / "etcd"
+    pki.init_ca(cluster_ca)
+    pki.init_ca(etcd_ca)
+    pki.issue(etcd_ca, "etcd-server", "etcd-1", sans=["127.0.0.1"])
+    pki.issue(etcd_ca, "etcd-peer", "etcd-1", sans=["127.0.0.1"])
+    pki.issue(etcd_ca, "etcd-client", "m1")
+    pki.issue(cluster_ca, "client", "mallory")
+
+    def files(d: Path, kind: str, name: str) -> TlsFiles:
+        return TlsFiles(str(d / "ca.crt"), str(d / kind / f"{name}.crt"), str(d / kind / f"{name}.key"))
+
+    etcd = procs.start_etcd(tmp_path / "etcd-data", tmp_path / "logs", tls=files(etcd_ca, "etcd-server", "etcd-1"))
+
+    async def use(tls: TlsFiles) -> bytes | None:
+        store = EtcdStore(etcd.info["endpoint"], prefix="/t-pki/", tls=tls)
+        try:
+            await store.connect(wait=3)
+            await store.put("k", b"v")
+            kv = await store.get("k")
+            return kv.value if kv else None
+        finally:
+            await store.close()
+
+    try:
+        assert asyncio.run(use(files(etcd_ca, "etcd-client", "m1"))) == b"v"
+        mallory = TlsFiles(str(etcd_ca / "ca.crt"), str(cluster_ca / "client" / "mallory.crt"), str(cluster_ca / "client" / "mallory.key"))
+        with pytest.raises(Unavailable):
+            asyncio.run(use(mallory))
+    finally:
+        etcd.stop()
