@@ -30,6 +30,12 @@ def _pki(argv: list[str]) -> int:
     return main(argv)
 
 
+def _supervise(argv: list[str]) -> int:
+    from corral.supervise import main
+
+    return main(argv)
+
+
 def _version(argv: list[str]) -> int:
     from corral import __version__
 
@@ -41,7 +47,8 @@ SERVERS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "master": ("run a master replica", _master),
     "nodelet": ("run the node agent", _nodelet),
     "dev": ("run etcd, masters and nodelets locally in one command (Ctrl-C stops all)", _dev),
-    "pki": ("create the cluster's CA and issue master, nodelet and client certificates", _pki),
+    "pki": ("create the cluster's CA and issue master, nodelet, client and etcd certificates", _pki),
+    "supervise": ("keep one member (master, nodelet, etcd) running on a host without systemd", _supervise),
     "version": ("print the version", _version),
 }
 
