@@ -14,17 +14,17 @@ import grpc
 from .tls import TlsFiles
 
 # (name, value) pairs for grpc channel options
-RECONNECT = [
+RECONNECT: list[tuple[str, int | str]] = [
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 # a channel of its own each time (not the process-wide subchannel pool): a new session
 # starts connecting at once, whatever an earlier channel to the same address went through
-OWN_SUBCHANNELS = [("grpc.use_local_subchannel_pool", 1)]
+OWN_SUBCHANNELS: list[tuple[str, int | str]] = [("grpc.use_local_subchannel_pool", 1)]
 
 
-def aio_channel(addr: str, tls: TlsFiles | None, options: list[tuple[str, int]]) -> grpc.aio.Channel:
+def aio_channel(addr: str, tls: TlsFiles | None, options: list[tuple[str, int | str]]) -> grpc.aio.Channel:
     """A channel to `addr`: mutual TLS with `tls`'s files, else plaintext (loopback, tests)."""
     opts = [*RECONNECT, *options]
     if tls is not None:

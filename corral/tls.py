@@ -75,6 +75,12 @@ def add_etcd_arguments(p: argparse.ArgumentParser) -> None:
     """Client TLS to etcd (etcd started with --client-cert-auth and https URLs)."""
     _add_three(p, "--etcd", ("the CA that signed etcd's certificate", "this master's client certificate for etcd", "its private key"),
                "etcd is reached over mutual TLS")
+    p.add_argument(
+        "--etcd-server-name", default=os.environ.get("CORRAL_ETCD_SERVER_NAME", "localhost"),
+        help="with several etcd endpoints over TLS, the name every member's certificate is checked "
+             "against (one gRPC channel serves them all); corral pki's etcd-server certificates all "
+             "carry `localhost` (default; env CORRAL_ETCD_SERVER_NAME)",
+    )
 
 
 def peer_identity(context: grpc.aio.ServicerContext) -> tuple[str, str] | None:

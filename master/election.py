@@ -63,7 +63,7 @@ class Session:
                 main.call_soon_threadsafe(self.lost.set)
 
     async def _keepalive(self) -> None:
-        store = EtcdStore(self.store.endpoint, self.store.prefix, tls=self.store.tls)
+        store = EtcdStore(self.store.endpoint, self.store.prefix, tls=self.store.tls, server_name=self.store.server_name)
         expires = time.monotonic() + self.ttl
         try:
             await store.connect(wait=self.ttl)

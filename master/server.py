@@ -86,7 +86,7 @@ def _bytes(text: str) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     env = os.environ.get
-    p.add_argument("--etcd", default=env("CORRAL_ETCD", "127.0.0.1:2379"), help="etcd endpoint host:port (env CORRAL_ETCD)")
+    p.add_argument("--etcd", default=env("CORRAL_ETCD", "127.0.0.1:2379"), help="etcd endpoint host:port, or a comma-separated list of ip:port members (env CORRAL_ETCD)")
     p.add_argument("--prefix", default=env("CORRAL_PREFIX", "/corral/"), help="key prefix in etcd (env CORRAL_PREFIX)")
     p.add_argument("--listen", default=env("CORRAL_LISTEN", "127.0.0.1:7070"), help="gRPC listen address; port 0 picks a free one")
     p.add_argument("--advertise", default=env("CORRAL_ADVERTISE", ""), help="address clients and nodelets reach this master at")
@@ -147,7 +147,8 @@ class Master:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.tls = tls.tls_files(args.tls_ca, args.tls_cert, args.tls_key)
-        self.store = EtcdStore(args.etcd, args.prefix, tls=tls.tls_files(args.etcd_ca, args.etcd_cert, args.etcd_key, flags="--etcd"))
+        self.store = EtcdStore(args.etcd, args.prefix, tls=tls.tls_files(args.etcd_ca, args.etcd_cert, args.etcd_key, flags="--etcd"),
+                                 server_name=args.etcd_server_name)
         self.cache = Cache(self.store)
         self.leadership: Elected | Always = Always() if args.test_force_leader else Elected()
         self.audit = AuditLog(self.store, args.name, keep=args.audit_keep)

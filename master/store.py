@@ -94,10 +94,19 @@ def channel_target(endpoints: str) -> str:
 
 class EtcdStore:
     """The master's storage over etcd (aetcd's generated stubs on our own channel), every key
-    under `prefix`. `endpoints` is `host:port` or a comma-separated list of members."""
+    under `prefix`. `endpoints` is `host:port` or a comma-separated list of members.
 
-    def __init__(self, endpoints: str, prefix: str = "/corral/", timeout: float = 5.0, *, tls: TlsFiles | None = None) -> None:
+    Over TLS with several members, one channel balances over all of them and checks every
+    member's certificate against one name, `server_name` (gRPC has no per-address names):
+    `localhost`, which corral pki puts in every etcd-server certificate, unless the
+    operator's own CA chose another name common to the members."""
+
+    def __init__(
+        self, endpoints: str, prefix: str = "/corral/", timeout: float = 5.0, *, tls: TlsFiles | None = None,
+        server_name: str = "localhost",
+    ) -> None:
         self.tls = tls
+        self.server_name = server_name
         self.endpoint = endpoints
         self.endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
         self.prefix = prefix
@@ -106,12 +115,14 @@ class EtcdStore:
 
     async def connect(self, wait: float = 30.0) -> None:
         """Connect and wait until etcd answers (raises Unavailable after `wait` seconds)."""
-        options = [
+        options: list[tuple[str, int | str]] = [
             ("grpc.max_receive_message_length", 256 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ("grpc.keepalive_time_ms", 10_000),
             ("grpc.keepalive_timeout_ms", 5_000),
         ]
+        if self.tls is not None and len(self.endpoints) > 1:
+            options.append(("grpc.ssl_target_name_override", self.server_name))
         self._channel = channels.aio_channel(channel_target(self.endpoint), self.tls, options)
         self._kvstub = rpc.KVStub(self._channel)
         self._leasestub = rpc.LeaseStub(self._channel)

@@ -85,6 +85,12 @@ class Lab:
         self._record(state)
         sh("ip", "addr", "add", f"{CONTROL}/24", "dev", self.bridge)
         sh("ip", "link", "set", self.bridge, "up")
+        # Docker sets the FORWARD policy to DROP and bridged frames pass iptables
+        # (br_netfilter): let the hosts reach each other across the lab's bridge
+        if shutil.which("iptables"):
+            sh("iptables", "-I", "FORWARD", "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT")
+            state["forward_rule"] = True
+            self._record(state)
         for n in range(1, count + 1):
             ns, addr = self.ns(n), host_addr(n)
             sh("ip", "netns", "add", ns)
@@ -140,14 +146,21 @@ class Lab:
                 time.sleep(0.2)
 
     def _inventory(self, state: dict) -> None:  # type: ignore[type-arg]
-        """An Ansible inventory for the hosts (the playbooks' groups are for the caller)."""
+        """An Ansible inventory for deploy/ansible: the first three hosts run etcd and a
+        master, nodelets run on the first host (beside a master) and on every host after
+        the third. The hosts share this machine's PID 1, so members run under `corral
+        supervise`; the control directory (CAs, admin env) is the lab's own directory."""
+        hosts = [h["name"] for h in state["hosts"]]
         lines = ["[lab]"]
         for h in state["hosts"]:
             lines.append(f"{h['name']} ansible_host={h['address']} corral_root={self.dir / 'hosts' / h['name']}")
+        lines += ["", "[etcd]", *hosts[:3], "", "[master]", *hosts[:3], "", "[nodelet]", *(hosts[:1] + hosts[3:])]
         lines += ["", "[lab:vars]", "ansible_user=root", "ansible_python_interpreter=/usr/bin/python3",
                   f"ansible_ssh_private_key_file={self.dir / 'keys' / 'id_ed25519'}",
                   f"ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile={self.dir / 'keys' / 'known_hosts'}'",
-                  f"lab_control_address={CONTROL}", ""]
+                  "corral_service_manager=supervise", "",
+                  "[control]", f"localhost ansible_connection=local ansible_python_interpreter={sys.executable}", "",
+                  "[all:vars]", f"corral_control_dir={self.dir}", f"lab_control_address={CONTROL}", ""]
         (self.dir / "hosts.ini").write_text("\n".join(lines))
 
     # ---- faults --------------------------------------------------------------------------
@@ -185,6 +198,8 @@ class Lab:
                     time.sleep(0.1)
             sh("ip", "link", "del", h["veth"], check=False)
             sh("ip", "netns", "del", h["netns"], check=False)
+        if state.get("forward_rule"):
+            sh("iptables", "-D", "FORWARD", "-i", state["bridge"], "-o", state["bridge"], "-j", "ACCEPT", check=False)
         if state.get("bridge"):
             sh("ip", "link", "del", state["bridge"], check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
