@@ -47,6 +47,14 @@ def detect() -> str:
     return "v1"
 
 
+def missing_controllers() -> list[str]:
+    """The controllers task limits need that this machine's /sys/fs/cgroup does not offer
+    (empty when all are there): a nodelet checks at start rather than fail every task."""
+    if detect() == "v2":
+        return []
+    return [c for c in ("memory", "cpu", "pids") if not (ROOT / c).exists()]
+
+
 @functools.cache
 def _v1_hierarchies() -> tuple[tuple[str, Path], ...]:
     """The v1 controller directories, one per hierarchy (cpu and cpuacct are often one

@@ -11,6 +11,7 @@ from pathlib import Path
 from corral import credentials, logs, tls, units
 from corral.errors import CorralError
 
+from . import cgroups
 from .agent import Nodelet, default_node_id
 from .docker_driver import DockerDriver
 from .driver import Driver
@@ -47,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(e))
     drivers: dict[str, Driver] = {}
     if "process" in wanted:
+        missing = cgroups.missing_controllers()
+        if missing:
+            p.error(f"the process driver needs the cgroup controllers cpu, memory and pids; /sys/fs/cgroup "
+                    f"lacks {', '.join(missing)} (is /sys remounted, e.g. by `ip netns exec`?); "
+                    "give --drivers docker to run without it")
         drivers["process"] = ProcessDriver(args.node_id, log_cap=cap, hide=[str(data_dir.resolve())], lease_file=str(data_dir / "lease"))
     if "docker" in wanted:
         drivers["docker"] = DockerDriver(args.node_id, log_cap=cap, data_dir=data_dir)

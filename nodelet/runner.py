@@ -188,8 +188,15 @@ class TaskRunner:
         task = start.task
         try:
             await self._start(task, start.run_as if start.HasField("run_as") else None)
-        except Exception:  # noqa: BLE001 - one task's failure must not end the stream
+        except Exception as e:  # noqa: BLE001 - one task's failure must not end the stream
             log.exception("starting task %s failed", task.task_id)
+            # reported, not left ASSIGNED for ever: the master then applies its retry policy
+            # (seen when a nodelet ran where cgroups were not mounted)
+            current = self.handles.get(task.task_id)
+            directory = self.tasks_dir / dir_name(task.task_id, task.attempt)
+            if (current is None or current.attempt < task.attempt) and not (directory / "handle.json").exists():
+                driver_name = {pb.DOCKER: "docker"}.get(task.spec.driver, "process")
+                self._end_unstarted(task, directory, driver_name, pb.FAILED, f"node {self.node_id} could not start it: {e}")
         finally:
             self._starting.pop(task.task_id, None)
 

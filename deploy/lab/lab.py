@@ -120,7 +120,9 @@ class Lab:
             "Subsystem sftp internal-sftp\nLogLevel ERROR\n"
         )
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
-        sh("ip", "netns", "exec", ns, "/usr/sbin/sshd", "-f", str(config), "-E", str(root / "sshd.log"))
+        # nsenter joins the network namespace only: `ip netns exec` would also remount /sys,
+        # hiding the cgroup hierarchies the nodelets need from everything sshd starts
+        sh("nsenter", f"--net=/run/netns/{ns}", "/usr/sbin/sshd", "-f", str(config), "-E", str(root / "sshd.log"))
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
