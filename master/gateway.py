@@ -87,6 +87,7 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
     ) -> None:
         self.heartbeat_timeout = heartbeat_timeout
         self.cluster_id = ""  # set by the master once it has read it from the store
+        self.address = ""  # this master's advertised address, set once it listens
         self.store = store
         self.cache = cache
         self.writer = writer
@@ -169,7 +170,7 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
         tasks: list[asyncio.Task[None]] = []
         try:
             bound = await self.auth.authenticate_nodelet(context)
-            if not self.leadership.is_leader():
+            if not await self._leading_soon():
                 await self._redirect(context)
             first = await asyncio.wait_for(anext(aiter(request_iterator)), 30)
             if first.WhichOneof("msg") != "register":
@@ -202,6 +203,24 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
                     del self.sessions[session.node_id]
                 log.info("nodelet %s disconnected", session.node_id)
                 self.on_change()
+
+    async def _leading_soon(self, within: float = 2.0) -> bool:
+        """Whether this master leads. A master that has just won writes the leader key a moment
+        before it starts leading; a nodelet connecting in that gap would be sent back to this
+        very address, so then (and only then) wait briefly."""
+        if self.leadership.is_leader():
+            return True
+        current = await current_leader(self.store)
+        member = records.parse(api_pb2.Member(), current[0], "the leader key") if current is not None else None
+        if member is None or not self.address or member.address != self.address:
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while not self.leadership.is_leader():
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
 
     async def _redirect(self, context: grpc.aio.ServicerContext) -> None:
         """Tell a nodelet where the leader is (status + `corral-leader` trailing metadata)."""

@@ -211,7 +211,7 @@ class Master:
         else:
             port = self.server.add_insecure_port(self.args.listen)
         host = self.args.listen.rpartition(":")[0]
-        self.address = self.args.advertise or f"{host}:{port}"
+        self.address = self.gateway.address = self.args.advertise or f"{host}:{port}"
         self._add_services(self.address)
         await self.server.start()
         stop = asyncio.Event()
