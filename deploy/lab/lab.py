@@ -5,6 +5,7 @@ and the fault tests can cut real links.
     python deploy/lab/lab.py up --hosts 4 [--dir .corral-lab]   make them; print the inventory
     python deploy/lab/lab.py cut HOST | heal HOST                 take a host's link down / up
     python deploy/lab/lab.py netem HOST "delay 100ms loss 5%"     shape a host's link (tc netem)
+    python deploy/lab/lab.py loss HOST 5                           drop 5% of its packets each way
     python deploy/lab/lab.py down [--dir .corral-lab]             remove all it made
 
 What it makes, all named from the lab's name (default `clab`): a bridge `clab0` in the
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -32,23 +34,28 @@ import sys
 import time
 from pathlib import Path
 
-SUBNET = "10.77.0"
-CONTROL = f"{SUBNET}.1"
+LOSS_TAG = "corral-lab-loss"
+SUBNET = "10.77.0"  # the default /24; a second lab (e.g. the tests') takes another
 
 
 def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, check=check, capture_output=True, text=True)
 
 
-def host_addr(n: int) -> str:
-    return f"{SUBNET}.{10 + n}"
-
-
 class Lab:
-    def __init__(self, directory: Path, name: str = "clab") -> None:
+    def __init__(self, directory: Path, name: str = "clab", subnet: str = SUBNET) -> None:
         self.dir = directory.resolve()
         self.name = name
+        self.subnet = subnet
         self.state_file = self.dir / "lab.json"
+
+    @property
+    def control(self) -> str:
+        """The control host's address in the lab (on the bridge)."""
+        return f"{self.subnet}.1"
+
+    def host_addr(self, n: int) -> str:
+        return f"{self.subnet}.{10 + n}"
 
     @property
     def bridge(self) -> str:
@@ -72,7 +79,7 @@ class Lab:
     def up(self, count: int) -> dict:  # type: ignore[type-arg]
         if self.state_file.exists():
             raise SystemExit(f"lab: {self.state_file} exists: the lab is up (run `down` first)")
-        state: dict = {"name": self.name, "bridge": "", "hosts": []}  # type: ignore[type-arg]
+        state: dict = {"name": self.name, "subnet": self.subnet, "bridge": "", "hosts": []}  # type: ignore[type-arg]
         self._record(state)
         keys = self.dir / "keys"
         keys.mkdir(mode=0o700, exist_ok=True)
@@ -83,7 +90,7 @@ class Lab:
         sh("ip", "link", "add", self.bridge, "type", "bridge")
         state["bridge"] = self.bridge
         self._record(state)
-        sh("ip", "addr", "add", f"{CONTROL}/24", "dev", self.bridge)
+        sh("ip", "addr", "add", f"{self.control}/24", "dev", self.bridge)
         sh("ip", "link", "set", self.bridge, "up")
         # Docker sets the FORWARD policy to DROP and bridged frames pass iptables
         # (br_netfilter): let the hosts reach each other across the lab's bridge
@@ -92,7 +99,7 @@ class Lab:
             state["forward_rule"] = True
             self._record(state)
         for n in range(1, count + 1):
-            ns, addr = self.ns(n), host_addr(n)
+            ns, addr = self.ns(n), self.host_addr(n)
             sh("ip", "netns", "add", ns)
             state["hosts"].append({"name": f"h{n}", "netns": ns, "address": addr, "veth": ns, "sshd_pid": 0})
             self._record(state)
@@ -155,14 +162,17 @@ class Lab:
         hosts = [h["name"] for h in state["hosts"]]
         lines = ["[lab]"]
         for h in state["hosts"]:
-            lines.append(f"{h['name']} ansible_host={h['address']} corral_root={self.dir / 'hosts' / h['name']}")
+            # the node id is the namespace's name: unique on the machine, as the node's
+            # cgroups (shared by all labs) need
+            lines.append(f"{h['name']} ansible_host={h['address']} corral_root={self.dir / 'hosts' / h['name']} "
+                         f"corral_node_id={h['netns']}")
         lines += ["", "[etcd]", *hosts[:3], "", "[master]", *hosts[:3], "", "[nodelet]", *(hosts[:1] + hosts[3:])]
         lines += ["", "[lab:vars]", "ansible_user=root", "ansible_python_interpreter=/usr/bin/python3",
                   f"ansible_ssh_private_key_file={self.dir / 'keys' / 'id_ed25519'}",
                   f"ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile={self.dir / 'keys' / 'known_hosts'}'",
                   "corral_service_manager=supervise", "",
                   "[control]", f"localhost ansible_connection=local ansible_python_interpreter={sys.executable}", "",
-                  "[all:vars]", f"corral_control_dir={self.dir}", f"lab_control_address={CONTROL}", ""]
+                  "[all:vars]", f"corral_control_dir={self.dir}", f"lab_control_address={self.control}", ""]
         (self.dir / "hosts.ini").write_text("\n".join(lines))
 
     # ---- faults --------------------------------------------------------------------------
@@ -172,10 +182,28 @@ class Lab:
         sh("ip", "link", "set", h["veth"], "up" if up else "down")
 
     def netem(self, host: str, spec: str) -> None:
+        """Delay, jitter or loss on a host's link with tc netem (traffic towards the host:
+        the qdisc is on the bridge side of its veth); an empty spec removes it."""
         h = self._host(host)
         sh("tc", "qdisc", "del", "dev", h["veth"], "root", check=False)
         if spec:
-            sh("tc", "qdisc", "add", "dev", h["veth"], "root", "netem", *spec.split())
+            r = sh("tc", "qdisc", "add", "dev", h["veth"], "root", "netem", *spec.split(), check=False)
+            if r.returncode != 0:
+                hint = " (this kernel has no sch_netem; `loss` drops packets without it)" if "unknown" in r.stderr else ""
+                raise SystemExit(f"lab: tc netem {spec!r} on {host}: {r.stderr.strip()}{hint}")
+
+    def loss(self, host: str, percent: float) -> None:
+        """Drop `percent`% of the packets on a host's link, each way, chosen at random: iptables
+        rules in the host's namespace (works on kernels without sch_netem); 0 removes them."""
+        h = self._host(host)
+        ns = ["ip", "netns", "exec", h["netns"], "iptables"]
+        for line in sh(*ns, "-S", check=False).stdout.splitlines():
+            if LOSS_TAG in line and line.startswith("-A "):
+                sh(*ns, "-D", *shlex.split(line)[1:], check=False)
+        if percent > 0:
+            for chain, way in (("INPUT", "-i"), ("OUTPUT", "-o")):
+                sh(*ns, "-I", chain, way, "eth0", "-m", "statistic", "--mode", "random", "--probability",
+                   f"{percent / 100:.4f}", "-m", "comment", "--comment", LOSS_TAG, "-j", "DROP")
 
     def _host(self, name: str) -> dict:  # type: ignore[type-arg]
         for h in self.state()["hosts"]:
@@ -211,17 +239,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dir", type=Path, default=Path(os.environ.get("CORRAL_LAB_DIR", ".corral-lab")))
     p.add_argument("--name", default="clab", help="prefix of every namespace and link the lab makes")
+    p.add_argument("--subnet", default=SUBNET, help="the lab's /24, as its first three octets (default %(default)s)")
     sub = p.add_subparsers(dest="cmd", required=True)
     u = sub.add_parser("up")
     u.add_argument("--hosts", type=int, default=4)
     sub.add_parser("down")
     for name in ("cut", "heal"):
         sub.add_parser(name).add_argument("host")
-    n = sub.add_parser("netem")
+    n = sub.add_parser("netem", help="tc netem on a host's link")
     n.add_argument("host")
     n.add_argument("spec", nargs="?", default="", help='e.g. "delay 100ms loss 5%%"; empty removes it')
+    ls = sub.add_parser("loss", help="drop a share of a host's packets each way (iptables; no sch_netem needed)")
+    ls.add_argument("host")
+    ls.add_argument("percent", type=float, help="e.g. 5; 0 removes it")
     args = p.parse_args(argv)
-    lab = Lab(args.dir, args.name)
+    lab = Lab(args.dir, args.name, args.subnet)
     if args.cmd == "up":
         try:
             state = lab.up(args.hosts)
@@ -235,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         lab.down()
     elif args.cmd in ("cut", "heal"):
         lab.link(args.host, args.cmd == "heal")
+    elif args.cmd == "loss":
+        lab.loss(args.host, args.percent)
     else:
         lab.netem(args.host, args.spec)
     return 0
