@@ -549,6 +549,7 @@ _HELP = {
     "CordonNode": "stop placing tasks on a node",
     "UncordonNode": "allow placing tasks on a node again",
     "DrainNode": "cordon a node and let its tasks finish",
+    "DeleteNode": "forget a DOWN node with no tasks left (its host was removed); revokes its node tokens",
     "ClusterStatus": "leader, members, node and task counts",
     "PauseTemplate": "stop firing a cron template",
     "ResumeTemplate": "fire again (missed instants are skipped unless --run-missed)",

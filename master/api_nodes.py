@@ -16,7 +16,7 @@ from .cache import Cache
 from .election import current_leader
 from .gateway import Gateway
 from .leadership import Always, Leadership
-from .store import Cmp, EtcdStore, Put
+from .store import Cmp, Delete, EtcdStore, Put
 
 
 def node_view(cache: Cache, gateway: Gateway, node_id: str) -> pb.NodeInfo:
@@ -89,6 +89,36 @@ class NodeServicer(api_pb2_grpc.NodeServiceServicer):
     @api_method
     async def DrainNode(self, request, context, user):  # type: ignore[override]
         return await self._set_state(request.node_id, pb.DRAINING)
+
+    @api_method
+    async def DeleteNode(self, request, context, user):  # type: ignore[override]
+        """Forget a node whose host is gone, so `node list` shows the fleet as it is. Only a
+        node that cannot be running anything may go: DOWN (its lease ran out, so its nodelet
+        has killed its tasks), not connected, and with no task still ASSIGNED or RUNNING on
+        it (those are first found LOST and replaced)."""
+        node_id = request.node_id
+        validate.check_id("node_id", node_id)
+        rec = self.cache.nodes.get(node_id)
+        if rec is None:
+            raise NotFound(f"node {node_id} not found")
+        if rec.msg.state != pb.DOWN:
+            raise FailedPrecondition(
+                f"node {node_id} is {pb.NodeState.Name(rec.msg.state)}; only a DOWN node can be deleted "
+                "(stop its nodelet, e.g. deploy/ansible/remove-nodelet.yml, and wait for the heartbeat timeout)"
+            )
+        s = self.gateway.sessions.get(node_id)
+        if s is not None and not s.closed:
+            raise FailedPrecondition(f"node {node_id} is connected to this master; stop its nodelet first")
+        active = [t for t in self.cache.by_node.get(node_id, ()) if (r := self.cache.tasks.get(t)) is not None and r.msg.state in records.ACTIVE]
+        if active:
+            raise FailedPrecondition(f"node {node_id} still has {len(active)} assigned or running task(s), e.g. {active[0]}; wait until they are found LOST")
+        tokens = [tid for tid, t in self.cache.tokens.items() if t.msg.node_id == node_id]
+        ops = [Delete(keys.node(node_id)), *(Delete(keys.token(tid)) for tid in tokens)]
+        result = await self.store.txn([Cmp(keys.node(node_id), rec.rev)], ops)
+        if not result.succeeded:
+            raise FailedPrecondition(f"node {node_id} changed meanwhile (it may have registered again); look and try again")
+        await self.cache.wait_revision(result.revision)
+        return api_pb2.DeleteNodeResponse(node_id=node_id, tokens_revoked=len(tokens))
 
 
 class ClusterServicer(api_pb2_grpc.ClusterServiceServicer):

@@ -56,6 +56,7 @@ POLICY: dict[str, frozenset[str]] = {
     "CordonNode": _OPERATORS,
     "UncordonNode": _OPERATORS,
     "DrainNode": _OPERATORS,
+    "DeleteNode": _OPERATORS,
     # ClusterService
     "ClusterStatus": _EVERYONE,
     # UserService

@@ -17,7 +17,7 @@ import yaml
 from corral import procs
 from corral.nodelet import cgroups
 
-from harness import Cluster, wait_for
+from harness import Cluster, kill9, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -114,6 +114,22 @@ def test_node_and_cluster_commands(cluster: Cluster) -> None:
     status = json.loads(corral(cluster, "cluster", "status", "-o", "json").stdout)
     assert status["leader"]["address"] == cluster.addr and status["nodes_by_state"] == {"READY": 1}
     assert status["tasks_by_state"]["SUCCEEDED"] == 1
+
+
+def test_node_delete_forgets_only_a_down_node_and_revokes_its_tokens(cluster: Cluster) -> None:
+    cluster.start_master(heartbeat_timeout=2)
+    cluster.start_nodelet("a")
+    node = cluster.node_id("a")
+    r = corral(cluster, "node", "delete", node, check=False)
+    assert r.returncode != 0 and "only a DOWN node" in r.stderr, r.stderr
+    kill9(cluster.nodelets["a"])
+    wait_for(lambda: json.loads(corral(cluster, "node", "get", node, "-o", "json").stdout)["state"] == "DOWN", 30)
+    out = json.loads(corral(cluster, "node", "delete", node, "-o", "json").stdout)
+    assert out == {"node_id": node, "tokens_revoked": 1}
+    assert node not in corral(cluster, "node", "list").stdout
+    assert f"node:{node}" not in corral(cluster, "token", "list").stdout
+    r = corral(cluster, "node", "delete", node, check=False)
+    assert r.returncode != 0 and "not found" in r.stderr
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "tls"])

@@ -81,6 +81,7 @@ REQUESTS: dict[str, dict[str, Any]] = {
     "CordonNode": {"node_id": "no-such-node"},
     "UncordonNode": {"node_id": "no-such-node"},
     "DrainNode": {"node_id": "no-such-node"},
+    "DeleteNode": {"node_id": "no-such-node"},
     "ClusterStatus": {},
     "CreateUser": {"user_id": ""},
     "ListUsers": {},

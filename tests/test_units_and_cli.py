@@ -40,7 +40,7 @@ def test_every_rpc_has_a_cli_command_and_sdk_method() -> None:
     methods = rpc_methods()
     # every RPC but the client-streaming SubmitTaskStream (the SDK's submit_many, the CLI's
     # `task submit --from-file`)
-    assert len(methods) == 31
+    assert len(methods) == 32
     assert callable(Client.submit_many) and callable(AsyncClient.submit_many)
     seen = set()
     for m in methods:
@@ -53,7 +53,7 @@ def test_every_rpc_has_a_cli_command_and_sdk_method() -> None:
         assert callable(getattr(Client, m.snake)) and callable(getattr(AsyncClient, m.snake))
     assert {("task", "submit"), ("task", "get"), ("task", "list"), ("task", "stop"), ("task", "logs"), ("task", "retry"),
             ("template", "create"), ("template", "get"), ("template", "update"), ("template", "delete"), ("template", "list"),
-            ("node", "list"), ("node", "cordon"), ("cluster", "status"),
+            ("node", "list"), ("node", "cordon"), ("node", "delete"), ("cluster", "status"),
             ("template", "pause"), ("template", "resume"), ("template", "next"), ("template", "history"),
             ("user", "create"), ("user", "list"), ("user", "delete"), ("token", "create"), ("token", "revoke"),
             ("token", "list"), ("audit", "list")} <= seen

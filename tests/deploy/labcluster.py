@@ -42,8 +42,8 @@ class LabCluster:
         assert r.returncode == 0, f"lab.py {' '.join(args)}: {r.stdout}{r.stderr}"
 
     def ansible(self, playbook: str, *extra: str, timeout: float = 900) -> float:
-        """Run a playbook against the lab; its output goes to DIR/PLAYBOOK.log. Seconds taken."""
-        log = self.dir.parent / f"{self.dir.name}-{playbook.removesuffix('.yml')}.log"
+        """Run a playbook against the lab; its output goes to DIR/ansible-PLAYBOOK.log. Seconds taken."""
+        log = self.dir / f"ansible-{playbook.removesuffix('.yml')}.log"
         t0 = time.monotonic()
         with open(log, "a") as out:
             r = subprocess.run(

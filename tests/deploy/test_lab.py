@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -277,6 +278,53 @@ def test_restore_from_a_backup_brings_back_templates_tasks_and_users(lab: LabClu
     wait_for(lambda: {n["state"] for n in lab.cli_json("node", "list")["nodes"]} == {"READY"}, 60, 1, "nodes READY after the restore")
     r = lab.cli("submit", "--command", "echo after-restore", "--wait")
     assert r.returncode == 0
+
+
+def _serial(path: Path) -> str:
+    r = subprocess.run(["openssl", "x509", "-noout", "-serial", "-in", str(path)], capture_output=True, text=True, check=True)
+    return r.stdout.strip()
+
+
+def test_certificate_rotation_under_submissions(lab: LabCluster) -> None:
+    """rotate-certs.yml re-issues every certificate and restarts the members one at a time
+    while a client submits: the hosts hold new certificates, nothing failed or ran twice."""
+    files = [lab.dir / "hosts" / "h2" / "etc" / "tls" / f for f in ("master.crt", "etcd-peer.crt", "etcd-server.crt", "etcd-client.crt")]
+    files += [lab.dir / "hosts" / "h4" / "etc" / "tls" / "nodelet.crt", Path(lab.env["CORRAL_TLS_CERT"])]
+    before = {f: _serial(f) for f in files}
+    out = lab.markers / "rotate"
+    with lab.client(timeout=60) as c, Submitter(c, once(out), 0.2, limit=5000) as sub:
+        wait_for(lambda: len(sub.acked) >= 5, 30, 0.1, "submissions before the rotation")
+        took = lab.ansible("rotate-certs.yml")
+        time.sleep(1)
+    unchanged = [str(f) for f in files if _serial(f) == before[f]]
+    assert not unchanged, f"not re-issued: {unchanged}"
+    ids = [i for i, _ in sub.acked]
+    with lab.client() as c:  # the admin's new client certificate
+        final = all_final(c, ids, 120)
+    seen = lines(out)
+    print(f"certificate rotation: {took:.0f}s; submitted {len(ids)} + failed {len(sub.failed)}")
+    assert not sub.failed, sub.failed[:5]
+    assert {t.state for t in final.values()} == {pb.SUCCEEDED}
+    assert all(seen[i] == 1 for i in ids)
+    assert {n["state"] for n in lab.cli_json("node", "list")["nodes"]} == {"READY"}
+
+
+def test_a_nodelet_host_is_removed_and_added_back(lab: LabCluster) -> None:
+    """remove-nodelet.yml drains h4, stops its nodelet and forgets the node; site.yml
+    limited to h4 brings it back as a fresh node."""
+    h1, h4 = lab.node_id("h1"), lab.node_id("h4")
+    took = lab.ansible("remove-nodelet.yml", "-e", "target=h4")
+    assert h4 not in {n["node_id"] for n in lab.cli_json("node", "list")["nodes"]}
+    with pytest.raises(AssertionError, match="no nodelet"):
+        lab.member_pid("h4", "nodelet")
+    ids = [lab.cli("submit", "--command", "true").stdout.strip() for _ in range(4)]
+    with lab.client() as c:
+        final = all_final(c, ids, 60)
+    assert {t.node_id for t in final.values()} == {h1} and {t.state for t in final.values()} == {pb.SUCCEEDED}
+    took_add = lab.ansible("site.yml", "--limit", "localhost,h4")
+    nodes = {n["node_id"]: n["state"] for n in lab.cli_json("node", "list")["nodes"]}
+    assert nodes == {h1: "READY", h4: "READY"}
+    print(f"remove-nodelet.yml {took:.0f}s; site.yml --limit localhost,h4 {took_add:.0f}s")
 
 
 def test_a_rolling_upgrade_under_submissions_fails_none_and_runs_each_once(lab: LabCluster) -> None:

@@ -271,6 +271,20 @@ class DrainNodeRequest(_message.Message):
     node_id: str
     def __init__(self, node_id: _Optional[str] = ...) -> None: ...
 
+class DeleteNodeRequest(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+
+class DeleteNodeResponse(_message.Message):
+    __slots__ = ("node_id", "tokens_revoked")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_REVOKED_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    tokens_revoked: int
+    def __init__(self, node_id: _Optional[str] = ..., tokens_revoked: _Optional[int] = ...) -> None: ...
+
 class ClusterStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

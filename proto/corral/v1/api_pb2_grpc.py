@@ -912,6 +912,11 @@ class NodeServiceStub:
                 request_serializer=corral_dot_v1_dot_api__pb2.DrainNodeRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_types__pb2.NodeInfo.FromString,
                 _registered_method=True)
+        self.DeleteNode = channel.unary_unary(
+                '/corral.v1.NodeService/DeleteNode',
+                request_serializer=corral_dot_v1_dot_api__pb2.DeleteNodeRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_api__pb2.DeleteNodeResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -949,6 +954,15 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteNode(self, request, context):
+        """Forget a node whose host was taken out: only a DOWN node, not connected, with no
+        assigned or running task. Its node tokens are revoked with it; its finished tasks keep
+        their node_id. A nodelet that registers under the id later makes a new record.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -976,6 +990,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.DrainNode,
                     request_deserializer=corral_dot_v1_dot_api__pb2.DrainNodeRequest.FromString,
                     response_serializer=corral_dot_v1_dot_types__pb2.NodeInfo.SerializeToString,
+            ),
+            'DeleteNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteNode,
+                    request_deserializer=corral_dot_v1_dot_api__pb2.DeleteNodeRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_api__pb2.DeleteNodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1113,6 +1132,33 @@ class NodeService:
             '/corral.v1.NodeService/DrainNode',
             corral_dot_v1_dot_api__pb2.DrainNodeRequest.SerializeToString,
             corral_dot_v1_dot_types__pb2.NodeInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.NodeService/DeleteNode',
+            corral_dot_v1_dot_api__pb2.DeleteNodeRequest.SerializeToString,
+            corral_dot_v1_dot_api__pb2.DeleteNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,
