@@ -143,12 +143,13 @@ def main(argv: list[str] | None = None) -> int:
             node_id = f"node-{i + 1}"
             # a node credential, not the admin's token: it can register only this node
             cred = "" if d else procs.node_token(masters, token, node_id, reuse=data_dir / "nodes" / f"{node_id}.token")
+            http = f"127.0.0.1:{args.port + 2 * args.masters + i if args.port else procs.free_port()}"
             n = procs.start_nodelet(
                 masters, cred, data_dir, node_id=node_id, cpus=args.cpus, memory=args.memory,
-                extra=_flags("--tls", _files(d, "nodelet", node_id)) if d else None,
+                extra=["--http", http, *(_flags("--tls", _files(d, "nodelet", node_id)) if d else [])],
             )
             started.append(n)
-            print(f"  nodelet   node-{i + 1}  (pid {n.pid})", flush=True)
+            print(f"  nodelet   node-{i + 1}  (pid {n.pid}, metrics http://{http}/metrics)", flush=True)
         env_file = data_dir / "env"
         env = {"CORRAL_ADDR": masters, "CORRAL_TOKEN": token}
         if d:

@@ -22,7 +22,7 @@ from corral.errors import CorralError, DeadlineExceeded, PermissionDenied, Unaut
 from corral.tls import peer_identity
 from corral.v1 import types_pb2 as pb
 
-from . import authz, keys, masking, records
+from . import authz, keys, masking, metrics, records
 from .audit import AuditLog
 from .cache import Cache
 from .quotas import Quotas
@@ -213,6 +213,7 @@ def api_method(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         user: pb.User | None = None
+        started, code = time.perf_counter(), "OK"
         try:
             user = await self.auth.authenticate(context)
             authz.authorize(method, user)
@@ -224,11 +225,18 @@ def api_method(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any
                 raise DeadlineExceeded(f"{method} took longer than {limit:.0f}s on the master; try again") from None
             _audit(self, user, method, request, result, None, context)
             return masking.response(result)
-        except (asyncio.CancelledError, grpc.aio.AbortError):
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except grpc.aio.AbortError:
+            code = "ABORTED"
             raise
         except Exception as e:  # noqa: BLE001 - translated once, here
+            code = e.code.name if isinstance(e, CorralError) else "INTERNAL"
             _audit(self, user, method, request, None, e, context)
             await _abort(context, e)
+        finally:
+            metrics.RPC_SECONDS.labels(method, code).observe(time.perf_counter() - started)
 
     return wrapper
 

@@ -237,7 +237,7 @@ class CronLoop:
         """A template the loop cannot handle: not again until it changes; suspended, so its
         owner sees why (`template get`) and can fix and resume it."""
         self._broken[tid] = self._gen.get(tid, 0)
-        metrics.RECORD_ERRORS["cron"] += 1
+        metrics.RECORD_ERRORS.labels("cron").inc()
         log.error("template %s set aside: the cron loop cannot handle it: %s: %s", tid, type(e).__name__, e, exc_info=e)
         rec = self.cache.templates.get(tid)
         if rec is None or rec.msg.suspended:

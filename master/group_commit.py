@@ -24,9 +24,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from . import metrics
 from .store import Cmp, Delete, EtcdStore, Put, TxnResult
 
 log = logging.getLogger("corral.commit")
@@ -129,6 +131,14 @@ class GroupCommit:
         self._pending.extendleft(reversed(skipped))
         return batch
 
+    async def _txn(self, compares: list[Cmp], ops: list[Put | Delete], writes: int) -> TxnResult:
+        started = time.perf_counter()
+        try:
+            return await self.store.txn(compares, ops)
+        finally:
+            metrics.ETCD_TXN.observe(time.perf_counter() - started)
+            metrics.ETCD_TXN_WRITES.observe(writes)
+
     async def _commit(self, batch: list[_Write]) -> None:
         try:
             for _ in range(RETRIES):
@@ -138,12 +148,12 @@ class GroupCommit:
                     w = batch[0]
                     self.transactions += 1
                     self.writes += 1
-                    _answer(w, await self.store.txn(w.compares, w.ops))
+                    _answer(w, await self._txn(w.compares, w.ops, 1))
                     return
                 compares = list({(c.key, c.mod_revision, c.create): c for w in batch for c in w.compares}.values())
                 ops = [op for w in batch for op in w.ops]
                 self.transactions += 1
-                result = await self.store.txn(compares, ops)
+                result = await self._txn(compares, ops, len(batch))
                 if result.succeeded:
                     self.writes += len(batch)
                     for w in batch:

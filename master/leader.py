@@ -17,7 +17,7 @@ from typing import Any
 from corral.errors import Unavailable
 from corral.v1 import api_pb2
 
-from . import keys
+from . import keys, metrics
 from .election import Election, Session
 from .leadership import Elected
 from .store import EtcdStore, Put
@@ -61,8 +61,12 @@ class LeaderLoops:
                     continue
                 self.leadership.won(election)
                 self.terms += 1
+                metrics.LEADERSHIP.labels("won").inc()
                 log.info("%s is the leader (term %d)", self.member.name, election.revision)
-                await self._until_lost(session, self._run_loops())
+                try:
+                    await self._until_lost(session, self._run_loops())
+                finally:
+                    metrics.LEADERSHIP.labels("lost").inc()
                 log.warning("%s lost leadership", self.member.name)
             except Unavailable as e:
                 log.warning("election: %s", e)

@@ -20,7 +20,7 @@ from corral.errors import InvalidArgument, Unavailable
 from corral.v1 import nodelet_pb2 as npb
 from corral.v1 import types_pb2 as pb
 
-from . import keys, lifecycle, records, validate
+from . import keys, lifecycle, metrics, records, validate
 from .cache import Cache
 from .leadership import Leadership
 from .store import Cmp, EtcdStore, Put
@@ -155,7 +155,14 @@ class NodeReports:
                 send(m)
             if valid:
                 screened.append(valid)
-        await self.writer.update_many([(v[0].task_id, functools.partial(lifecycle.reported_all, sts=v)) for v in screened], fenced=True)
+        # a task's first RUNNING (alone or with its outcome) is when it started: observed
+        # once it committed, for the lateness histograms
+        starting = {v[0].task_id for v in screened
+                    if (rec := self.cache.tasks.get(v[0].task_id)) is not None and rec.msg.state == pb.ASSIGNED}
+        done = await self.writer.update_many([(v[0].task_id, functools.partial(lifecycle.reported_all, sts=v)) for v in screened], fenced=True)
+        for t in done:
+            if t is not None and t.task_id in starting:
+                metrics.observe_running(t)
         ended = False
         for valid in screened:
             for st in valid:

@@ -268,6 +268,10 @@ class Scheduler:
 
     async def pass_once(self) -> None:
         self.passes += 1
+        with metrics.SCHEDULER_PASS.time():
+            await self._pass()
+
+    async def _pass(self) -> None:
         due_tasks = self._collect_due()
         if not due_tasks:
             return
@@ -320,7 +324,7 @@ class Scheduler:
         return self._culprits(requests[:mid]) + self._culprits(requests[mid:])
 
     async def _unplaceable(self, t: pb.TaskExecution, e: Exception) -> None:
-        metrics.RECORD_ERRORS["scheduler"] += 1
+        metrics.RECORD_ERRORS.labels("scheduler").inc()
         log.error("task %s cannot be placed: %s: %s", t.task_id, type(e).__name__, e)
         why = f"the scheduler cannot place this task ({type(e).__name__}: {str(e)[:200]}); its record is not one the API accepts"
         await self.writer.update(t.task_id, functools.partial(lifecycle.unplaceable, reason=why, now=time.time()), fenced=True)
@@ -430,4 +434,8 @@ class Scheduler:
         """Commit a pass's placements, `concurrency` per batch of writes. The gateway sends
         each committed assignment to its node (see Gateway._on_cache_change)."""
         chunks = [placements[i : i + self.concurrency] for i in range(0, len(placements), self.concurrency)]
-        await asyncio.gather(*(self.writer.update_many([(p.task_id, self._assignment(p)) for p in c], fenced=True) for c in chunks))
+        done = await asyncio.gather(*(self.writer.update_many([(p.task_id, self._assignment(p)) for p in c], fenced=True) for c in chunks))
+        now = time.time()
+        for t in (t for results in done for t in results):
+            if t is not None and t.state == pb.ASSIGNED:
+                metrics.PLACEMENT.observe(max(0.0, now - max(records.seconds(t.submit_time), records.seconds(t.due_time))))

@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import corral.scheduler_core as sc
-from corral import __version__, credentials, logs, tls
+from corral import __version__, credentials, http_endpoint, logs, tls
 from corral.errors import CorralError
 from corral.v1 import api_pb2, api_pb2_grpc, nodelet_pb2, nodelet_pb2_grpc
 
@@ -240,15 +240,20 @@ class Master:
                     tg.create_task(self.liveness.run())
                     tg.create_task(self.cron.run())
                     tg.create_task(self.retention.run())
-                http = await metrics.serve(self.args.http, self.cache, self.gateway, self.scheduler, self.writer, self.leadership) if self.args.http else None
+                http = None
+                if self.args.http:
+                    http = await http_endpoint.start(
+                        self.args.http, metrics.app(self.cache, self.gateway, self.scheduler, self.writer, self.leadership)
+                    )
                 if http is not None:
-                    host, port = http.sockets[0].getsockname()[:2]
-                    self.http_address = f"{host}:{port}"
+                    self.http_address = http.address
                 log.info("master %s serving on %s (etcd %s, metrics %s)", self.args.name, self.address, self.args.etcd, self.http_address or "off")
                 if self.args.ready_file:
                     await asyncio.to_thread(_write_ready, self.args.ready_file, self.address, self.http_address)
                 await stop.wait()
                 log.info("master stopping")
+                if http is not None:
+                    await http.stop()
                 if self.leader is not None:
                     await self.leader.resign()
                     self.gateway.close_all()  # nodelets go to the next leader now, not after the grace

@@ -23,6 +23,7 @@ from corral.v1 import nodelet_pb2 as npb
 from corral.v1 import nodelet_pb2_grpc
 from corral.v1 import types_pb2 as pb
 
+from . import metrics
 from .driver import Driver
 from .runner import TaskRunner
 
@@ -77,6 +78,7 @@ class Nodelet:
         self.connected = asyncio.Event()
         self._last_heard = time.monotonic()
         self._registered_once = False
+        self.last_heartbeat = npb.Heartbeat()  # the last one sent (for /metrics)
         self._offered: list[str] = []
         self._bg: set[asyncio.Task[None]] = set()
         # the node lease (see Registered.lease): heartbeats by number with their send times,
@@ -137,6 +139,8 @@ class Nodelet:
             finally:
                 self.connected.clear()
                 self.runner.send = _nowhere
+                if self._registered_once:
+                    metrics.RECONNECTS.inc()  # a registered stream ended; the loop opens another
             i += 1
             if self._registered_once:
                 backoff, failed_in_round = 0.1, 0
@@ -147,6 +151,9 @@ class Nodelet:
             failed_in_round = 0
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def metrics_collector(self) -> metrics.NodeCollector:
+        return metrics.NodeCollector(lambda: self.last_heartbeat, self.connected.is_set, self._capacity())
 
     def _capacity(self) -> pb.Resources:
         cpus = self.cpus if self.cpus else float(psutil.cpu_count() or 1)
@@ -280,6 +287,7 @@ class Nodelet:
             if not self.connected.is_set():
                 continue
             hb = await asyncio.to_thread(self._heartbeat)
+            self.last_heartbeat = hb
             self._beat_seq += 1
             hb.seq = self._beat_seq
             self._beats_sent[hb.seq] = time.monotonic()  # before it is sent: the deadline errs early

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 from pathlib import Path
 
-from corral import credentials, logs, tls, units
+from corral import credentials, http_endpoint, logs, tls, units
 from corral.errors import CorralError
 
-from . import cgroups
+from . import cgroups, metrics
 from .agent import Nodelet, default_node_id
 from .docker_driver import DockerDriver
 from .driver import Driver
 from .process_driver import ProcessDriver
+
+log = logging.getLogger("corral.nodelet")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--drivers", default=env("CORRAL_DRIVERS", "process,docker"), help="task drivers to offer (default process,docker; docker only while its engine answers)")
     p.add_argument("--label", action="append", default=[], help="node label key=value (repeatable)")
     tls.add_arguments(p)
+    p.add_argument("--http", default=env("CORRAL_NODELET_HTTP", ""),
+                   help="host:port of /metrics (Prometheus) and /healthz, e.g. 0.0.0.0:7072; empty (default) for none")
     p.add_argument("--log-level", default=env("CORRAL_LOG_LEVEL", "info"))
     args = p.parse_args(argv)
     args.token = credentials.resolve_secret(p, args, "token", "CORRAL_TOKEN")
@@ -73,10 +78,18 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
+        http = None
+        if args.http:
+            http = await http_endpoint.start(args.http, metrics.app(nodelet.metrics_collector(), lambda: not task.done()))
+            if http is not None:
+                log.info("nodelet %s metrics on http://%s/metrics", args.node_id, http.address)
         try:
             await task
         except asyncio.CancelledError:
             pass
+        finally:
+            if http is not None:
+                await http.stop()
 
     asyncio.run(run())
     return 0

@@ -25,6 +25,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from corral.v1 import nodelet_pb2 as npb
 from corral.v1 import types_pb2 as pb
 
+from . import metrics
 from .driver import Driver, DriverError, Handle, Outcome, PreparingDriver
 from .release import ReleaseTimer
 
@@ -228,17 +229,24 @@ class TaskRunner:
             self._waiting[task.task_id] = task.attempt  # a stop from now on means "never start"
         try:
             preparing = driver if ahead and isinstance(driver, PreparingDriver) else None
-            prepared = await preparing.prepare(task, directory) if preparing is not None else None
+            if preparing is not None:
+                with metrics.PREPARE.labels(driver_name).time():
+                    prepared = await preparing.prepare(task, directory)
+            else:
+                prepared = None
             try:
                 await self._until(task.task_id, due, functools.partial(preparing.release, prepared) if preparing is not None else None)
             except asyncio.CancelledError:
                 if preparing is not None:
                     await preparing.abandon(prepared)
                 raise
-            if preparing is not None:
-                handle = await preparing.launch(prepared)
-            else:
-                handle = await driver.start(task, directory)
+            with metrics.LAUNCH.labels(driver_name).time():
+                if preparing is not None:
+                    handle = await preparing.launch(prepared)
+                else:
+                    handle = await driver.start(task, directory)
+            if handle.start_time:
+                metrics.LATENESS.labels(driver_name).observe(max(0.0, handle.start_time - due))
         except asyncio.CancelledError:
             stop = self._stopped_early.pop(task.task_id, None)
             if stop is None:
@@ -298,6 +306,7 @@ class TaskRunner:
 
     def _finish(self, handle: Handle, outcome: Outcome) -> None:
         outcome.save(Path(handle.dir))
+        metrics.outcome(handle.driver, outcome.state)
         if self.handles.get(handle.task_id) is handle:
             del self.handles[handle.task_id]
         self._last_cpu.pop(handle.key, None)
