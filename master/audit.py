@@ -18,7 +18,7 @@ import logging
 import sys
 import time
 
-from corral.logs import format_line
+from corral.logs import format_event
 from corral.v1 import types_pb2 as pb
 
 from . import keys, records
@@ -70,7 +70,7 @@ class AuditLog:
         if not lines or not log.isEnabledFor(logging.INFO):
             return
         text = "".join(
-            format_line(t, "info", log.name, "audit", {
+            format_event(t, "info", log.name, "audit", {
                 "who": who, "what": what, "target": target, "result": result, "detail": detail, "master": self.master, "peer": peer,
             }) + "\n"
             for t, who, what, target, result, detail, peer in lines

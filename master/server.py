@@ -134,7 +134,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lease-ttl", type=int, default=int(env("CORRAL_LEASE_TTL", "2")), help="leader lease in whole seconds: how fast a dead leader is replaced")
     p.add_argument("--test-force-leader", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ready-file", default="", help="write the bound address here once serving (for scripts and tests)")
-    p.add_argument("--log-level", default=env("CORRAL_LOG_LEVEL", "info"))
+    logs.add_arguments(p)
     p.add_argument(
         "--event-loop", choices=["uvloop", "asyncio"], default=env("CORRAL_EVENT_LOOP", "uvloop"),
         help="uvloop (default: 15%% more unary submissions/s, measured) or the standard library's loop",
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(p)
     args = p.parse_args(argv)
     args.bootstrap_token = credentials.resolve_secret(p, args, "bootstrap-token", "CORRAL_BOOTSTRAP_TOKEN")
-    logs.setup(args.log_level)
+    logs.setup(args.log_level, args.log_format)
     gc_tuning.tune()
     try:
         if args.event_loop == "uvloop":

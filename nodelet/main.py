@@ -36,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     tls.add_arguments(p)
     p.add_argument("--http", default=env("CORRAL_NODELET_HTTP", ""),
                    help="host:port of /metrics (Prometheus) and /healthz, e.g. 0.0.0.0:7072; empty (default) for none")
-    p.add_argument("--log-level", default=env("CORRAL_LOG_LEVEL", "info"))
+    logs.add_arguments(p)
     args = p.parse_args(argv)
     args.token = credentials.resolve_secret(p, args, "token", "CORRAL_TOKEN")
-    logs.setup(args.log_level)
+    logs.setup(args.log_level, args.log_format)
     data_dir = Path(args.data_dir or f"/var/lib/corral/nodelet-{args.node_id}")
     labels = dict(kv.split("=", 1) for kv in args.label)
     cap = units.parse_memory(args.max_log_size)

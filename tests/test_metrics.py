@@ -99,3 +99,24 @@ def test_master_and_nodelet_metrics_exist_and_move(cluster: Cluster) -> None:
                for p in dashboard["panels"] for t in p["targets"] for n in re.findall(r"corral_[a-z_]+", t["expr"])}
     served = set(scrape(master_addr)) | set(scrape(node_addr))
     assert queried and not queried - served, f"the dashboard queries metrics nobody serves: {sorted(queried - served)}"
+
+
+def test_json_logs_from_master_and_nodelet(cluster: Cluster) -> None:
+    """--log-format json: every line either member writes is one JSON object with ts, level,
+    logger and msg, and structured fields (the audit's) are keys of their own."""
+    m = cluster.start_master(extra=["--log-format", "json"])
+    n = cluster.start_nodelet("a", extra=["--log-format", "json"])
+    c = cluster.client()
+    t = c.submit_task(spec=pb.TaskTemplate(run_script="true"))  # type: ignore[attr-defined]
+    assert c.wait_task(t.task_id, timeout=30).state == pb.SUCCEEDED
+    events = []
+    for p in (m, n):
+        lines = [x for x in p.log_path.read_text().splitlines() if x.strip()]
+        assert lines, f"{p.name} wrote no log"
+        for line in lines:
+            e = json.loads(line)  # fails on any line that is not JSON
+            assert {"ts", "level", "logger", "msg"} <= set(e) and e["ts"].endswith("Z"), e
+            events.append(e)
+    audit = [e for e in events if e["logger"] == "corral.audit" and e.get("what") == "SubmitTask"]
+    assert audit and audit[0]["who"] == "admin" and audit[0]["result"] == "OK", audit
+    assert any(e["logger"] == "corral.nodelet" and "registered" in e["msg"] for e in events)
