@@ -10,6 +10,7 @@ the registry also carries prometheus_client's standard process, platform and GC 
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable
 
 from aiohttp import web
@@ -47,13 +48,13 @@ class Endpoint:
         await self.runner.cleanup()
 
 
-async def start(address: str, app: web.Application) -> Endpoint | None:
+async def start(address: str, app: web.Application, ssl_context: ssl.SSLContext | None = None) -> Endpoint | None:
     """Listen on `address` (host:port); None, with a warning, when it cannot be bound — the
     member goes on without its HTTP side rather than not at all."""
     host, _, port = address.rpartition(":")
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host or "127.0.0.1", int(port), reuse_address=True)
+    site = web.TCPSite(runner, host or "127.0.0.1", int(port), reuse_address=True, ssl_context=ssl_context)
     try:
         await site.start()
     except OSError as e:

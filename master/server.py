@@ -24,7 +24,7 @@ from corral import __version__, credentials, http_endpoint, logs, tls
 from corral.errors import CorralError
 from corral.v1 import api_pb2, api_pb2_grpc, nodelet_pb2, nodelet_pb2_grpc
 
-from . import gc_tuning, metrics, uids
+from . import gc_tuning, http_api, metrics, uids
 from .api_nodes import ClusterServicer, NodeServicer
 from .api_tasks import TaskServicer
 from .api_templates import TemplateServicer
@@ -179,17 +179,25 @@ class Master:
 
     def _add_services(self, address: str) -> None:
         s = self.server
-        api_pb2_grpc.add_TemplateServiceServicer_to_server(TemplateServicer(self.store, self.cache, self.auth, self.writer), s)
-        api_pb2_grpc.add_TaskServiceServicer_to_server(
-            TaskServicer(self.store, self.cache, self.auth, self.writer, self.gateway, self.leadership, tls=self.tls), s
-        )
-        api_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(self.store, self.cache, self.auth, self.gateway), s)
         self.cluster = ClusterServicer(self.store, self.cache, self.auth, self.leadership, name=self.args.name, address=address, etcd=[self.args.etcd])
         self.cluster.cluster_id = self.cluster_id
+        # the public services, also served as HTTP/JSON (http_api.py)
+        self.servicers = {
+            "templates": TemplateServicer(self.store, self.cache, self.auth, self.writer),
+            "tasks": TaskServicer(self.store, self.cache, self.auth, self.writer, self.gateway, self.leadership, tls=self.tls),
+            "nodes": NodeServicer(self.store, self.cache, self.auth, self.gateway),
+            "cluster": self.cluster,
+            "users": UserServicer(self.store, self.cache, self.auth, uid_range=self.args.uid_range),
+            "tokens": TokenServicer(self.store, self.cache, self.auth),
+            "audit": AuditServicer(self.auth, self.audit),
+        }
+        api_pb2_grpc.add_TemplateServiceServicer_to_server(self.servicers["templates"], s)
+        api_pb2_grpc.add_TaskServiceServicer_to_server(self.servicers["tasks"], s)
+        api_pb2_grpc.add_NodeServiceServicer_to_server(self.servicers["nodes"], s)
         api_pb2_grpc.add_ClusterServiceServicer_to_server(self.cluster, s)
-        api_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(self.store, self.cache, self.auth, uid_range=self.args.uid_range), s)
-        api_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(self.store, self.cache, self.auth), s)
-        api_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self.auth, self.audit), s)
+        api_pb2_grpc.add_UserServiceServicer_to_server(self.servicers["users"], s)
+        api_pb2_grpc.add_TokenServiceServicer_to_server(self.servicers["tokens"], s)
+        api_pb2_grpc.add_AuditServiceServicer_to_server(self.servicers["audit"], s)
         nodelet_pb2_grpc.add_NodeletServiceServicer_to_server(self.gateway, s)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, s)
@@ -242,9 +250,9 @@ class Master:
                     tg.create_task(self.retention.run())
                 http = None
                 if self.args.http:
-                    http = await http_endpoint.start(
-                        self.args.http, metrics.app(self.cache, self.gateway, self.scheduler, self.writer, self.leadership)
-                    )
+                    app = metrics.app(self.cache, self.gateway, self.scheduler, self.writer, self.leadership)
+                    http_api.add_routes(app, self.servicers)
+                    http = await http_endpoint.start(self.args.http, app, ssl_context=http_api.ssl_context(self.tls) if self.tls else None)
                 if http is not None:
                     self.http_address = http.address
                 log.info("master %s serving on %s (etcd %s, metrics %s)", self.args.name, self.address, self.args.etcd, self.http_address or "off")
