@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             started.append(m)
             addrs.append(m.info["address"])
-            print(f"  master    {m.info['address']}  (pid {m.pid}, metrics http://{m.info['http']}/metrics)", flush=True)
+            print(f"  master    {m.info['address']}  (pid {m.pid}, metrics {'https' if d else 'http'}://{m.info['http']}/metrics)", flush=True)
         masters = ",".join(addrs)
         for i in range(args.nodelets):
             node_id = f"node-{i + 1}"

@@ -110,7 +110,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--heartbeat-interval", type=float, default=float(env("CORRAL_HEARTBEAT_INTERVAL", "1")), help="seconds between nodelet heartbeats")
     p.add_argument("--heartbeat-timeout", type=float, default=float(env("CORRAL_HEARTBEAT_TIMEOUT", "10")), help="seconds of silence before a node is DOWN")
-    p.add_argument("--http", default=env("CORRAL_HTTP", "127.0.0.1:7071"), help="address of the /metrics and /healthz endpoint; empty to disable")
+    p.add_argument("--http", default=env("CORRAL_HTTP", "127.0.0.1:7071"), help="address of the HTTP side: /metrics, /healthz, the JSON API under /v1 (HTTPS with --tls); empty to disable")
     p.add_argument("--placement", choices=["binpack", "spread"], default=env("CORRAL_PLACEMENT", "binpack"), help="placement strategy: binpack (fill nodes, default) or spread (even out)")
     p.add_argument("--user-weights", default=env("CORRAL_USER_WEIGHTS", ""), help="fair-share weights, e.g. alice=3,bob=1 (default 1 each)")
     p.add_argument(

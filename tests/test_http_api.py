@@ -5,15 +5,19 @@ HTTP with urllib (no corral client code)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
+import ssl
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from corral import pki
 from master.http_api import ROUTES
 
 from harness import TOKEN, Cluster, wait_for
@@ -101,3 +105,35 @@ def test_submit_follow_and_read_a_task_and_users_see_only_theirs(cluster: Cluste
     status, node = call(base, "POST", f"/v1/nodes/{cluster.node_id('a')}/cordon")
     assert status == 200 and node["state"] == "CORDONED"
     wait_for(lambda: call(base, "GET", "/v1/cluster")[1]["nodes_by_state"] == {"CORDONED": 1}, 10, what="cordoned in the status")
+
+
+def test_over_https_a_client_certificate_is_an_identity(cluster: Cluster, tmp_path: Path) -> None:
+    """A master on mutual TLS serves its HTTP side over HTTPS: the admin's client certificate
+    authenticates without a token, no certificate and no token is 401, and a certificate
+    from another CA does not get through the handshake."""
+    d, other = tmp_path / "pki", tmp_path / "other"
+    pki.init_ca(d)
+    pki.init_ca(other)
+    pki.issue(d, "master", "m")
+    pki.issue(d, "client", "admin")
+    pki.issue(other, "client", "admin")
+    m = cluster.start_master(extra=["--tls-ca", str(d / "ca.crt"), "--tls-cert", str(d / "master" / "m.crt"), "--tls-key", str(d / "master" / "m.key")])
+    url = f"https://{m.info['http']}/v1/cluster"
+
+    def get(cert_dir: Path | None) -> int:
+        ctx = ssl.create_default_context(cafile=str(d / "ca.crt"))
+        ctx.check_hostname = False  # corral pki's master certificates name the master's address, not 127.0.0.1's
+        if cert_dir is not None:
+            ctx.load_cert_chain(str(cert_dir / "client" / "admin.crt"), str(cert_dir / "client" / "admin.key"))
+        try:
+            with urllib.request.urlopen(url, timeout=10, context=ctx) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
+
+    assert get(d) == 200
+    assert get(None) == 401
+    with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+        get(other)
+    with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+        urllib.request.urlopen(f"http://{m.info['http']}/v1/cluster", timeout=10)
