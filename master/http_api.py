@@ -28,6 +28,7 @@ import json
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -220,8 +221,8 @@ async def _events(request: web.Request, items: AsyncIterator[Message], render: C
     except CallEnded as e:
         return error(e.code, e.details)
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    await resp.prepare(request)
     try:
+        await resp.prepare(request)
         if first is not None:
             await resp.write(f"data: {render(first)}\n\n".encode())
             async for item in it:
@@ -229,8 +230,10 @@ async def _events(request: web.Request, items: AsyncIterator[Message], render: C
         await resp.write(b"event: end\ndata: {}\n\n")
     except CallEnded as e:
         await resp.write(f"event: error\ndata: {json.dumps({'code': e.code.name, 'message': e.details})}\n\n".encode())
-    except ConnectionResetError:
+    except ConnectionError:  # the client went away
         pass
+    finally:
+        await it.aclose() if hasattr(it, "aclose") else None
     return resp
 
 
@@ -273,6 +276,34 @@ def add_routes(app: web.Application, servicers: dict[str, Any]) -> None:
 
     app.router.add_get("/v1/events", watch)
     app.router.add_get("/v1/tasks/{task_id}/logs", logs)
+
+
+WEB = Path(__file__).parent / "web"
+_WEB_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".png": "image/png", ".svg": "image/svg+xml"}
+
+
+def add_ui(app: web.Application) -> None:
+    """The web UI: static files (web/) that talk to /v1 with the user's token; nothing in
+    them is per user, so they are served without credentials."""
+    files = {p.name: p for p in WEB.iterdir() if p.suffix in _WEB_TYPES}
+
+    def serve(name: str) -> web.Response:
+        p = files[name]
+        return web.Response(body=p.read_bytes(), content_type=_WEB_TYPES[p.suffix], charset="utf-8" if p.suffix != ".png" else None,
+                            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+                                     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:"})
+
+    async def index(_: web.Request) -> web.Response:
+        return serve("index.html")
+
+    async def asset(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in files:
+            raise web.HTTPNotFound()
+        return serve(name)
+
+    app.router.add_get("/", index)
+    app.router.add_get("/ui/{name}", asset)
 
 
 def ssl_context(tls: TlsFiles) -> ssl.SSLContext:

@@ -252,6 +252,7 @@ class Master:
                 if self.args.http:
                     app = metrics.app(self.cache, self.gateway, self.scheduler, self.writer, self.leadership)
                     http_api.add_routes(app, self.servicers)
+                    http_api.add_ui(app)
                     http = await http_endpoint.start(self.args.http, app, ssl_context=http_api.ssl_context(self.tls) if self.tls else None)
                 if http is not None:
                     self.http_address = http.address

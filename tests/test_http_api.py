@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from corral import pki
-from master.http_api import ROUTES
+from corral.master.http_api import ROUTES
 
 from harness import TOKEN, Cluster, wait_for
 
