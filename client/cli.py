@@ -21,12 +21,14 @@ from collections.abc import Callable
 from typing import Any, TypeAlias
 
 from google.protobuf import descriptor as _d
+from google.protobuf import json_format
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from corral import units
 from corral.errors import CorralError, DeadlineExceeded, InvalidArgument
+from corral.v1 import api_pb2
 from corral.v1 import types_pb2 as pb
 
 from . import output, specfile
@@ -196,6 +198,13 @@ def generic(m: RpcMethod) -> Handler:
 
 
 # ---- everyday commands on top of the generated ones ------------------------------------------
+
+
+def _logs_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("task_id", nargs="?", metavar="TASK_ID")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing output as it is written, until the task ends")
+    p.add_argument("--tail", type=int, metavar="N", help="start with the last N lines of what is there")
+    p.add_argument("--offset", type=int, default=0, help="start at this byte offset")
 
 
 def _submit_flags(p: argparse.ArgumentParser) -> None:
@@ -392,10 +401,89 @@ def cmd_logs(client: Client, args: argparse.Namespace) -> int:
     if not args.task_id:
         raise InvalidArgument("task_id: required (give it as the first argument)")
     out = sys.stdout.buffer
-    for chunk in client.task_logs(task_id=args.task_id, follow=bool(args.follow), offset=args.offset or 0):  # type: ignore[attr-defined]
+    tail = getattr(args, "tail", None)
+    if tail is not None and tail < 0:
+        raise InvalidArgument("--tail: must be 0 or more lines")
+    offset = args.offset or 0
+    if tail is not None:
+        # what is there now, to print its last N lines; then on from where it ended
+        data = b"".join(c.data for c in client.task_logs(task_id=args.task_id, offset=offset))  # type: ignore[attr-defined]
+        offset += len(data)
+        lines = data.splitlines(keepends=True)
+        out.write(b"".join(lines[-tail:] if tail else []))
+        out.flush()
+        if not args.follow:
+            return 0
+    for chunk in client.task_logs(task_id=args.task_id, follow=bool(args.follow), offset=offset):  # type: ignore[attr-defined]
         out.write(chunk.data)
         out.flush()
     return 0
+
+
+def _event_line(ev: api_pb2.TaskEvent) -> str:
+    t = ev.task
+    when = time.strftime("%H:%M:%S", time.localtime())
+    if ev.deleted:
+        return f"{when}  {t.task_id}  deleted"
+    parts = [when, t.task_id, pb.TaskState.Name(t.state)]
+    if t.node_id:
+        parts.append(f"on {t.node_id}")
+    if t.attempt > 1:
+        parts.append(f"attempt {t.attempt}")
+    if t.state == pb.FAILED:
+        parts.append(f"exit code {t.exit_code}")
+    if t.reason:
+        parts.append(f"— {t.reason}")
+    return "  ".join(parts)
+
+
+def _matches(ev: api_pb2.TaskEvent, args: argparse.Namespace) -> bool:
+    t = ev.task
+    state = getattr(args, "state", None)
+    node = getattr(args, "node_id", None)
+    if state and (ev.deleted or pb.TaskState.Name(t.state) != state):
+        return False
+    return not (node and t.node_id != node)
+
+
+def watch_events(client: Client, args: argparse.Namespace, task_id: str = "") -> int:
+    """Print task changes as they happen (one line each, or one JSON object with -o json);
+    following one task, end with its end: exit 0 if it SUCCEEDED, 1 otherwise."""
+    final: pb.TaskExecution | None = None
+    template = getattr(args, "template_id", "") or ""
+    for ev in client.watch_tasks(task_id=task_id, template_id="" if task_id else template):  # type: ignore[attr-defined]
+        if not task_id and not _matches(ev, args):
+            continue
+        if args.output == "table":
+            print(_event_line(ev))
+        elif args.output == "json":  # one object per line, for a stream
+            print(json_format.MessageToJson(ev, indent=None, preserving_proto_field_name=True))
+        else:
+            print(output.render(ev, args.output) + "\n---")
+        sys.stdout.flush()
+        if task_id and (ev.deleted or ev.task.state in TERMINAL):
+            final = ev.task
+            break
+    if not task_id:
+        return 0
+    return 0 if final is not None and final.state == pb.SUCCEEDED else 1
+
+
+def cmd_watch(client: Client, args: argparse.Namespace) -> int:
+    return watch_events(client, args, args.task_id or "")
+
+
+def cmd_list_tasks(m: RpcMethod) -> Handler:
+    listing = generic(m)
+
+    def run(client: Client, args: argparse.Namespace) -> int:
+        code = listing(client, args)
+        if not args.watch:
+            return code
+        print("-- following changes (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        return watch_events(client, args)
+
+    return run
 
 
 def cmd_stop(client: Client, args: argparse.Namespace) -> int:
@@ -495,10 +583,19 @@ def build_parser(extra: dict[str, tuple[str, Callable[[list[str]], int]]] | None
             _template_flags(p, update=verb == "update")
             handler = cmd_template_write(m)
         elif (group, verb) == ("task", "logs"):
-            p.add_argument("task_id", nargs="?", metavar="TASK_ID")
-            p.add_argument("-f", "--follow", action="store_true", help="keep streaming until the task ends")
-            p.add_argument("--offset", type=int, default=0, help="start at this byte offset")
+            _logs_flags(p)
             handler = cmd_logs
+        elif (group, verb) == ("task", "watch"):
+            p.add_argument("task_id", nargs="?", metavar="TASK_ID",
+                           help="follow this task and exit with its end (0 if it SUCCEEDED); without it, follow all you may see")
+            p.add_argument("--template-id", "--template", dest="template_id", help="only this template's tasks")
+            p.add_argument("--state", choices=[v.name for v in pb.TaskState.DESCRIPTOR.values if v.number], help="only changes to this state")
+            p.add_argument("--node-id", "--node", dest="node_id", help="only tasks on this node")
+            handler = cmd_watch
+        elif (group, verb) == ("task", "list"):
+            add_request_flags(p, m)
+            p.add_argument("-w", "--watch", action="store_true", help="after the list, print changes as they happen (filters apply)")
+            handler = cmd_list_tasks(m)
         elif (group, verb) == ("template", "next"):
             p.add_argument("template_id", nargs="?", metavar="TEMPLATE_ID", help="template id or name")
             p.add_argument("-n", "--count", type=int, default=5, help="how many instants (default 5)")
@@ -519,9 +616,7 @@ def build_parser(extra: dict[str, tuple[str, Callable[[list[str]], int]]] | None
             _submit_flags(p)
             p.set_defaults(_handler=cmd_submit)
         elif short == "logs":
-            p.add_argument("task_id", nargs="?", metavar="TASK_ID")
-            p.add_argument("-f", "--follow", action="store_true", help="keep streaming until the task ends")
-            p.add_argument("--offset", type=int, default=0)
+            _logs_flags(p)
             p.set_defaults(_handler=cmd_logs)
         else:
             add_request_flags(p, _METHODS[("task", "stop")])
