@@ -204,6 +204,8 @@ def _logs_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("task_id", nargs="?", metavar="TASK_ID")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing output as it is written, until the task ends")
     p.add_argument("--tail", type=int, metavar="N", help="start with the last N lines of what is there")
+    p.add_argument("--since", metavar="WHEN", help="only lines written since then: a duration back from now (10m) or an RFC 3339 time")
+    p.add_argument("-t", "--timestamps", action="store_true", help="start each line with when it was written (UTC, from the node)")
     p.add_argument("--offset", type=int, default=0, help="start at this byte offset")
 
 
@@ -404,20 +406,73 @@ def cmd_logs(client: Client, args: argparse.Namespace) -> int:
     tail = getattr(args, "tail", None)
     if tail is not None and tail < 0:
         raise InvalidArgument("--tail: must be 0 or more lines")
+    since = _since(args.since) if getattr(args, "since", None) else None
+    stamps = bool(getattr(args, "timestamps", False))
+
+    def emit(lines: Any) -> None:
+        for when, line in lines:
+            if since is not None and when is not None and when < since:
+                continue
+            if stamps:
+                out.write((dt.datetime.fromtimestamp(when, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+                           if when else "-").encode() + b" ")
+            out.write(line)
+            out.flush()
+
     offset = args.offset or 0
     if tail is not None:
         # what is there now, to print its last N lines; then on from where it ended
-        data = b"".join(c.data for c in client.task_logs(task_id=args.task_id, offset=offset))  # type: ignore[attr-defined]
-        offset += len(data)
-        lines = data.splitlines(keepends=True)
-        out.write(b"".join(lines[-tail:] if tail else []))
-        out.flush()
+        have = list(client.task_logs(task_id=args.task_id, offset=offset))  # type: ignore[attr-defined]
+        offset += sum(len(c.data) for c in have)
+        lines = list(_timed_lines(have))
+        emit(lines[-tail:] if tail else [])
         if not args.follow:
             return 0
-    for chunk in client.task_logs(task_id=args.task_id, follow=bool(args.follow), offset=offset):  # type: ignore[attr-defined]
-        out.write(chunk.data)
-        out.flush()
+    chunks = client.task_logs(task_id=args.task_id, follow=bool(args.follow), offset=offset)  # type: ignore[attr-defined]
+    if since is None and not stamps:
+        for chunk in chunks:  # as it comes: a partial line too
+            out.write(chunk.data)
+            out.flush()
+        return 0
+    emit(_timed_lines(chunks))
     return 0
+
+
+def _since(text: str) -> float:
+    """--since: a duration back from now (10m) or an RFC 3339 time."""
+    try:
+        return time.time() - units.parse_duration(text)
+    except (InvalidArgument, ValueError):
+        t = _timestamp(text, "--since")
+        return float(t.seconds + t.nanos / 1e9)
+
+
+def _timed_lines(chunks: Any) -> Any:
+    """(time, line) for each line of the output: the time its first byte was written, from
+    the node's record of when each part was written (None for output from before it kept
+    one). A last line without a newline comes when the output ends."""
+    marks: list[tuple[int, float]] = []
+    pending, start = b"", -1
+    for chunk in chunks:
+        marks += [m for m in zip(chunk.mark_offsets, chunk.mark_times, strict=False) if not marks or m[0] > marks[-1][0]]
+        if start < 0:
+            start = chunk.offset
+        pending += chunk.data
+        while (i := pending.find(b"\n")) >= 0:
+            line, pending = pending[: i + 1], pending[i + 1 :]
+            yield _time_at(marks, start), line
+            start += len(line)
+    if pending:
+        yield _time_at(marks, start), pending
+
+
+def _time_at(marks: list[tuple[int, float]], offset: int) -> float | None:
+    best = None
+    for off, when in marks:
+        if off > offset:
+            break
+        best = when
+    return best
 
 
 def _event_line(ev: api_pb2.TaskEvent) -> str:

@@ -397,10 +397,10 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
             task = self.cache.tasks[request.task_id].msg
             finished = task.state in records.TERMINAL
             if task.node_id:
-                data = await self.gateway.read_logs(task.node_id, task.task_id, offset, LOG_CHUNK)
-                if data:
-                    yield api_pb2.LogChunk(data=data, offset=offset)
-                    offset += len(data)
+                got = await self.gateway.read_logs(task.node_id, task.task_id, offset, LOG_CHUNK)
+                if got.data:
+                    yield api_pb2.LogChunk(data=got.data, offset=offset, mark_offsets=got.mark_offsets, mark_times=got.mark_times)
+                    offset += len(got.data)
                     continue
             if finished or not request.follow:
                 return

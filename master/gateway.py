@@ -139,7 +139,7 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
         s.send(stop_message(task, state, reason))
         return True
 
-    async def read_logs(self, node_id: str, task_id: str, offset: int, max_bytes: int) -> bytes:
+    async def read_logs(self, node_id: str, task_id: str, offset: int, max_bytes: int) -> npb.LogData:
         s = self.sessions.get(node_id)
         if s is None or s.closed:
             raise Unavailable(f"node {node_id} is not connected; its logs cannot be read now")
@@ -159,7 +159,7 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
             s.logs.pop(req_id, None)
         if data.error:
             raise Unavailable(data.error)
-        return data.data
+        return data
 
     # ---- the stream ---------------------------------------------------------------------
 

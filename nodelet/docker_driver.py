@@ -25,6 +25,7 @@ from typing import Any
 
 from corral.v1 import types_pb2 as pb
 
+from . import logtimes
 from .driver import DriverError, Handle, Outcome, classify
 
 log = logging.getLogger("corral.docker")
@@ -212,10 +213,12 @@ class DockerDriver:
             written = 0
             try:
                 container = self.client().containers.get(handle.container_id)
-                with open(path, "wb") as f:
+                with open(path, "wb") as f, open(logtimes.path_for(path), "wb") as times:
                     for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
                         if written < self.log_cap:
                             part = chunk[: self.log_cap - written]
+                            times.write(logtimes.line(written, time.time()))
+                            times.flush()
                             f.write(part)
                             f.flush()
                             written += len(part)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from corral.v1 import types_pb2 as pb
 
+from . import logtimes
 from .cgroups import Limits, TaskCgroup, detect
 from .driver import DriverError, Handle, Outcome, classify
 
@@ -207,6 +208,7 @@ class ProcessDriver:
             },
             "procs": cg.procs_files(),
             "log": str(directory / "output.log"),
+            "times": str(logtimes.path_for(directory / "output.log")),
             "exit": str(directory / "exit"),
             "lost": str(directory / "lost"),
             "cap": self.log_cap,

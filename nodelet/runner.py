@@ -25,7 +25,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from corral.v1 import nodelet_pb2 as npb
 from corral.v1 import types_pb2 as pb
 
-from . import metrics
+from . import logtimes, metrics
 from .driver import Driver, DriverError, Handle, Outcome, PreparingDriver
 from .release import ReleaseTimer
 
@@ -357,5 +357,7 @@ class TaskRunner:
                 data = f.read(max(1, min(req.max_bytes, 1 << 20)))
         except FileNotFoundError:
             data = b""
-        return npb.LogData(request_id=req.request_id, data=data, offset=req.offset)
+        marks = logtimes.read(d / "output.log", req.offset, req.offset + len(data)) if data else []
+        return npb.LogData(request_id=req.request_id, data=data, offset=req.offset,
+                           mark_offsets=[m[0] for m in marks], mark_times=[m[1] for m in marks])
 

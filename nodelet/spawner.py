@@ -231,7 +231,7 @@ class NodeLease:
         return 0 < self.deadline < now
 
 
-def copy_output(req: dict, r: int, log: int, lease: "NodeLease | None", pid: int, go: int, go_task: int) -> None:
+def copy_output(req: dict, r: int, log: int, lease: "NodeLease | None", pid: int, go: int, go_task: int, times: int = -1) -> None:
     """Copy the task's output into the log up to the cap (the rest is read and dropped, so
     the task is never stopped by it) until the task's pid namespace is gone. Meanwhile:
     pass the nodelet's "go" on to the parked task only if the node lease still holds (a
@@ -265,6 +265,8 @@ def copy_output(req: dict, r: int, log: int, lease: "NodeLease | None", pid: int
                 return
             if written < cap:
                 part = chunk[: cap - written]
+                if times >= 0:
+                    os.write(times, f"{written} {time.time():.6f}\n".encode())  # the format of nodelet/logtimes.py
                 os.write(log, part)
                 written += len(part)
         if lease is None:
@@ -297,6 +299,8 @@ def wrapper(req: dict, go: int, joined: int) -> None:
                 os.close(fd)
         os.close(joined)
         log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        # when each part of the output was written (nodelet/logtimes.py reads it)
+        times = os.open(req["times"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600) if req.get("times") else -1
         check(libc.unshare(CLONE_NEWPID), "pid namespace")  # for the child: it will be pid 1
         r, w = os.pipe()
         go_r, go_w = os.pipe()  # "go" reaches the task through us: we check the lease first
@@ -304,12 +308,14 @@ def wrapper(req: dict, go: int, joined: int) -> None:
         if pid == 0:
             os.close(r)
             os.close(log)
+            if times >= 0:
+                os.close(times)
             os.close(go)
             os.close(go_w)
             task_pid1(req, go_r, w)
         os.close(w)
         os.close(go_r)
-        copy_output(req, r, log, NodeLease(req["lease"]) if req["watch"] else None, pid, go, go_w)
+        copy_output(req, r, log, NodeLease(req["lease"]) if req["watch"] else None, pid, go, go_w, times)
         _, status = os.waitpid(pid, 0)
         code = os.waitstatus_to_exitcode(status)
         code = 128 - code if code < 0 else code  # killed by a signal: as a shell says it

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pytest
 
@@ -104,3 +105,29 @@ def test_watch_follows_one_task_to_its_end_or_all_tasks(cluster: Cluster) -> Non
         for proc in (w, lw):
             proc.kill()
             proc.wait(10)
+
+
+def test_logs_timestamps_and_since_come_from_when_the_node_wrote_each_line(cluster: Cluster) -> None:
+    cluster.start_master()
+    cluster.start_nodelet("a")
+    c = cluster.client()
+    t = c.submit_task(spec=pb.TaskTemplate(run_script="for i in 1 2 3; do date +%s.%N; sleep 1; done"))  # type: ignore[attr-defined]
+    assert c.wait_task(t.task_id, timeout=30).state == pb.SUCCEEDED
+
+    def logs(*flags: str) -> list[str]:
+        r = subprocess.run([sys.executable, "-m", "corral", "logs", *flags, t.task_id], capture_output=True, text=True,
+                           env=cluster.corral_env(), timeout=30)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.splitlines()
+
+    stamped = logs("--timestamps")
+    assert len(stamped) == 3
+    printed = []
+    for line in stamped:
+        stamp, value = line.split()
+        written = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+        assert abs(written - float(value)) < 0.5, f"{stamp} for a line the task printed at {value}"
+        printed.append(float(value))
+    since = datetime.fromtimestamp(printed[1] - 0.3, UTC).isoformat().replace("+00:00", "Z")
+    assert [float(x) for x in logs("--since", since)] == printed[1:]
+    assert logs("--since", "1h") == logs()  # all of it was written in the last hour

@@ -220,12 +220,16 @@ class TaskLogsRequest(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., follow: _Optional[bool] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class LogChunk(_message.Message):
-    __slots__ = ("data", "offset")
+    __slots__ = ("data", "offset", "mark_offsets", "mark_times")
     DATA_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    MARK_OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    MARK_TIMES_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     offset: int
-    def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ...) -> None: ...
+    mark_offsets: _containers.RepeatedScalarFieldContainer[int]
+    mark_times: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ..., mark_offsets: _Optional[_Iterable[int]] = ..., mark_times: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class RetryTaskRequest(_message.Message):
     __slots__ = ("task_id",)

@@ -136,16 +136,20 @@ class TaskStatus(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., state: _Optional[_Union[_types_pb2.TaskState, str]] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class LogData(_message.Message):
-    __slots__ = ("request_id", "data", "offset", "error")
+    __slots__ = ("request_id", "data", "offset", "error", "mark_offsets", "mark_times")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    MARK_OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    MARK_TIMES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     data: bytes
     offset: int
     error: str
-    def __init__(self, request_id: _Optional[str] = ..., data: _Optional[bytes] = ..., offset: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+    mark_offsets: _containers.RepeatedScalarFieldContainer[int]
+    mark_times: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, request_id: _Optional[str] = ..., data: _Optional[bytes] = ..., offset: _Optional[int] = ..., error: _Optional[str] = ..., mark_offsets: _Optional[_Iterable[int]] = ..., mark_times: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Registered(_message.Message):
     __slots__ = ("node_id", "heartbeat_interval", "lease", "kill_grace", "cluster_id")
