@@ -32,6 +32,9 @@ from corral.v1 import types_pb2 as pb
 
 from harness import wait_for
 
+# the first test also carries the lab's deploy (about three minutes) in its time
+pytestmark = pytest.mark.timeout(900)
+
 FINAL = {pb.SUCCEEDED, pb.FAILED, pb.OOM_KILLED, pb.TIMED_OUT, pb.STOPPED, pb.LOST, pb.PREEMPTED, pb.SKIPPED}
 LOOP = 'while :; do echo "$CORRAL_TASK_ID $CORRAL_ATTEMPT $(date +%s.%N)" >> {out}; sleep 0.05; done'
 
