@@ -29,7 +29,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.deploy)
 
 
-@pytest.fixture(scope="session")
+# module scope: the lab goes down once its tests are done, not after the whole suite (its
+# eleven processes would otherwise share the CPUs with every later test)
+@pytest.fixture(scope="module")
 def lab() -> Iterator[LabCluster]:
     if os.geteuid() != 0:
         pytest.skip("the lab needs root (network namespaces, sshd, cgroups)")
