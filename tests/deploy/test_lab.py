@@ -134,10 +134,15 @@ def test_one_off_cron_and_docker_tasks_run_through_the_cli(lab: LabCluster, requ
 
     out = lab.markers / "cron"
     spec = lab.dir / "cron.json"  # a file: the template runs as root to write the marker
-    spec.write_text(json.dumps({"name": "lab-cron", "run_script": once(out), "user": "root", "cron_schedule": "*/2 * * * * *"}))
+    spec.write_text(json.dumps({"name": "lab-cron", "run_script": once(out), "user": "root", "cron_schedule": "* * * * * */2"}))
     tpl = lab.cli_json("template", "create", "-f", str(spec))
     try:
-        wait_for(lambda: sum(lines(out).values()) >= 3, 30, 0.2, "three cron runs")
+        try:
+            wait_for(lambda: sum(lines(out).values()) >= 3, 60, 0.2, "three cron runs")
+        except AssertionError as e:  # the evidence for whoever reads the failure
+            history = lab.cli("template", "history", tpl["template_id"], "-o", "json", check=False).stdout
+            status = lab.cli("cluster", "status", "-o", "json", check=False).stdout
+            raise AssertionError(f"{e}\nmarkers: {lines(out)}\nhistory: {history[-3000:]}\nstatus: {status[-1500:]}") from None
     finally:
         lab.cli("template", "delete", tpl["template_id"])
     runs = lab.cli_json("task", "list", "--template", tpl["template_id"])["tasks"]
