@@ -12,6 +12,7 @@ argument. A few commands add everyday flags on top (`task submit --command ... -
 from __future__ import annotations
 
 import argparse
+import bisect
 import datetime as dt
 import os
 import re
@@ -467,12 +468,9 @@ def _timed_lines(chunks: Any) -> Any:
 
 
 def _time_at(marks: list[tuple[int, float]], offset: int) -> float | None:
-    best = None
-    for off, when in marks:
-        if off > offset:
-            break
-        best = when
-    return best
+    """The time of the last write that began at or before `offset` (marks are in order)."""
+    i = bisect.bisect_right(marks, (offset, float("inf")))
+    return marks[i - 1][1] if i else None
 
 
 def _event_line(ev: api_pb2.TaskEvent) -> str:

@@ -233,7 +233,9 @@ async def _events(request: web.Request, items: AsyncIterator[Message], render: C
     except ConnectionError:  # the client went away
         pass
     finally:
-        await it.aclose() if hasattr(it, "aclose") else None
+        aclose = getattr(it, "aclose", None)
+        if aclose is not None:  # the servicer's stream ends now, not when collected
+            await aclose()
     return resp
 
 

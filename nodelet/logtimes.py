@@ -7,7 +7,6 @@ past the log's cap."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 SUFFIX = ".times"
@@ -44,6 +43,3 @@ def read(log: str | Path, start: int, end: int) -> list[tuple[int, float]]:
             out.append((off, when))
     return ([before] if before else []) + out
 
-
-def open_for_append(log: str | Path) -> int:
-    return os.open(path_for(log), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
