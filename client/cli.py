@@ -14,21 +14,22 @@ from __future__ import annotations
 import argparse
 import bisect
 import datetime as dt
+import difflib
 import os
 import re
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TypeAlias
+from typing import Any, NoReturn, TypeAlias
 
 from google.protobuf import descriptor as _d
-from google.protobuf import json_format
+from google.protobuf import field_mask_pb2, json_format
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from corral import units
-from corral.errors import CorralError, DeadlineExceeded, InvalidArgument
+from corral.errors import CorralError, DeadlineExceeded, InvalidArgument, Unauthenticated
 from corral.v1 import api_pb2
 from corral.v1 import types_pb2 as pb
 
@@ -108,28 +109,26 @@ def add_request_flags(p: argparse.ArgumentParser, m: RpcMethod, skip: set[str] =
         elif f.type == _d.FieldDescriptor.TYPE_BOOL:
             p.add_argument(flag, dest=f.name, action="store_true", default=None, help=f.name.replace("_", " "))
         elif f.enum_type is not None:
-            names = [v.name for v in f.enum_type.values if v.number != 0]
-            p.add_argument(flag, dest=f.name, choices=names, help=f"{f.name} ({', '.join(names)})")
+            _enum_flag(p, flag, [v.name for v in f.enum_type.values if v.number != 0], f.name.replace("_", " "), dest=f.name)
         elif f.type in (_d.FieldDescriptor.TYPE_STRING,):
             # `--template ID` reads better than `--template-id ID`; both work
             aliases = [flag, flag.removesuffix("-id")] if f.name.endswith("_id") else [flag]
             p.add_argument(*aliases, dest=f.name, help=f.name.replace("_", " "))
         elif f.name.endswith("_cpu"):
-            p.add_argument(flag, dest=f.name, type=_units(units.parse_cpu, f.name), metavar="CPU", help=f"{f.name.replace('_', ' ')} (e.g. 2 or 500m)")
+            p.add_argument(flag, dest=f.name, type=_cpu_flag(flag), metavar="CPU", help=f"{f.name.replace('_', ' ')} (e.g. 2 or 500m)")
         elif f.name.endswith(("_memory", "_bytes")):
-            p.add_argument(flag, dest=f.name, type=_units(units.parse_memory, f.name), metavar="BYTES", help=f"{f.name.replace('_', ' ')} (e.g. 512Mi, 8Gi)")
+            p.add_argument(flag, dest=f.name, type=_mem_flag(flag), metavar="SIZE", help=f"{f.name.replace('_', ' ')} (e.g. 512Mi, 8Gi)")
+        elif f.type in (_d.FieldDescriptor.TYPE_DOUBLE, _d.FieldDescriptor.TYPE_FLOAT):
+            p.add_argument(flag, dest=f.name, type=_unit(_number, flag, "2.5"), metavar="NUMBER", help=f.name.replace("_", " "))
         else:
-            p.add_argument(flag, dest=f.name, type=float if f.type in (_d.FieldDescriptor.TYPE_DOUBLE, _d.FieldDescriptor.TYPE_FLOAT) else int, help=f.name.replace("_", " "))
+            p.add_argument(flag, dest=f.name, type=_whole(flag, "10"), metavar="N", help=f.name.replace("_", " "))
 
 
-def _units(parse: Callable[[str], int], field: str) -> Callable[[str], int]:
-    def convert(text: str) -> int:
-        try:
-            return parse(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(f"{field}: {e}") from None
-
-    return convert
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"not a number: {text!r}") from None
 
 
 def build_request(m: RpcMethod, args: argparse.Namespace) -> Message:
@@ -210,32 +209,142 @@ def _logs_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offset", type=int, default=0, help="start at this byte offset")
 
 
-def _submit_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--command", help="shell command or script to run (stored as run_script)")
-    p.add_argument("--template", dest="template_id", metavar="ID", help="run this template (id or name); other flags override its fields")
-    p.add_argument("--name", help="a name for the task")
-    p.add_argument("--cpu", help="cpu request, e.g. 0.5 or 500m (the limit defaults to it)")
-    p.add_argument("--cpu-limit", help="cpu limit if above the request")
-    p.add_argument("--memory", help="memory request and limit, e.g. 64Mi")
-    p.add_argument("--memory-limit", help="memory limit if above the request")
-    p.add_argument("--pids", type=int, help="max processes (default 512)")
-    p.add_argument("--timeout", help="kill the task after this long, e.g. 30s (TIMED_OUT)")
-    when = p.add_mutually_exclusive_group()
-    when.add_argument("--at", "--run-at", dest="run_at", metavar="TIME", help="do not start before this RFC 3339 time")
-    when.add_argument("--in", dest="run_in", metavar="DURATION", help="start after this delay, e.g. 30s")
-    p.add_argument("--driver", choices=["process", "docker"], help="how to run it (default process)")
+def _unit(parse: Callable[[str], Any], flag: str, example: str) -> Callable[[str], Any]:
+    """An argparse type that names the flag and shows an example when the value is wrong."""
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as e:
+            msg = str(e)
+            raise argparse.ArgumentTypeError(msg if "(try" in msg or "(e.g." in msg else f"{msg} (e.g. {flag} {example})") from None
+
+    convert.__name__ = flag  # argparse names the type in some messages
+    return convert
+
+
+def _whole(flag: str, example: str, lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"not a whole number: {text!r} (e.g. {flag} {example})") from None
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ValueError(f"{value} is out of range: {lo} to {hi} (e.g. {flag} {example})" if hi is not None
+                             else f"must be {lo} or more (e.g. {flag} {example})")
+        return value
+
+    return _unit(parse, flag, example)
+
+
+def _enum_flag(p: argparse.ArgumentParser, flag: str, names: list[str], help_text: str, dest: str | None = None) -> None:
+    """An enum flag: any case accepted, the valid values listed in --help and in the error."""
+    upper = names[0].isupper()
+    p.add_argument(flag, dest=dest, type=str.upper if upper else str.lower, choices=names, metavar="|".join(names),
+                   help=f"{help_text} ({', '.join(names)}; any case)")
+
+
+def _cpu_flag(flag: str) -> Callable[[str], Any]:
+    return _unit(units.parse_cpu, flag, "0.5")
+
+
+def _mem_flag(flag: str) -> Callable[[str], Any]:
+    return _unit(units.parse_memory, flag, "64Mi")
+
+
+def _dur_flag(flag: str) -> Callable[[str], Any]:
+    return _unit(units.parse_duration, flag, "30s")
+
+
+def _spec_flags(p: argparse.ArgumentParser, *, template: bool) -> None:
+    """The flags that set a task's spec: `task submit` and `template create|update`."""
+    p.add_argument("-f", "--file", help="the spec as a YAML or JSON file in TaskTemplate field names, e.g. from "
+                   "`corral template get NAME -o yaml` (units: 0.5 or 500m cpu, 64Mi, 30s); flags override it")
+    p.add_argument("-c", "--command", help="shell command or script to run, by /bin/sh -c (stored as run_script)")
+    p.add_argument("--cpu", type=_cpu_flag("--cpu"), metavar="CPU", help="cpu request in cores or millicores, e.g. 0.5 or 500m (the limit defaults to it)")
+    p.add_argument("--cpu-limit", type=_cpu_flag("--cpu-limit"), metavar="CPU", help="cpu limit if above the request")
+    p.add_argument("--memory", type=_mem_flag("--memory"), metavar="SIZE", help="memory request and limit, e.g. 64Mi or 1G")
+    p.add_argument("--memory-limit", type=_mem_flag("--memory-limit"), metavar="SIZE", help="memory limit if above the request")
+    p.add_argument("--pids", type=_whole("--pids", "512", lo=1), metavar="N", help="max processes (default 512)")
+    p.add_argument("--timeout", type=_dur_flag("--timeout"), metavar="DURATION", help="kill the task after this long, e.g. 30s or 1h30m (TIMED_OUT)")
+    _enum_flag(p, "--driver", ["process", "docker"], "how to run it (default process)")
     p.add_argument("--image", help="container image (docker driver)")
+    p.add_argument("--workdir", "--working-dir", dest="working_dir", metavar="DIR",
+                   help="directory on the node to start in (default: the task's private /tmp); the node's files are read-only to the task")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable (repeatable)")
     p.add_argument("--secret-env", action="append", default=[], metavar="KEY=VALUE",
                    help="environment variable whose value is secret: the task gets it, every API answer shows <secret> (repeatable)")
-    p.add_argument("--network", choices=["none", "host", "bridge"], help="none (default: an empty network namespace), host, or bridge (docker)")
+    _enum_flag(p, "--network", ["none", "host", "bridge"], "none (default: an empty network namespace), host, or bridge (docker)")
     p.add_argument("--user", help="run as: your own uid (default), root or another numeric uid (each needs a permission an admin grants)")
-    p.add_argument("--priority", type=int, help="0-100")
-    p.add_argument("--retries", type=int, help="attempts in all when its node is lost (default 3)")
+    p.add_argument("--priority", type=_whole("--priority", "50", 0, 100), metavar="0-100", help="0-100; higher may preempt lower")
+    p.add_argument("--retries", type=_whole("--retries", "3", lo=1), metavar="N", help="attempts in all when its node is lost (default 3)")
     p.add_argument("--ordering-key", metavar="KEY", help="tasks sharing this key run one at a time, in submission order")
-    p.add_argument("--starting-deadline", metavar="DURATION", help="end SKIPPED if it cannot start within this long after its due time")
+    p.add_argument("--starting-deadline", type=_dur_flag("--starting-deadline"), metavar="DURATION",
+                   help="end SKIPPED if it cannot start within this long after its due time")
+    if template:
+        p.add_argument("--schedule", metavar="CRON", help="cron schedule: 5 fields, 6 with seconds last, or @hourly/@daily/…, e.g. '*/5 * * * *'")
+        p.add_argument("--time-zone", metavar="ZONE", help="IANA time zone for the schedule, e.g. Europe/Berlin (default UTC)")
+        _enum_flag(p, "--misfire-policy", [v.name for v in pb.MisfirePolicy.DESCRIPTOR.values if v.number], "instants missed while no leader ran")
+        _enum_flag(p, "--concurrency-policy", [v.name for v in pb.ConcurrencyPolicy.DESCRIPTOR.values if v.number], "an instant whose previous run still runs")
+        p.add_argument("--history-limit", type=_whole("--history-limit", "10", lo=0), metavar="N", help="finished runs kept")
+        _enum_flag(p, "--on-lost", ["retry", "end"], "an attempt that was LOST")
+
+
+# flag dest → the TaskTemplate field it sets (for an update's field mask)
+_FLAG_FIELDS = {
+    "command": "run_script", "cpu": "cpu_request", "cpu_limit": "cpu_limit", "memory": "mem_request",
+    "memory_limit": "mem_limit", "pids": "pids_limit", "timeout": "timeout", "driver": "driver", "image": "image",
+    "working_dir": "working_dir", "network": "network", "user": "user", "priority": "priority",
+    "retries": "retry.max_attempts", "ordering_key": "ordering_key", "starting_deadline": "starting_deadline",
+    "schedule": "cron_schedule", "time_zone": "time_zone", "misfire_policy": "misfire_policy",
+    "concurrency_policy": "concurrency_policy", "history_limit": "history_limit", "on_lost": "on_lost",
+}
+
+
+def _spec_from_args(args: argparse.Namespace) -> tuple[pb.TaskTemplate, list[str]]:
+    """The spec the flags (over -f's file) describe, and the fields the flags set."""
+    spec = specfile.load_template(args.file) if getattr(args, "file", None) else pb.TaskTemplate()
+    paths: list[str] = []
+    for dest, field in _FLAG_FIELDS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        paths.append(field)
+        if field in ("timeout", "starting_deadline"):
+            getattr(spec, field).FromNanoseconds(int(value * 1e9))
+        elif field == "driver":
+            spec.driver = pb.DOCKER if value == "docker" else pb.PROCESS
+        elif field == "retry.max_attempts":
+            spec.retry.max_attempts = value
+        elif field in ("misfire_policy", "concurrency_policy"):
+            setattr(spec, field, getattr(pb, value))
+        else:
+            setattr(spec, field, value)
+    if getattr(args, "cpu", None) is not None and spec.cpu_request <= 0:
+        raise InvalidArgument("--cpu: must be more than 0 (e.g. --cpu 0.5)")
+    if getattr(args, "memory", None) is not None and spec.mem_request <= 0:
+        raise InvalidArgument("--memory: must be more than 0 (e.g. --memory 64Mi)")
+    for flag, items in (("--env", getattr(args, "env", [])), ("--secret-env", getattr(args, "secret_env", []))):
+        for kv in items:
+            if "=" not in kv:
+                raise InvalidArgument(f"{flag}: expected KEY=VALUE, e.g. {flag} LEVEL=debug")
+            k, v = kv.split("=", 1)
+            spec.env[k] = v
+            if flag == "--secret-env" and k not in spec.secret_env:
+                spec.secret_env.append(k)
+            paths.append("env")
+            if flag == "--secret-env":
+                paths.append("secret_env")
+    return spec, list(dict.fromkeys(paths))
+
+
+def _submit_flags(p: argparse.ArgumentParser) -> None:
+    _spec_flags(p, template=False)
+    p.add_argument("--template", dest="template_id", metavar="NAME", help="run this template (name or id); other flags override its fields")
+    p.add_argument("--name", help="a name for the task")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--at", "--run-at", dest="run_at", metavar="TIME", help="do not start before this RFC 3339 time")
+    when.add_argument("--in", dest="run_in", type=_dur_flag("--in"), metavar="DURATION", help="start after this delay, e.g. 30s")
     p.add_argument("--idempotency-key", help="a repeated submit with the same key returns the first task")
-    p.add_argument("-f", "--file", help="spec as a YAML or JSON file (TaskTemplate fields)")
     p.add_argument(
         "--from-file", metavar="TASKS.JSONL",
         help="submit many tasks: one JSON object per line, a SubmitTaskRequest or a bare spec ('-' for stdin); prints one task id per line",
@@ -243,71 +352,17 @@ def _submit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait", action="store_true", help="follow the task to its end; exit non-zero unless it SUCCEEDED")
 
 
-def _spec_from_args(args: argparse.Namespace) -> pb.TaskTemplate:
-    spec = specfile.load_template(args.file) if getattr(args, "file", None) else pb.TaskTemplate()
-    try:
-        if args.command is not None:
-            spec.run_script = args.command
-        if args.cpu is not None:
-            spec.cpu_request = units.parse_cpu(args.cpu)
-            if spec.cpu_request <= 0:
-                raise InvalidArgument("--cpu: must be positive")
-        if getattr(args, "cpu_limit", None) is not None:
-            spec.cpu_limit = units.parse_cpu(args.cpu_limit)
-        if args.memory is not None:
-            spec.mem_request = units.parse_memory(args.memory)
-            if spec.mem_request <= 0:
-                raise InvalidArgument("--memory: must be positive")
-        if getattr(args, "memory_limit", None) is not None:
-            spec.mem_limit = units.parse_memory(args.memory_limit)
-        if args.timeout is not None:
-            spec.timeout.FromNanoseconds(int(units.parse_duration(args.timeout) * 1e9))
-        if getattr(args, "starting_deadline", None) is not None:
-            spec.starting_deadline.FromNanoseconds(int(units.parse_duration(args.starting_deadline) * 1e9))
-    except ValueError as e:
-        raise InvalidArgument(str(e)) from None
-    if getattr(args, "pids", None) is not None:
-        spec.pids_limit = args.pids
-    if args.driver:
-        spec.driver = pb.DOCKER if args.driver == "docker" else pb.PROCESS
-    if args.image:
-        spec.image = args.image
-    for flag, items in (("--env", args.env), ("--secret-env", getattr(args, "secret_env", []))):
-        for kv in items:
-            if "=" not in kv:
-                raise InvalidArgument(f"{flag}: expected KEY=VALUE")
-            k, v = kv.split("=", 1)
-            spec.env[k] = v
-            if flag == "--secret-env" and k not in spec.secret_env:
-                spec.secret_env.append(k)
-    if getattr(args, "network", None):
-        spec.network = args.network
-    if args.user:
-        spec.user = args.user
-    if getattr(args, "priority", None) is not None:
-        spec.priority = args.priority
-    if getattr(args, "retries", None) is not None:
-        spec.retry.max_attempts = args.retries
-    if getattr(args, "ordering_key", None):
-        spec.ordering_key = args.ordering_key
-    return spec
-
-
 def cmd_submit(client: Client, args: argparse.Namespace) -> int:
     from corral.v1 import api_pb2
 
     if getattr(args, "from_file", None):
         return submit_from_file(client, args)
-    spec = _spec_from_args(args)
+    spec, _ = _spec_from_args(args)
     req = api_pb2.SubmitTaskRequest(template_id=args.template_id or "", spec=spec, name=args.name or "", idempotency_key=args.idempotency_key or "")
     if args.run_at:
         req.run_at.CopyFrom(_timestamp(args.run_at, "--at"))
-    elif args.run_in:
-        try:
-            delay = units.parse_duration(args.run_in)
-        except ValueError as e:
-            raise InvalidArgument(f"--in: {e}") from None
-        req.run_at.FromDatetime(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay))
+    elif args.run_in is not None:
+        req.run_at.FromDatetime(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=args.run_in))
     if not req.template_id and not spec.run_script.strip():
         raise InvalidArgument("--command: the command must not be empty (or give --template)")
     task = client.submit_task(req)  # type: ignore[attr-defined]
@@ -558,30 +613,27 @@ def cmd_stop(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_template_write(m: RpcMethod) -> Handler:
+    """`template create` from a file and/or flags; `template update NAME --flag …` changes
+    just the fields given (a field mask), `update -f FILE` every field the file format has
+    (the pause state stays: pause and resume change it)."""
     def run(client: Client, args: argparse.Namespace) -> int:
-        t = specfile.load_template(args.file) if args.file else pb.TaskTemplate()
+        t, paths = _spec_from_args(args)
         if args.name:
             t.name = args.name
-        if getattr(args, "template_id", None):
-            t.template_id = args.template_id
-        if args.command is not None:
-            t.run_script = args.command
-        try:
-            if args.cpu:
-                t.cpu_request = units.parse_cpu(args.cpu)
-            if args.memory:
-                t.mem_request = units.parse_memory(args.memory)
-            if args.timeout:
-                t.timeout.FromNanoseconds(int(units.parse_duration(args.timeout) * 1e9))
-        except ValueError as e:
-            raise InvalidArgument(str(e)) from None
-        if args.schedule:
-            t.cron_schedule = args.schedule
-        if args.time_zone:
-            t.time_zone = args.time_zone
-        if m.name == "CreateTemplate" and not t.name:
-            raise InvalidArgument("name: a template needs a name (in the file or --name)")
-        result = client.call(m, template=t)
+        if m.name == "CreateTemplate":
+            if not t.name:
+                raise InvalidArgument("--name: a template needs a name (in the file or --name)")
+            result = client.call(m, template=t)
+        else:
+            ref = args.template_id or t.name
+            if not ref:
+                raise InvalidArgument("template_id: required (give the template's name or id as the first argument)")
+            t.template_id, t.name = ref, ""
+            if args.file:
+                paths = [f.name for f in pb.TaskTemplate.DESCRIPTOR.fields if f.name not in (*specfile.READ_ONLY, "name")]
+            elif not paths:
+                raise InvalidArgument("nothing to update: give the fields to change as flags (e.g. --schedule '0 3 * * *') or the whole template with -f FILE")
+            result = client.call(m, template=t, update_mask=field_mask_pb2.FieldMask(paths=paths))
         _print(result, args)
         return 0
 
@@ -589,16 +641,13 @@ def cmd_template_write(m: RpcMethod) -> Handler:
 
 
 def _template_flags(p: argparse.ArgumentParser, update: bool) -> None:
-    p.add_argument("-f", "--file", help="the template as YAML or JSON (TaskTemplate field names; 64Mi, 0.5, 30s accepted)")
     if update:
-        p.add_argument("template_id", nargs="?", metavar="TEMPLATE_ID", help="template id or name")
-    p.add_argument("--name", help="template name (unique)")
-    p.add_argument("-c", "--command", help="shell command or script (run_script)")
-    p.add_argument("--cpu", help="cpu request, e.g. 0.5")
-    p.add_argument("--memory", help="memory request, e.g. 64Mi")
-    p.add_argument("--timeout", help="e.g. 30s")
-    p.add_argument("--schedule", help="cron schedule, e.g. '*/5 * * * *'")
-    p.add_argument("--time-zone", help="IANA time zone for the schedule (default UTC)")
+        p.add_argument("template_id", nargs="?", metavar="TEMPLATE", help="template name or id")
+    else:
+        p.add_argument("--name", help="template name (unique)")
+    _spec_flags(p, template=True)
+    if update:
+        p.set_defaults(name=None)
 
 
 _METHODS: dict[tuple[str, str], RpcMethod] = {}
@@ -610,13 +659,40 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", default=None, help="bearer token (env CORRAL_TOKEN)")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a suggestion for a misspelled command, verb or enum value."""
+
+    def error(self, message: str) -> NoReturn:
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:
+            near = difflib.get_close_matches(m.group(1), re.findall(r"'([^']*)'", m.group(2)), n=1, cutoff=0.5)
+            if near:
+                message += f"; did you mean {near[0]!r}?"
+        # one line, as kubectl and nomad do: the whole usage would bury the sentence
+        self.exit(2, f"error: {message.removeprefix('argument ')} (see `{self.prog} --help`)\n")
+
+
+def suggest_flags(parser: argparse.ArgumentParser, extras: list[str]) -> str:
+    """`unrecognized arguments: --shedule (did you mean --schedule?)`."""
+    flags = [o for a in parser._actions for o in a.option_strings]
+    parts = []
+    for x in extras:
+        near = difflib.get_close_matches(x.split("=", 1)[0], flags, n=1, cutoff=0.6) if x.startswith("-") else []
+        parts.append(f"{x} (did you mean {near[0]}?)" if near else x)
+    return "unrecognized arguments: " + " ".join(parts)
+
+
 def build_parser(extra: dict[str, tuple[str, Callable[[list[str]], int]]] | None = None) -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
+    from corral import __version__
+
+    top = Parser(
         prog="corral",
         description="corral: run tasks once or on a schedule on a fleet of nodes.",
-        epilog="Start a local cluster with `corral dev`; then `corral submit --command 'echo hi' --wait`.",
+        epilog="Start a local cluster with `corral dev`; then `corral submit --command 'echo hi' --wait`. "
+               "Shell completion: `corral completion bash` (or zsh) prints the script to source.",
     )
-    sub = top.add_subparsers(dest="group", metavar="COMMAND")
+    top.add_argument("--version", action="version", version=f"corral {__version__}")
+    sub = top.add_subparsers(dest="group", metavar="COMMAND", parser_class=Parser)
     for name, (help_text, _) in (extra or {}).items():
         sub.add_parser(name, help=help_text, add_help=False)
     groups: dict[str, argparse._SubParsersAction] = {}  # type: ignore[type-arg]
@@ -625,7 +701,7 @@ def build_parser(extra: dict[str, tuple[str, Callable[[list[str]], int]]] | None
         _METHODS[(group, verb)] = m
         if group not in groups:
             gp = sub.add_parser(group, help=f"{m.service} commands")
-            groups[group] = gp.add_subparsers(dest="verb", metavar="VERB", required=True)
+            groups[group] = gp.add_subparsers(dest="verb", metavar="VERB", required=True, parser_class=Parser)
         doc = (m.descriptor.GetOptions() and "") or ""
         p = groups[group].add_parser(verb, help=_help_for(m) or doc, description=_help_for(m))
         handler: Handler
@@ -642,7 +718,7 @@ def build_parser(extra: dict[str, tuple[str, Callable[[list[str]], int]]] | None
             p.add_argument("task_id", nargs="?", metavar="TASK_ID",
                            help="follow this task and exit with its end (0 if it SUCCEEDED); without it, follow all you may see")
             p.add_argument("--template-id", "--template", dest="template_id", help="only this template's tasks")
-            p.add_argument("--state", choices=[v.name for v in pb.TaskState.DESCRIPTOR.values if v.number], help="only changes to this state")
+            _enum_flag(p, "--state", [v.name for v in pb.TaskState.DESCRIPTOR.values if v.number], "only changes to this state")
             p.add_argument("--node-id", "--node", dest="node_id", help="only tasks on this node")
             handler = cmd_watch
         elif (group, verb) == ("task", "list"):
@@ -661,7 +737,7 @@ def build_parser(extra: dict[str, tuple[str, Callable[[list[str]], int]]] | None
             add_request_flags(p, m)
             handler = generic(m)
         _common(p)
-        p.set_defaults(_handler=handler)
+        p.set_defaults(_handler=handler, _parser=p)
     # shortcuts
     for short, (group, verb) in {"submit": ("task", "submit"), "stop": ("task", "stop"), "logs": ("task", "logs")}.items():
         p = sub.add_parser(short, help=f"same as `corral {group} {verb}`")
@@ -675,6 +751,7 @@ def build_parser(extra: dict[str, tuple[str, Callable[[list[str]], int]]] | None
             add_request_flags(p, _METHODS[("task", "stop")])
             p.add_argument("--no-wait", action="store_true")
             p.set_defaults(_handler=cmd_stop)
+        p.set_defaults(_parser=p)
         _common(p)
     return top
 
@@ -721,15 +798,28 @@ def _help_for(m: RpcMethod) -> str:
 
 def run(argv: list[str], extra: dict[str, tuple[str, Callable[[list[str]], int]]] | None = None) -> int:
     parser = build_parser(extra)
+    try:
+        import argcomplete
+
+        argcomplete.autocomplete(parser)  # exits here when the shell asks for completions
+    except ImportError:
+        pass
     if argv and extra and argv[0] in extra:
         return extra[argv[0]][1](argv[1:])
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        (getattr(args, "_parser", None) or parser).error(suggest_flags(getattr(args, "_parser", None) or parser, extras))
     if not getattr(args, "_handler", None):
         parser.print_help()
         return 2
     client = Client(args.addr, args.token)
     try:
         return args._handler(client, args)
+    except Unauthenticated as e:
+        hint = "" if (args.token or os.environ.get("CORRAL_TOKEN")) else \
+            " (pass --token or set CORRAL_TOKEN; `corral dev` writes it to .corral-dev/env: `source .corral-dev/env`)"
+        sys.stderr.write(f"error: {e}{hint}\n")
+        return 1
     except CorralError as e:
         sys.stderr.write(f"error: {e}\n")
         return 1

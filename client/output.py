@@ -20,7 +20,13 @@ from corral.v1 import types_pb2 as pb
 
 
 def to_dict(msg: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    """The message in proto field names, a template's units as files write them (`100m`,
+    `64Mi`, `5m`), so a template printed with -o yaml or -o json can be read back."""
+    from .specfile import to_human
+
+    d = json_format.MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    out: dict[str, Any] = to_human(msg.DESCRIPTOR, d)
+    return out
 
 
 def render(msg: Message, fmt: str) -> str:
@@ -97,7 +103,9 @@ def task_detail(t: pb.TaskExecution) -> str:
     s = t.spec
     pairs = [
         ("Task", t.task_id), ("Name", t.name), ("State", pb.TaskState.Name(t.state)), ("Reason", t.reason),
-        ("Template", t.template_id), ("User", t.user_id), ("Node", t.node_id), ("Attempt", str(t.attempt)),
+        ("Template", t.template_id), ("User", t.user_id), ("Node", t.node_id),
+        ("Attempt", f"{t.attempt} of {s.retry.max_attempts}" if s.retry.max_attempts else str(t.attempt)),
+        ("Driver", pb.Driver.Name(s.driver) + (f", image {s.image}" if s.image else "")),
         ("Exit code", str(t.exit_code) if t.state in (pb.SUCCEEDED, pb.FAILED, pb.OOM_KILLED) else ""),
         ("Submitted", t.submit_time.ToJsonString() if t.submit_time.seconds else ""),
         ("Due", t.due_time.ToJsonString() if t.due_time.seconds else ""),
@@ -116,22 +124,42 @@ def task_detail(t: pb.TaskExecution) -> str:
     return out
 
 
+def template_state(t: pb.TaskTemplate) -> str:
+    """active, paused (by a user) or suspended (by corral, with why); `-` without a schedule."""
+    if not t.cron_schedule:
+        return "-"
+    if t.suspend_reason:
+        return f"suspended: {t.suspend_reason}"
+    return "paused" if t.suspended else "active"
+
+
 def template_rows(ts: Sequence[pb.TaskTemplate]) -> str:
     rows = [
-        [t.template_id, t.name, units.format_cpu(t.cpu_request), units.format_memory(t.mem_request),
-         pb.Driver.Name(t.driver), t.cron_schedule or "-", (t.run_script.splitlines() or [""])[0][:40]]
+        [t.template_id, t.name, template_state(t)[:40], t.cron_schedule or "-", units.format_cpu(t.cpu_request),
+         units.format_memory(t.mem_request), pb.Driver.Name(t.driver), (t.run_script.splitlines() or [""])[0][:40]]
         for t in ts
     ]
-    return _grid(["TEMPLATE ID", "NAME", "CPU", "MEMORY", "DRIVER", "SCHEDULE", "COMMAND"], rows)
+    return _grid(["TEMPLATE ID", "NAME", "STATE", "SCHEDULE", "CPU", "MEMORY", "DRIVER", "COMMAND"], rows)
+
+
+def _dur(d: Any) -> str:
+    return units.format_duration_exact(d.seconds + d.nanos / 1e9) if d.seconds or d.nanos else ""
 
 
 def template_detail(t: pb.TaskTemplate) -> str:
     return _kv([
-        ("Template", t.template_id), ("Name", t.name), ("Owner", t.owner), ("Driver", pb.Driver.Name(t.driver)),
+        ("Template", t.template_id), ("Name", t.name), ("State", template_state(t) if t.cron_schedule else ""),
+        ("Owner", t.owner), ("Driver", pb.Driver.Name(t.driver)),
         ("Image", t.image), ("CPU", f"{units.format_cpu(t.cpu_request)} (limit {units.format_cpu(t.cpu_limit)})"),
         ("Memory", f"{units.format_memory(t.mem_request)} (limit {units.format_memory(t.mem_limit)})"),
         ("Schedule", f"{t.cron_schedule} ({t.time_zone or 'UTC'})" if t.cron_schedule else ""),
-        ("Timeout", units.format_duration(t.timeout.seconds) if t.timeout.seconds else ""),
+        ("Next fires", ", ".join(f.ToJsonString() for f in t.next_fires[:3])),
+        ("Policies", f"misfire {pb.MisfirePolicy.Name(t.misfire_policy or pb.RUN_ONCE)}, "
+                     f"concurrency {pb.ConcurrencyPolicy.Name(t.concurrency_policy or pb.ALLOW)}, "
+                     f"on lost {t.on_lost or 'retry'}" + (f", starting deadline {_dur(t.starting_deadline)}" if _dur(t.starting_deadline) else "")
+                     if t.cron_schedule else ""),
+        ("Timeout", _dur(t.timeout)),
+        ("Working dir", t.working_dir),
         ("Command", t.run_script),
     ])
 
@@ -144,7 +172,7 @@ def node_rows(nodes: Sequence[pb.NodeInfo]) -> str:
          str(n.running_tasks), ",".join(n.drivers) or "-", _ago(n.last_heartbeat)]
         for n in nodes
     ]
-    return _grid(["NODE", "STATE", "CPU (ALLOC/TOTAL)", "MEMORY (ALLOC/TOTAL)", "TASKS", "DRIVERS", "REGISTERED"], rows)
+    return _grid(["NODE", "STATE", "CPU (ALLOC/TOTAL)", "MEMORY (ALLOC/TOTAL)", "TASKS", "DRIVERS", "HEARTBEAT"], rows)
 
 
 def cluster_detail(s: api_pb2.ClusterStatusResponse) -> str:
@@ -215,6 +243,8 @@ def table(msg: Message) -> str:
         return node_rows([msg])
     if isinstance(msg, api_pb2.ClusterStatusResponse):
         return cluster_detail(msg)
+    if isinstance(msg, api_pb2.DeleteTemplateResponse):
+        return f"deleted template {msg.template_id}"
     if isinstance(msg, api_pb2.NextTemplateFiresResponse):
         return _grid([f"LOCAL ({msg.time_zone})", "UTC"], [[loc, u.ToJsonString()] for loc, u in zip(msg.local, msg.utc, strict=True)])
     if isinstance(msg, api_pb2.TemplateHistoryResponse):

@@ -83,8 +83,16 @@ def _addresses(addr: str | Sequence[str] | None) -> list[str]:
         addr = os.environ.get("CORRAL_ADDR", DEFAULT_ADDR)
     if isinstance(addr, str):
         addr = addr.split(",")
-    out = [a.strip() for a in addr if a.strip()]
+    out = [_with_port(a.strip()) for a in addr if a.strip()]
     return out or [DEFAULT_ADDR]
+
+
+def _with_port(addr: str) -> str:
+    """`host` and `[::1]` mean corral's port 7070 (gRPC itself would dial 443)."""
+    if "://" in addr or addr.startswith("unix:"):
+        return addr
+    host = addr.rsplit("]", 1)[-1] if addr.startswith("[") else addr
+    return addr if ":" in host else f"{addr}:{DEFAULT_ADDR.rsplit(':', 1)[1]}"
 
 
 def _translate(e: grpc.RpcError, addr: str) -> CorralError:

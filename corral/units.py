@@ -33,17 +33,24 @@ _DUR_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_cpu(text: str | int | float) -> int:
-    """Millicores from `0.5`, `500m` or `2`. Raises ValueError on anything else."""
+    """Millicores from `0.5`, `500m` or `2` (cores unless the `m` suffix says millicores).
+    Raises ValueError with an example on anything else."""
+    if isinstance(text, bool):
+        raise ValueError(f"not a cpu amount: {text!r} (try 0.5, 500m or 2)")
     if isinstance(text, int | float):
         return round(float(text) * 1000)
-    s = text.strip().lower()
-    if s.endswith("m"):
-        return int(float(s[:-1]))
-    return round(float(s) * 1000)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(m?)\s*", text)
+    if not m:
+        raise ValueError(f"not a cpu amount: {text!r} (try 0.5, 500m or 2)")
+    if m.group(2):
+        return round(float(m.group(1)))
+    return round(float(m.group(1)) * 1000)
 
 
 def parse_memory(text: str | int | float) -> int:
     """Bytes from `64Mi`, `1G`, `512k` or a plain number of bytes."""
+    if isinstance(text, bool):
+        raise ValueError(f"not a memory size: {text!r} (try 64Mi, 1G or a number of bytes)")
     if isinstance(text, int | float):
         return int(text)
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
@@ -94,6 +101,30 @@ def format_cpu(millis: int) -> str:
     """Millicores as cores: 500 → 0.5, 2000 → 2."""
     v = millis / 1000
     return f"{v:g}"
+
+
+def format_cpu_exact(millis: int) -> str:
+    """Millicores in the form `parse_cpu` reads back to the same number: whole cores as
+    `2`, anything else as `500m` (no float rounding on the way back)."""
+    return str(millis // 1000) if millis % 1000 == 0 else f"{millis}m"
+
+
+def format_memory_exact(n: int) -> str:
+    """Bytes in the largest binary unit that divides them (`64Mi`), else plain bytes, so
+    `parse_memory` reads back the same number."""
+    for unit, size in (("Ti", 1024**4), ("Gi", 1024**3), ("Mi", 1024**2), ("Ki", 1024)):
+        if n and n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)
+
+
+def format_duration_exact(seconds: float) -> str:
+    """Seconds as `1h30m`, `45s` or `1.5s`, which `parse_duration` reads back exactly."""
+    if seconds != int(seconds) or seconds < 60:
+        return f"{seconds:g}s"
+    h, rest = divmod(int(seconds), 3600)
+    m, s = divmod(rest, 60)
+    return "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (s, "s")) if v)
 
 
 def format_duration(seconds: float) -> str:

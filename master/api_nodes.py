@@ -38,6 +38,8 @@ def node_view(cache: Cache, gateway: Gateway, node_id: str) -> pb.NodeInfo:
     s = gateway.sessions.get(node_id)
     if s is not None:
         n.used.CopyFrom(s.used)
+        if s.last_heard:
+            n.last_heartbeat.CopyFrom(records.ts(s.last_heard))
     return n
 
 

@@ -22,7 +22,7 @@ from corral.v1 import api_pb2, api_pb2_grpc
 from corral.v1 import types_pb2 as pb
 
 from . import authz, keys, lifecycle, permissions, records, validate
-from .api_templates import resolve_template
+from .api_templates import resolve_template, template_id_of
 from .auth import Authenticator, api_method, api_stream
 from .cache import Cache
 from .election import current_leader
@@ -236,6 +236,8 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
         size = min(request.page_size or 100, MAX_PAGE)
         after = _page_key(request.page_token)
         tasks = self.cache.tasks
+        if request.template_id:  # a name works as in SubmitTask; a deleted template's id still filters
+            request.template_id = template_id_of(self.cache, request.template_id)
 
         everyone = authz.can_read_all(user)
 
@@ -324,6 +326,8 @@ class TaskServicer(api_pb2_grpc.TaskServiceServicer):
     async def WatchTasks(self, request, context, user) -> AsyncIterator[api_pb2.TaskEvent]:  # type: ignore[override]
         queue: asyncio.Queue[api_pb2.TaskEvent] = asyncio.Queue(maxsize=10_000)
         everyone = authz.can_read_all(user)
+        if request.template_id:
+            request.template_id = template_id_of(self.cache, request.template_id)
         if request.task_id:
             rec = self.cache.tasks.get(request.task_id)
             if rec is None:

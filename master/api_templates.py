@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import difflib
 import functools
 import time
 
 import grpc
+from google.protobuf import field_mask_pb2
 
 from corral.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from corral.v1 import api_pb2, api_pb2_grpc
@@ -34,6 +36,41 @@ def with_next_fires(t: pb.TaskTemplate, count: int = 5) -> pb.TaskTemplate:
     return t
 
 
+# Fields an update mask may not name, and what to do instead.
+NOT_UPDATABLE = {
+    "template_id": "it is the template's identity",
+    "name": "a template cannot be renamed; create a new one",
+    "owner": "it is the template's owner",
+    "create_time": "it is set by the server",
+    "update_time": "it is set by the server",
+    "next_fires": "it is output only",
+    "suspended": "use PauseTemplate or ResumeTemplate (`corral template pause|resume`)",
+    "suspend_reason": "it is set by the server; ResumeTemplate clears it",
+}
+
+
+def apply_mask(dest: pb.TaskTemplate, src: pb.TaskTemplate, paths: list[str]) -> None:
+    """Copy the fields named by `paths` from `src` into `dest` (a repeated or map field is
+    replaced, not appended to); INVALID_ARGUMENT naming a path that is not a field."""
+    for path in paths:
+        desc = pb.TaskTemplate.DESCRIPTOR
+        parts = path.split(".")
+        for i, part in enumerate(parts):
+            f = desc.fields_by_name.get(part)
+            if f is None:
+                near = difflib.get_close_matches(part, [x.name for x in desc.fields], n=1, cutoff=0.6)
+                hint = f" (did you mean {'.'.join([*parts[:i], near[0]])!r}?)" if near else ""
+                raise InvalidArgument(f"update_mask: {path!r} is not a field of {desc.name}{hint}")
+            if i < len(parts) - 1:
+                if f.message_type is None or f.message_type.GetOptions().map_entry or f.is_repeated:
+                    raise InvalidArgument(f"update_mask: {path!r}: {part} has no fields to select")
+                desc = f.message_type
+        if parts[0] in NOT_UPDATABLE:
+            raise InvalidArgument(f"update_mask: {path!r} cannot be updated: {NOT_UPDATABLE[parts[0]]}")
+    mask = field_mask_pb2.FieldMask(paths=paths)
+    mask.MergeMessage(src, dest, replace_message_field=True, replace_repeated_field=True)
+
+
 def resolve_template(cache: Cache, ref: str) -> tuple[pb.TaskTemplate, int]:
     """A template by id or name (NOT_FOUND otherwise), with its mod revision."""
     if not ref:
@@ -44,6 +81,14 @@ def resolve_template(cache: Cache, ref: str) -> tuple[pb.TaskTemplate, int]:
     if rec is None:
         raise NotFound(f"template {ref[:80]!r} not found")
     return rec.msg, rec.rev
+
+
+def template_id_of(cache: Cache, ref: str) -> str:
+    """The id a filter means: `ref` itself when it is a template's id (or no template's
+    name: the runs of a deleted template keep its id), else the id of the template it names."""
+    if ref in cache.templates or ref not in cache.template_names:
+        return ref
+    return cache.template_names[ref]
 
 
 def _resolve_for(cache: Cache, ref: str, user: pb.User, *, write: bool) -> tuple[pb.TaskTemplate, int]:
@@ -115,7 +160,16 @@ class TemplateServicer(api_pb2_grpc.TemplateServiceServicer):
         ref = request.template.template_id or request.template.name
         old, rev = _resolve_for(self.cache, ref, user, write=True)
         t = pb.TaskTemplate()
-        t.CopyFrom(request.template)
+        if request.update_mask.paths:
+            t.CopyFrom(old)
+            paths = list(request.update_mask.paths)
+            apply_mask(t, request.template, paths)
+            # a limit that only followed its request (the default) follows the new request
+            for req, lim in (("cpu_request", "cpu_limit"), ("mem_request", "mem_limit")):
+                if req in paths and lim not in paths and getattr(old, lim) == getattr(old, req):
+                    setattr(t, lim, 0)
+        else:
+            t.CopyFrom(request.template)
         del t.next_fires[:]  # output only
         t.template_id = old.template_id
         if t.name and t.name != old.name:

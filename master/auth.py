@@ -109,7 +109,7 @@ class Authenticator:
                 if rec is None:
                     raise Unauthenticated(f"client certificate {identity[0]!r} names no user; an admin can create it with `corral user create {identity[0]}`")
                 return rec.msg
-            raise Unauthenticated("no token: pass --token or set CORRAL_TOKEN")
+            raise Unauthenticated("no token: send the metadata 'authorization: Bearer <token>' (or, over TLS, a client certificate)")
         user_id = self.cache.users_by_token.get(hash_token(token))
         if user_id is None:
             tok = self._token_record(token)

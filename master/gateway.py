@@ -64,6 +64,7 @@ class NodeSession:
     closed: bool = False
     kicked: asyncio.Event = field(default_factory=asyncio.Event)
     last_sent: float = 0.0  # monotonic time of the last message written to the node
+    last_heard: float = 0.0  # wall time of the last message from the node (shown as last_heartbeat)
     batches: bool = False  # the nodelet understands MasterBatch
 
     def send(self, msg: npb.MasterMessage) -> None:
@@ -243,6 +244,7 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
                 # again so reconciliation stops the stale copies
                 raise Unavailable(f"node {session.node_id} was marked DOWN; register again")
             self.on_heard(session.node_id)
+            session.last_heard = time.time()
             kind = msg.WhichOneof("msg")
             if kind == "status":
                 await self._on_statuses(session, [msg.status])

@@ -108,7 +108,7 @@ class NodeReports:
                 drivers=reg.drivers,
                 driver_health=reg.driver_health,
                 state=state,
-                last_heartbeat=records.ts(time.time()),
+                registered_time=records.ts(time.time()),
                 version=reg.version,
             )
             result = await self.store.txn(

@@ -17,14 +17,13 @@ from pathlib import Path
 import grpc
 import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 import corral.scheduler_core as sc
 from corral import __version__, credentials, http_endpoint, logs, tls
 from corral.errors import CorralError
 from corral.v1 import api_pb2, api_pb2_grpc, nodelet_pb2, nodelet_pb2_grpc
 
-from . import gc_tuning, http_api, metrics, uids
+from . import gc_tuning, http_api, metrics, reflection, uids
 from .api_nodes import ClusterServicer, NodeServicer
 from .api_tasks import TaskServicer
 from .api_templates import TemplateServicer
@@ -201,11 +200,11 @@ class Master:
         nodelet_pb2_grpc.add_NodeletServiceServicer_to_server(self.gateway, s)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, s)
-        names = [
+        self.service_names = [
             api_pb2.DESCRIPTOR.services_by_name[n].full_name
             for n in ("TemplateService", "TaskService", "NodeService", "ClusterService", "UserService", "TokenService", "AuditService")
-        ] + [nodelet_pb2.DESCRIPTOR.services_by_name["NodeletService"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME]
-        reflection.enable_server_reflection(names, s)
+        ] + [nodelet_pb2.DESCRIPTOR.services_by_name["NodeletService"].full_name]
+        reflection.enable([*self.service_names, health.SERVICE_NAME], s)
 
     async def run(self) -> None:
         await self.store.connect()
@@ -233,7 +232,7 @@ class Master:
                 tg.create_task(self.quotas.watch_store(self.store))
                 await self.cache.ready.wait()
                 gc_tuning.freeze_loaded()
-                await _set_serving(self.health)
+                await _set_serving(self.health, ["", *self.service_names])
                 member = api_pb2.Member(name=self.args.name, address=self.address, pid=os.getpid(), version=__version__)
                 if isinstance(self.leadership, Elected):
                     self.leader = LeaderLoops(
@@ -313,10 +312,13 @@ class _Stop(Exception):
     pass
 
 
-async def _set_serving(h: object) -> None:
-    result = h.set("", health_pb2.HealthCheckResponse.SERVING)  # type: ignore[attr-defined]
-    if asyncio.iscoroutine(result):
-        await result
+async def _set_serving(h: object, names: list[str]) -> None:
+    """SERVING for the server ("") and for each corral service by its full name, as the
+    standard health protocol lets clients ask (`grpc_health_probe -service corral.v1.TaskService`)."""
+    for name in names:
+        result = h.set(name, health_pb2.HealthCheckResponse.SERVING)  # type: ignore[attr-defined]
+        if asyncio.iscoroutine(result):
+            await result
 
 
 def main(argv: list[str] | None = None) -> int:

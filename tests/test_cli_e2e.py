@@ -38,7 +38,7 @@ def test_submit_wait_get_json_logs(cluster: Cluster) -> None:
     assert "SUCCEEDED" in r.stderr
     got = json.loads(corral(cluster, "task", "get", task_id, "-o", "json").stdout)
     assert got["state"] == "SUCCEEDED" and got["task_id"] == task_id and got["exit_code"] == 0
-    assert got["spec"]["cpu_request"] == "500" and got["spec"]["mem_limit"] == str(64 * 1024**2)
+    assert got["spec"]["cpu_request"] == "500m" and got["spec"]["mem_limit"] == "64Mi", "units as files write them"
     assert yaml.safe_load(corral(cluster, "task", "get", task_id, "-o", "yaml").stdout)["state"] == "SUCCEEDED"
     assert corral(cluster, "logs", task_id).stdout == "from-cli\n"
     table = corral(cluster, "task", "list").stdout
@@ -86,13 +86,13 @@ def test_template_create_from_file_and_crud(cluster: Cluster, tmp_path: Path) ->
     f = tmp_path / "t.yaml"
     f.write_text("name: nightly\nrun_script: echo templated\ncpu_request: 0.25\nmem_request: 32Mi\ntimeout: 30s\ncron_schedule: '0 2 * * *'\ntime_zone: Europe/Berlin\n")
     created = json.loads(corral(cluster, "template", "create", "-f", str(f), "-o", "json").stdout)
-    assert created["name"] == "nightly" and created["cpu_request"] == "250" and created["timeout"] == "30s"
+    assert created["name"] == "nightly" and created["cpu_request"] == "250m" and created["timeout"] == "30s"
     assert "nightly" in corral(cluster, "template", "list").stdout
     assert json.loads(corral(cluster, "template", "get", "nightly", "-o", "json").stdout)["template_id"] == created["template_id"]
     dup = corral(cluster, "template", "create", "-f", str(f), check=False)
     assert dup.returncode != 0 and "already exists" in dup.stderr
     updated = json.loads(corral(cluster, "template", "update", "nightly", "-f", str(f), "--memory", "48Mi", "-o", "json").stdout)
-    assert updated["mem_request"] == str(48 * 1024**2)
+    assert updated["mem_request"] == "48Mi"
     r = corral(cluster, "submit", "--template", "nightly", "--wait")
     assert corral(cluster, "logs", r.stdout.strip()).stdout == "templated\n"
     corral(cluster, "template", "delete", "nightly")

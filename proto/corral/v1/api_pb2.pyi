@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from corral.v1 import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
@@ -26,10 +27,12 @@ class GetTemplateRequest(_message.Message):
     def __init__(self, template_id: _Optional[str] = ..., consistent: _Optional[bool] = ...) -> None: ...
 
 class UpdateTemplateRequest(_message.Message):
-    __slots__ = ("template",)
+    __slots__ = ("template", "update_mask")
     TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
     template: _types_pb2.TaskTemplate
-    def __init__(self, template: _Optional[_Union[_types_pb2.TaskTemplate, _Mapping]] = ...) -> None: ...
+    update_mask: _field_mask_pb2.FieldMask
+    def __init__(self, template: _Optional[_Union[_types_pb2.TaskTemplate, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
 
 class DeleteTemplateRequest(_message.Message):
     __slots__ = ("template_id",)

@@ -290,7 +290,7 @@ class Resources(_message.Message):
     def __init__(self, cpu: _Optional[int] = ..., memory: _Optional[int] = ..., pids: _Optional[int] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "address", "capacity", "allocatable", "labels", "drivers", "state", "last_heartbeat", "version", "allocated", "used", "running_tasks", "driver_health")
+    __slots__ = ("node_id", "address", "capacity", "allocatable", "labels", "drivers", "state", "last_heartbeat", "version", "allocated", "used", "running_tasks", "driver_health", "registered_time")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -318,6 +318,7 @@ class NodeInfo(_message.Message):
     USED_FIELD_NUMBER: _ClassVar[int]
     RUNNING_TASKS_FIELD_NUMBER: _ClassVar[int]
     DRIVER_HEALTH_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_TIME_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     capacity: Resources
@@ -331,7 +332,8 @@ class NodeInfo(_message.Message):
     used: Resources
     running_tasks: int
     driver_health: _containers.ScalarMap[str, str]
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., allocatable: _Optional[_Union[Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., drivers: _Optional[_Iterable[str]] = ..., state: _Optional[_Union[NodeState, str]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[str] = ..., allocated: _Optional[_Union[Resources, _Mapping]] = ..., used: _Optional[_Union[Resources, _Mapping]] = ..., running_tasks: _Optional[int] = ..., driver_health: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    registered_time: _timestamp_pb2.Timestamp
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., allocatable: _Optional[_Union[Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., drivers: _Optional[_Iterable[str]] = ..., state: _Optional[_Union[NodeState, str]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[str] = ..., allocated: _Optional[_Union[Resources, _Mapping]] = ..., used: _Optional[_Union[Resources, _Mapping]] = ..., running_tasks: _Optional[int] = ..., driver_health: _Optional[_Mapping[str, str]] = ..., registered_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CronState(_message.Message):
     __slots__ = ("last_scheduled", "fired", "skipped", "last_skip_reason")
