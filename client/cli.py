@@ -654,7 +654,8 @@ _METHODS: dict[tuple[str, str], RpcMethod] = {}
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table", help="output format (default table)")
+    p.add_argument("-o", "--output", type=str.lower, choices=["table", "json", "yaml", "id"], default="table",
+                   help="table (default), json or yaml (what `-f` reads back), or id: just the ids, one per line, for scripts")
     p.add_argument("--addr", default=None, help="comma-separated master addresses (env CORRAL_ADDR, default 127.0.0.1:7070)")
     p.add_argument("--token", default=None, help="bearer token (env CORRAL_TOKEN)")
 

@@ -29,7 +29,27 @@ def to_dict(msg: Message) -> dict[str, Any]:
     return out
 
 
+def ids(msg: Message) -> list[str]:
+    """The ids a record or a list carries, for `-o id` (scripts): a list's items' ids, a
+    record's own `*_id`, or the id of the record an answer wraps (CreateTokenResponse)."""
+    fields = msg.DESCRIPTOR.fields
+    for f in fields:
+        if f.message_type is not None and f.is_repeated and not f.message_type.GetOptions().map_entry:
+            return [i for item in getattr(msg, f.name) for i in ids(item)[:1]]
+    for f in fields:
+        if f.name.endswith("_id") and f.type == f.TYPE_STRING and getattr(msg, f.name):
+            return [getattr(msg, f.name)]
+    for f in fields:
+        if f.message_type is not None and not f.is_repeated and msg.HasField(f.name):
+            found = ids(getattr(msg, f.name))
+            if found:
+                return found
+    return []
+
+
 def render(msg: Message, fmt: str) -> str:
+    if fmt == "id":
+        return "\n".join(ids(msg))
     if fmt == "json":
         return json.dumps(to_dict(msg), indent=2)
     if fmt == "yaml":

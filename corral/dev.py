@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=os.environ.get("CORRAL_DEV_DIR", ".corral-dev"), help="where etcd data, logs and the token live (default ./.corral-dev)")
     p.add_argument("--masters", type=int, default=1, help="master replicas (default 1)")
     p.add_argument("--nodelets", type=int, default=1, help="nodelets (default 1)")
-    p.add_argument("--port", type=int, default=7070, help="first master's gRPC port; others take the next ones (default 7070)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("CORRAL_DEV_PORT", "7070")),
+                   help="first master's gRPC port; others take the next ones, then the HTTP sides (env CORRAL_DEV_PORT, default 7070)")
     p.add_argument("--cpus", default="", help="cpu each nodelet offers (default: all of this machine)")
     p.add_argument("--memory", default="", help="memory each nodelet offers (default: all)")
     p.add_argument("--demo", action="store_true", help="run a short demo once the cluster is up, then keep running")
@@ -112,11 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
+        # once: a second signal (make passes its own on, Ctrl-C pressed twice) must not
+        # break off the stopping of what was started
         nonlocal stopping
+        if stopping:
+            return
         stopping = True
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         print(f"corral dev: data in {data_dir}" + ("  (mutual TLS)" if args.tls else ""), flush=True)
         d = _dev_pki(data_dir, args.masters, args.nodelets) if args.tls else None
