@@ -19,6 +19,9 @@ from corral.v1 import api_pb2
 from corral.v1 import types_pb2 as pb
 
 
+DEFAULT_ATTEMPTS = 3  # retry.max_attempts when the spec leaves it 0
+
+
 def to_dict(msg: Message) -> dict[str, Any]:
     """The message in proto field names, a template's units as files write them (`100m`,
     `64Mi`, `5m`), so a template printed with -o yaml or -o json can be read back."""
@@ -33,17 +36,17 @@ def ids(msg: Message) -> list[str]:
     """The ids a record or a list carries, for `-o id` (scripts): a list's items' ids, a
     record's own `*_id`, or the id of the record an answer wraps (CreateTokenResponse)."""
     fields = msg.DESCRIPTOR.fields
-    for f in fields:
-        if f.message_type is not None and f.is_repeated and not f.message_type.GetOptions().map_entry:
-            return [i for item in getattr(msg, f.name) for i in ids(item)[:1]]
-    for f in fields:
+    for f in fields:  # a record: its own id
         if f.name.endswith("_id") and f.type == f.TYPE_STRING and getattr(msg, f.name):
             return [getattr(msg, f.name)]
-    for f in fields:
+    for f in fields:  # an answer that wraps one record
         if f.message_type is not None and not f.is_repeated and msg.HasField(f.name):
             found = ids(getattr(msg, f.name))
             if found:
                 return found
+    for f in fields:  # a list
+        if f.message_type is not None and f.is_repeated and not f.message_type.GetOptions().map_entry:
+            return [i for item in getattr(msg, f.name) for i in ids(item)[:1]]
     return []
 
 
@@ -51,7 +54,7 @@ def render(msg: Message, fmt: str) -> str:
     if fmt == "id":
         return "\n".join(ids(msg))
     if fmt == "json":
-        return json.dumps(to_dict(msg), indent=2)
+        return json.dumps(to_dict(msg), indent=2, ensure_ascii=False)
     if fmt == "yaml":
         return yaml.safe_dump(to_dict(msg), sort_keys=False).rstrip()
     return table(msg)
@@ -124,7 +127,7 @@ def task_detail(t: pb.TaskExecution) -> str:
     pairs = [
         ("Task", t.task_id), ("Name", t.name), ("State", pb.TaskState.Name(t.state)), ("Reason", t.reason),
         ("Template", t.template_id), ("User", t.user_id), ("Node", t.node_id),
-        ("Attempt", f"{t.attempt} of {s.retry.max_attempts}" if s.retry.max_attempts else str(t.attempt)),
+        ("Attempt", f"{t.attempt} of {s.retry.max_attempts or DEFAULT_ATTEMPTS}"),
         ("Driver", pb.Driver.Name(s.driver) + (f", image {s.image}" if s.image else "")),
         ("Exit code", str(t.exit_code) if t.state in (pb.SUCCEEDED, pb.FAILED, pb.OOM_KILLED) else ""),
         ("Submitted", t.submit_time.ToJsonString() if t.submit_time.seconds else ""),

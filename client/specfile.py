@@ -123,7 +123,10 @@ def template_from_dict(data: dict[str, Any], source: str = "file", note: Note = 
 
 def parse_template(text: str, source: str = "file", note: Note = _stderr_note) -> pb.TaskTemplate:
     try:
-        data = yaml.safe_load(text)
+        # JSON by its own parser where it is JSON: YAML reads "\ud83d\ude00" as two lone surrogates
+        data = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
+    except json.JSONDecodeError as e:
+        raise InvalidArgument(f"{source}: not valid JSON: {e.msg} (line {e.lineno})") from None
     except yaml.YAMLError as e:
         raise InvalidArgument(f"{source}: not valid YAML or JSON: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):

@@ -172,6 +172,7 @@ async def _request(route: Route, request: web.Request) -> Message:
             raise CallEnded(grpc.StatusCode.INVALID_ARGUMENT, "the body must be a JSON object")
     else:
         data = _from_query(route.request, request.query)
+    patch_paths = _merge_patch_paths(route, data, request) if request.method == "PATCH" else []
     for k, v in request.match_info.items():
         if route.body_field:  # e.g. PATCH /v1/templates/{template_id}: template.template_id
             data.setdefault(route.body_field, {})[k] = v
@@ -182,7 +183,21 @@ async def _request(route: Route, request: web.Request) -> Message:
         json_format.ParseDict(data, msg)
     except json_format.ParseError as e:
         raise CallEnded(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+    if patch_paths:
+        mask: Any = msg.update_mask  # type: ignore[attr-defined]  # (only UpdateTemplateRequest is PATCHed)
+        mask.paths.extend(patch_paths)
     return msg
+
+
+def _merge_patch_paths(route: Route, data: dict[str, Any], request: web.Request) -> list[str]:
+    """PATCH changes what the body names and nothing else (a merge patch): without an
+    explicit `update_mask`, the mask is the fields of the body's record, in proto names."""
+    body = data.get(route.body_field or "")
+    record: Any = route.request.DESCRIPTOR.fields_by_name[route.body_field].message_type if route.body_field else None
+    if "update_mask" in data or not isinstance(body, dict) or record is None:
+        return []
+    names: dict[str, str] = {f.json_name: f.name for f in record.fields} | {f.name: f.name for f in record.fields}
+    return [names.get(str(k), str(k)) for k in body if k not in request.match_info]
 
 
 async def _authenticated(servicer: Any, call: HttpCall) -> None:

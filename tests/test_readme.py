@@ -268,7 +268,7 @@ def test_readme_runs_as_written(tmp_path: Path) -> None:
     finally:
         if shell is not None:
             shell.close()
-        for p, log in background:
+        for p, _log in background:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGTERM)
                 try:
