@@ -18,7 +18,6 @@ from corral import units
 from corral.v1 import api_pb2
 from corral.v1 import types_pb2 as pb
 
-
 DEFAULT_ATTEMPTS = 3  # retry.max_attempts when the spec leaves it 0
 
 
