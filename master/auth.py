@@ -107,7 +107,7 @@ class Authenticator:
             if identity is not None and identity[1] == "client":
                 rec = self.cache.users.get(identity[0])
                 if rec is None:
-                    raise Unauthenticated(f"client certificate {identity[0]!r} names no user; an admin can create it with `corral user create {identity[0]}`")
+                    raise Unauthenticated(f"client certificate {identity[0]!r} names no user; an admin can create that user (CreateUser)")
                 return rec.msg
             raise Unauthenticated("no token: send the metadata 'authorization: Bearer <token>' (or, over TLS, a client certificate)")
         user_id = self.cache.users_by_token.get(hash_token(token))
