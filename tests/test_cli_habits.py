@@ -283,6 +283,18 @@ def test_grpcurl_lists_checks_health_submits_and_gets(cluster: Cluster) -> None:
         assert h.returncode == 0 and json.loads(h.stdout) == {"status": "SERVING"}, (svc, h.stdout, h.stderr)
     unknown = call("-d", '{"service": "corral.v1.NoSuchService"}', cluster.addr, "grpc.health.v1.Health/Check", auth=False)
     assert unknown.returncode != 0 and "NotFound" in unknown.stderr
+    # reflection v1 (grpcurl 1.8.6 speaks v1alpha): the same answers under the v1 name
+    import grpc
+    from grpc_reflection.v1alpha import reflection_pb2 as refl
+
+    with grpc.insecure_channel(cluster.addr) as ch:
+        v1 = ch.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                              request_serializer=refl.ServerReflectionRequest.SerializeToString,
+                              response_deserializer=refl.ServerReflectionResponse.FromString)
+        asked = [refl.ServerReflectionRequest(list_services=""), refl.ServerReflectionRequest(file_containing_symbol="corral.v1.TaskService")]
+        listing, files = list(v1(iter(asked), timeout=10))
+    assert {s.name for s in listing.list_services_response.service} == services
+    assert files.file_descriptor_response.file_descriptor_proto, "the file that defines TaskService"
     described = call(cluster.addr, "describe", "corral.v1.TaskService", auth=False)
     assert "rpc SubmitTask ( .corral.v1.SubmitTaskRequest ) returns ( .corral.v1.TaskExecution )" in described.stdout
 
