@@ -6,6 +6,7 @@ master's commands to the task runner (runner.py), whose statuses it sends back.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import random
@@ -81,6 +82,8 @@ class Nodelet:
         self.last_heartbeat = npb.Heartbeat()  # the last one sent (for /metrics)
         self._offered: list[str] = []
         self._bg: set[asyncio.Task[None]] = set()
+        # usage figures and driver fingerprints for the heartbeats, off the shared pool
+        self._side = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="nodelet-beat")
         # the node lease (see Registered.lease): heartbeats by number with their send times,
         # and the file through which every task's wrapper learns the current deadline
         self.lease = 0.0
@@ -251,10 +254,13 @@ class Nodelet:
             log.info("registered with %s as %s", addr, self.node_id)
         elif kind == "start":
             if self.lease > 0 and time.monotonic() >= self.lease_file.deadline:
-                # read after the node lease ran out (e.g. queued while this process was
-                # paused): the cluster may have given it to another node; the leader sends
-                # it again when this node registers, if it is still this node's
+                # read after the node lease ran out (queued while this process was paused,
+                # or while no leader acknowledged it): the cluster may have given it to
+                # another node, so it must not start here; reported as not started (LOST),
+                # so the leader gives it a new attempt — the stream may go on, and nothing
+                # else would ever send it again
                 log.warning("not starting %s: this node's lease ran out before the start was read", msg.start.task.task_id)
+                self.runner.refuse(msg.start, pb.LOST, "not started: its node lease had run out before the start was read")
                 return
             self.runner.start(msg.start)
         elif kind == "stop":
@@ -271,14 +277,27 @@ class Nodelet:
             await queue.put(npb.NodeletMessage(log_data=await asyncio.to_thread(self.runner.read_logs, msg.read_logs)))
 
     async def _heartbeats(self, queue: asyncio.Queue[npb.NodeletMessage]) -> None:
-        """Beat once registered; end (raising MasterSilent) when the master stops answering."""
+        """Beat once registered; end (raising MasterSilent) when the master stops answering.
+
+        A beat renews the node lease, so nothing slow stands between the interval and the
+        send: the usage figures (cgroup files of every task, which wait on a kernel lock
+        while the node is busy) and the driver fingerprint (a Docker ping) are gathered on
+        threads of their own, never the shared pool that task starts fill, and each beat
+        carries the latest figures gathered so far."""
         psutil.cpu_percent(None)
+        loop = asyncio.get_running_loop()
         next_fingerprint = time.monotonic() + FINGERPRINT_EVERY
+        fingerprint: asyncio.Future[tuple[list[str], dict[str, str]]] | None = None
+        usage: asyncio.Future[npb.Heartbeat] | None = None
+        latest = npb.Heartbeat()
         while True:
             await asyncio.sleep(self.heartbeat_interval)
-            if time.monotonic() >= next_fingerprint:
+            if fingerprint is None and time.monotonic() >= next_fingerprint:
                 next_fingerprint = time.monotonic() + FINGERPRINT_EVERY
-                drivers, _ = await asyncio.to_thread(self._fingerprint)
+                fingerprint = loop.run_in_executor(self._side, self._fingerprint)
+            if fingerprint is not None and fingerprint.done():
+                drivers, _ = fingerprint.result()
+                fingerprint = None
                 if drivers != self._offered:
                     raise MasterSilent(f"drivers changed from {self._offered} to {drivers}; registering again")
             silent = time.monotonic() - self._last_heard
@@ -286,7 +305,16 @@ class Nodelet:
                 raise MasterSilent(f"master silent for {silent:.1f}s")
             if not self.connected.is_set():
                 continue
-            hb = await asyncio.to_thread(self._heartbeat)
+            if usage is not None and usage.done():
+                try:
+                    latest = usage.result()
+                except Exception:  # noqa: BLE001 - figures are advisory; the beat goes on
+                    log.exception("gathering the node's usage failed")
+                usage = None
+            if usage is None:
+                usage = loop.run_in_executor(self._side, self._heartbeat)
+            hb = npb.Heartbeat()
+            hb.CopyFrom(latest)
             self.last_heartbeat = hb
             self._beat_seq += 1
             hb.seq = self._beat_seq

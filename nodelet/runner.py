@@ -85,6 +85,16 @@ class TaskRunner:
         if task_id not in self._starting:
             self._starting[task_id] = asyncio.create_task(self._start_guarded(start))
 
+    def refuse(self, start: npb.StartTask, state: int, reason: str) -> None:
+        """End a start that must not run here as `state` (never started), unless this
+        attempt is already starting or known (a resent start of one that runs)."""
+        task = start.task
+        current = self.handles.get(task.task_id)
+        directory = self.tasks_dir / dir_name(task.task_id, task.attempt)
+        if task.task_id in self._starting or (current is not None and current.attempt >= task.attempt) or (directory / "handle.json").exists():
+            return
+        self._end_unstarted(task, directory, {pb.DOCKER: "docker"}.get(task.spec.driver, "process"), state, reason)
+
     def stop(self, stop: npb.StopTask) -> None:
         self._background(self._stop(stop))
 
