@@ -229,7 +229,8 @@ def _master_fault(lab: LabCluster, name: str, fault: Callable[[str], None], heal
         try:
             wait_for(lambda: len(sub.after(t0)) >= 5, 60, 0.1, "submissions acknowledged after the fault")
             start = first_start(c, sub.after(t0), 60)
-            new_leader = lab.leader_host()
+            # the leader key names the old leader until its lease runs out: wait for the new one
+            new_leader = wait_for(lambda: (h := lab.leader_host()) != host and h, 30, 0.2, "a leader on another host")
         finally:
             heal(host)
         time.sleep(2)
