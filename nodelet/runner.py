@@ -45,6 +45,11 @@ def dir_name(task_id: str, attempt: int) -> str:
     return f"{task_id.replace('/', '_')}-{attempt}"
 
 
+def driver_of(task: pb.TaskExecution) -> str:
+    """The name of the driver that runs `task` (the key of TaskRunner.drivers)."""
+    return "docker" if task.spec.driver == pb.DOCKER else "process"
+
+
 class TaskRunner:
     def __init__(self, node_id: str, data_dir: Path, drivers: dict[str, Driver]) -> None:
         self.node_id = node_id
@@ -93,7 +98,7 @@ class TaskRunner:
         directory = self.tasks_dir / dir_name(task.task_id, task.attempt)
         if task.task_id in self._starting or (current is not None and current.attempt >= task.attempt) or (directory / "handle.json").exists():
             return
-        self._end_unstarted(task, directory, {pb.DOCKER: "docker"}.get(task.spec.driver, "process"), state, reason)
+        self._end_unstarted(task, directory, driver_of(task), state, reason)
 
     def stop(self, stop: npb.StopTask) -> None:
         self._background(self._stop(stop))
@@ -206,7 +211,7 @@ class TaskRunner:
             current = self.handles.get(task.task_id)
             directory = self.tasks_dir / dir_name(task.task_id, task.attempt)
             if (current is None or current.attempt < task.attempt) and not (directory / "handle.json").exists():
-                driver_name = {pb.DOCKER: "docker"}.get(task.spec.driver, "process")
+                driver_name = driver_of(task)
                 self._end_unstarted(task, directory, driver_name, pb.FAILED, f"node {self.node_id} could not start it: {e}")
         finally:
             self._starting.pop(task.task_id, None)
@@ -221,7 +226,7 @@ class TaskRunner:
         directory = self.tasks_dir / dir_name(task.task_id, task.attempt)
         if directory.exists() and (directory / "handle.json").exists():
             return  # started before; its status is in the outbox
-        driver_name = {pb.DOCKER: "docker"}.get(task.spec.driver, "process")
+        driver_name = driver_of(task)
         driver = self.drivers.get(driver_name)
         self.dirs[task.task_id] = directory
         if run_as is None or run_as.refused:
