@@ -95,11 +95,27 @@ class TaskCgroup:
     def _create_v1(self, limits: Limits) -> None:
         for d in self.dirs.values():
             d.mkdir(parents=True, exist_ok=True)
-        mem = self.dirs["memory"]
-        _write(mem / "memory.limit_in_bytes", str(limits.memory))
-        if (mem / "memory.memsw.limit_in_bytes").exists():
-            _write(mem / "memory.memsw.limit_in_bytes", str(limits.memory))
+        self._limits_v1(limits)
+
+    def set_limits(self, limits: Limits) -> None:
+        """Rewrite the limits of an existing group (a slot taking its next task): plain
+        writes to its files, no process moves."""
+        if self.version == "v2":
+            self._create_v2(limits)
         else:
+            self._limits_v1(limits)
+
+    def _limits_v1(self, limits: Limits) -> None:
+        mem = self.dirs["memory"]
+        memsw = mem / "memory.memsw.limit_in_bytes"
+        if memsw.exists():
+            # memsw may never be below the plain limit: raise it first when growing, after when shrinking
+            current = int(_read(mem / "memory.limit_in_bytes") or 0)
+            order = [memsw, mem / "memory.limit_in_bytes"] if limits.memory > current else [mem / "memory.limit_in_bytes", memsw]
+            for f in order:
+                _write(f, str(limits.memory))
+        else:
+            _write(mem / "memory.limit_in_bytes", str(limits.memory))
             _write(mem / "memory.swappiness", "0")
         cpu = self.dirs["cpu"]
         _write(cpu / "cpu.cfs_period_us", str(CFS_PERIOD_US))
@@ -146,13 +162,16 @@ class TaskCgroup:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
 
-    def kill_all(self, timeout: float = 5.0) -> None:
-        """SIGKILL every process in the group until it is empty (bounded)."""
+    def kill_all(self, timeout: float = 5.0, spare: int = 0) -> bool:
+        """SIGKILL every process in the group but `spare` (a slot's server) until none is
+        left (bounded); True if it emptied."""
         deadline = time.monotonic() + timeout
         while True:
-            pids = self.pids()
-            if not pids or time.monotonic() > deadline:
-                return
+            pids = [p for p in self.pids() if p != spare]
+            if not pids:
+                return True
+            if time.monotonic() > deadline:
+                return False
             self.signal_all(signal.SIGKILL, pids)
             time.sleep(0.01)
 
@@ -191,15 +210,20 @@ class TaskCgroup:
     # -- figures ------------------------------------------------------------------------------
 
     def oom_killed(self) -> bool:
+        return self.oom_kills() > 0
+
+    def oom_kills(self) -> int:
+        """How many processes the kernel killed at this group's memory limit, ever (a slot
+        compares it with the count when its task began)."""
         if self.version == "v2":
             text = _read(self.dirs["unified"] / "memory.events")
         else:
             text = _read(self.dirs["memory"] / "memory.oom_control")
         for line in text.splitlines():
             k, _, v = line.partition(" ")
-            if k == "oom_kill" and int(v or 0) > 0:
-                return True
-        return False
+            if k == "oom_kill":
+                return int(v or 0)
+        return 0
 
     def memory_usage(self) -> int:
         if self.version == "v2":

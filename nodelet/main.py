@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory", default=env("CORRAL_MEMORY", ""), help="memory capacity to offer, e.g. 4Gi (default: all)")
     p.add_argument("--max-log-size", default=env("CORRAL_MAX_LOG_SIZE", "16Mi"), help="output kept per task; the rest is discarded (default 16Mi)")
     p.add_argument("--drivers", default=env("CORRAL_DRIVERS", "process,docker"), help="task drivers to offer (default process,docker; docker only while its engine answers)")
+    p.add_argument("--spare-slots", type=int, default=int(env("CORRAL_SPARE_SLOTS", "8")),
+                   help="process driver: task slots (cgroups joined once by a resident process) kept ready, so a "
+                        "task's start moves no process between cgroups; 0 makes a cgroup per task instead (default 8)")
     p.add_argument("--label", action="append", default=[], help="node label key=value (repeatable)")
     tls.add_arguments(p)
     p.add_argument("--http", default=env("CORRAL_NODELET_HTTP", ""),
@@ -58,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"the process driver needs the cgroup controllers cpu, memory and pids; /sys/fs/cgroup "
                     f"lacks {', '.join(missing)} (is /sys remounted, e.g. by `ip netns exec`?); "
                     "give --drivers docker to run without it")
-        drivers["process"] = ProcessDriver(args.node_id, log_cap=cap, hide=[str(data_dir.resolve())], lease_file=str(data_dir / "lease"))
+        drivers["process"] = ProcessDriver(args.node_id, log_cap=cap, hide=[str(data_dir.resolve())], lease_file=str(data_dir / "lease"),
+                                         slots=max(0, args.spare_slots))
     if "docker" in wanted:
         drivers["docker"] = DockerDriver(args.node_id, log_cap=cap, data_dir=data_dir)
     nodelet = Nodelet(

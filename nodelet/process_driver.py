@@ -37,6 +37,7 @@ from corral.v1 import types_pb2 as pb
 from . import logtimes
 from .cgroups import Limits, TaskCgroup, detect
 from .driver import DriverError, Handle, Outcome, classify
+from .slots import Slot, SlotError, SlotPool
 
 LOG_CAP = 16 * 1024 * 1024
 SPAWNER = str(Path(__file__).with_name("spawner.py"))
@@ -94,6 +95,25 @@ class Spawner:
                 self.close()
             raise DriverError("could not launch: the node's task spawner does not answer")
 
+    def make_slot(self, procs: list[str]) -> tuple[int, socket.socket]:
+        """A slot server joined to the cgroups of `procs`: (its pid, a socket to it)."""
+        payload = json.dumps({"op": "slot", "procs": procs}).encode()
+        with self._lock:
+            for _ in range(2):
+                sock = self._sock or self._start()
+                try:
+                    sock.send(payload)
+                    msg, fds, _, _ = socket.recv_fds(sock, 4096, 1)
+                except OSError:
+                    msg, fds = b"", []
+                if msg:
+                    answer = json.loads(msg)
+                    if "slot_pid" not in answer or not fds:
+                        raise SlotError(answer.get("error", "the spawner made no slot"))
+                    return int(answer["slot_pid"]), socket.socket(fileno=fds[0])
+                self.close()
+            raise SlotError("the node's task spawner does not answer")
+
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
@@ -137,8 +157,8 @@ class ProcessDriver:
 
     def __init__(
         self, node_id: str, *, cgroup_root: str = "corral", log_cap: int = LOG_CAP, hide: list[str] | None = None, lease_file: str = "",
+        slots: int = 8,
     ) -> None:
-        self.cluster_id = ""
         self.lease_file = lease_file  # the node lease (agent.LeaseFile): every task's wrapper kills it once expired
         self.node_id = node_id
         self.cgroup_root = cgroup_root
@@ -148,6 +168,25 @@ class ProcessDriver:
         self._pidfds: dict[str, int] = {}  # launched tasks' wrappers, to wait on
         self._prepare_pool = ThreadPoolExecutor(8, thread_name_prefix="prepare")
         self.spawner = Spawner()
+        # slots: 0 = each task's wrapper joins a cgroup of its own (the way before slots)
+        self.slots = SlotPool(self.spawner.make_slot, self.version, spare=slots) if slots > 0 else None
+        self._in_slot: dict[str, Slot] = {}  # handle key → the slot its task runs in
+        self._cluster_id = ""
+
+    @property
+    def cluster_id(self) -> str:
+        return self._cluster_id
+
+    @cluster_id.setter
+    def cluster_id(self, value: str) -> None:
+        """Known once the node registers: slots live under it, so they are made from then on."""
+        self._cluster_id = value
+        if self.slots is not None and value:
+            self.slots.base = self._group_base()
+            self.slots.warm()
+
+    def _group_base(self) -> str:
+        return f"{self.cgroup_root}/{self.cluster_id or '-'}/{self.node_id}"
 
     def fingerprint(self) -> tuple[bool, str]:
         if os.geteuid() != 0:
@@ -180,17 +219,19 @@ class ProcessDriver:
             driver=self.name,
             dir=str(directory),
             start_time=0.0,
-            cgroup=f"{self.cgroup_root}/{self.cluster_id or '-'}/{self.node_id}/{safe}-{task.attempt}",
+            cgroup=f"{self._group_base()}/{safe}-{task.attempt}",
             cgroup_version=self.version,
         )
-        cg = self._cgroup(handle)
         memory = spec.mem_limit or spec.mem_request
         limits = Limits(spec.cpu_limit or spec.cpu_request, memory, spec.pids_limit or 512)
-        try:
-            cg.create(limits)
-        except OSError as e:
-            cg.remove()
-            raise DriverError(f"cgroup setup failed: {e}") from e
+        slot = self._take_slot(handle, limits) if self.slots is not None else None
+        cg = self._cgroup(handle)
+        if slot is None:
+            try:
+                cg.create(limits)
+            except OSError as e:
+                cg.remove()
+                raise DriverError(f"cgroup setup failed: {e}") from e
         go_read, go_write = os.pipe()
         request = {
             "uid": uid,
@@ -206,7 +247,7 @@ class ProcessDriver:
                 "CORRAL_SCHEDULED_TIME": task.due_time.ToJsonString(),
                 **spec.env,
             },
-            "procs": cg.procs_files(),
+            "procs": [] if slot is not None else cg.procs_files(),
             "log": str(directory / "output.log"),
             "times": str(logtimes.path_for(directory / "output.log")),
             "exit": str(directory / "exit"),
@@ -216,16 +257,60 @@ class ProcessDriver:
             "watch": bool(self.lease_file) and spec.on_disconnect != "keep",
         }
         try:
-            pid, pidfd = self.spawner.spawn(request, go_read)
+            if slot is not None:
+                try:
+                    pid, pidfd = slot.spawn(request, go_read)
+                except SlotError as e:
+                    raise DriverError(f"could not launch: {e}") from e
+            else:
+                pid, pidfd = self.spawner.spawn(request, go_read)
         except DriverError:
             os.close(go_write)
-            cg.remove()
+            self._free_group(handle)
             raise
         finally:
             os.close(go_read)
         handle.pid = pid
         timeout = spec.timeout.seconds + spec.timeout.nanos / 1e9
         return Prepared(handle, go_write, pidfd, timeout)
+
+    def _take_slot(self, handle: Handle, limits: Limits) -> Slot:
+        """A free slot for the task, with the task's limits written into it (the slot's
+        server counts against its pids limit: one more). Figures the kernel keeps for the
+        group's life are noted now, to be subtracted."""
+        assert self.slots is not None
+        self.slots.base = self._group_base()
+        try:
+            slot = self.slots.take()
+        except (SlotError, OSError) as e:
+            raise DriverError(f"no task slot: {e}") from e
+        try:
+            slot.cgroup.set_limits(Limits(limits.cpu_millis, limits.memory, limits.pids + 1))
+        except OSError as e:
+            self.slots.give_back(slot)
+            raise DriverError(f"cgroup setup failed: {e}") from e
+        handle.cgroup = slot.relpath
+        handle.extra = {
+            "slot_server": str(slot.server), "cpu_base": str(slot.cgroup.cpu_usage_ns()), "oom_base": str(slot.cgroup.oom_kills()),
+        }
+        self._in_slot[handle.key] = slot
+        return slot
+
+    def _free_group(self, handle: Handle) -> None:
+        """The task's cgroups after its last process: a slot goes back to the pool, a group
+        of its own is removed."""
+        slot = self._in_slot.pop(handle.key, None)
+        if slot is not None and self.slots is not None:
+            self.slots.give_back(slot)
+        elif "slot_server" in handle.extra and self.slots is not None:
+            self.slots.release_held(handle.cgroup)  # re-adopted after a restart
+        else:
+            self._cgroup(handle).remove()
+
+    def _spare(self, handle: Handle) -> int:
+        """The slot server's pid in the task's cgroups (never killed with the task), or 0."""
+        slot = self._in_slot.get(handle.key)
+        return slot.server if slot is not None else 0
 
     def release(self, prep: Prepared) -> None:
         """Let the parked task go; its start time is this instant. Synchronous and cheap (a
@@ -271,11 +356,13 @@ class ProcessDriver:
                 time.sleep(0.01)
             if prep.pidfd >= 0:
                 os.close(prep.pidfd)
-            cg.remove()
+            self._free_group(prep.handle)
 
         await asyncio.to_thread(undo)
 
     async def recover(self, handle: Handle) -> bool:
+        if "slot_server" in handle.extra and self.slots is not None:
+            self.slots.hold(handle.cgroup)  # not handed out again while its task runs
         cg = self._cgroup(handle)
         return handle.pid > 0 and await asyncio.to_thread(_pid_in, handle.pid, cg)
 
@@ -290,8 +377,8 @@ class ProcessDriver:
     def _finish(self, handle: Handle) -> Outcome:
         cg = self._cgroup(handle)
         directory = Path(handle.dir)
-        oom = cg.oom_killed() if cg.exists() else False
-        cg.remove()
+        oom = cg.oom_kills() > int(handle.extra.get("oom_base", 0)) if cg.exists() else False
+        self._free_group(handle)  # kills what is left of the task first
         try:
             code = int((directory / "exit").read_text().strip())
         except (OSError, ValueError):
@@ -309,11 +396,11 @@ class ProcessDriver:
         await asyncio.to_thread(lambda: cg.signal_all(signal.SIGTERM, _task_pids(cg)))
 
     async def kill(self, handle: Handle) -> None:
-        await asyncio.to_thread(self._cgroup(handle).kill_all)
+        await asyncio.to_thread(self._cgroup(handle).kill_all, 5.0, self._spare(handle))
 
     def usage(self, handle: Handle) -> tuple[int, int]:
         cg = self._cgroup(handle)
-        return cg.cpu_usage_ns(), cg.memory_usage()
+        return cg.cpu_usage_ns() - int(handle.extra.get("cpu_base", 0)), cg.memory_usage()
 
 
 async def _wait_pid(pid: int) -> None:

@@ -10,13 +10,21 @@ takes requests on the unix socket FD: one JSON message with the task's settings 
 read end of the task's "go" pipe; it answers with the new wrapper's pid and a pidfd for it.
 It exits when the nodelet closes the socket.
 
-Each task is two processes forked from here:
+Slots: the spawner forks one resident *slot server* per slot of the node. A slot server
+joins its slot's cgroups once, when the slot is made, and from then on forks the wrappers
+of the tasks that run in that slot (the nodelet talks to it directly, over a socket the
+spawner hands over): they are born inside the slot's cgroups and never join anything. Why: joining a cgroup (a write to `cgroup.procs` in each v1 hierarchy)
+takes the kernel's cgroup locks, whose holders slow down when the CPUs are busy; it cost
+0.4–1.9 s at p99 under load, per task. Limits are files of the slot, rewritten per task
+(no join).
+
+Each task is two processes forked from its slot's server:
 
 - the wrapper W (root, in the node's namespaces, its own session, so it outlives a nodelet
-  restart): joins the task's cgroups before anything else exists, makes a new pid
-  namespace for its child, copies the task's output into the log up to the cap (discarding
-  the rest, so the task is never killed by the cap), and writes the exit code to a file.
-  The nodelet finds it again by pid after a restart;
+  restart), in the slot's cgroups from birth: makes a new pid namespace for its child,
+  copies the task's output into the log up to the cap (discarding the rest, so the task
+  is never killed by the cap), and writes the exit code to a file. The nodelet finds it
+  again by pid after a restart;
 - the task's pid 1, P (dies with W): new mount, ipc, uts and (unless `network: host`)
   network namespaces; the host's file tree read-only and nosuid (`mount_setattr`,
   recursive), its own tmpfs at /tmp, /var/tmp, /dev/shm and /run/lock (at most `scratch`
@@ -281,22 +289,17 @@ def copy_output(req: dict, r: int, log: int, lease: "NodeLease | None", pid: int
 
 
 def wrapper(req: dict, go: int, joined: int) -> None:
-    """Never returns. Runs forked from the spawner, as root, in the node's namespaces; closes
-    `joined` once it is in the task's cgroups (the spawner answers the nodelet only then,
-    so a task the nodelet tracks always has its wrapper in its cgroup)."""
+    """Never returns. Runs forked from a slot server, as root, in the node's namespaces and
+    (from birth) in the slot's cgroups. `joined` is kept for a request that names cgroups
+    to join (`procs`, a slot made on the spot): it is closed once joined."""
     code = SETUP_FAILED
     log = -1
     try:
         os.setsid()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the spawner ignores it; we wait for P
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        me = str(os.getpid()).encode()
-        for path in req["procs"]:  # join the cgroups before anything of the task's exists
-            fd = os.open(path, os.O_WRONLY)
-            try:
-                os.write(fd, me)
-            finally:
-                os.close(fd)
+        me = os.getpid()
+        join(req.get("procs", ()), me)  # before anything of the task's exists
         os.close(joined)
         log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         # when each part of the output was written (nodelet/logtimes.py reads it)
@@ -331,11 +334,67 @@ def wrapper(req: dict, go: int, joined: int) -> None:
             os._exit(0)
 
 
-# ---- the spawner --------------------------------------------------------------------------
+# ---- the spawner and its slot servers -----------------------------------------------------
+
+
+def join(procs: "list[str] | tuple[str, ...]", pid: int) -> None:
+    """Move `pid` into the cgroups whose `cgroup.procs` files are listed (one per v1 hierarchy)."""
+    me = str(pid).encode()
+    for path in procs:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, me)
+        finally:
+            os.close(fd)
+
+
+def launch(sock: socket.socket, req: dict, go: int) -> None:
+    """Fork a task's wrapper from this process and answer with its pid and a pidfd."""
+    joined_r, joined_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        sock.close()
+        os.close(joined_r)
+        wrapper(req, go, joined_w)
+    os.close(go)
+    os.close(joined_w)
+    select.select([joined_r], [], [], 5.0)  # end of file: it joined what it was told to (or failed)
+    os.close(joined_r)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:  # it ended already; the nodelet reads its exit file
+        socket.send_fds(sock, [json.dumps({"pid": pid}).encode()], [])
+        return
+    socket.send_fds(sock, [json.dumps({"pid": pid}).encode()], [pidfd])
+    os.close(pidfd)
+
+
+def slot_server(sock: socket.socket, procs: list[str]) -> None:
+    """Never returns. Joins the slot's cgroups once, then forks one wrapper per request
+    until the spawner closes the socket."""
+    try:
+        join(procs, os.getpid())
+    except OSError as e:
+        sock.send(json.dumps({"error": f"the slot could not join its cgroups: {e}"}).encode())
+        os._exit(1)
+    sock.send(b'{"joined": true}')  # the nodelet hands the slot out only after this
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(sock, 1 << 22, 1)
+        except OSError:
+            os._exit(0)
+        if not msg:
+            os._exit(0)
+        launch(sock, json.loads(msg), fds[0])
 
 
 def serve(sock: socket.socket) -> None:
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # wrappers are reaped by the kernel
+    """Requests, one at a time: {"op": "slot", "procs": [...]} makes a slot server and
+    answers {"slot_pid": pid} with the nodelet's end of that server's socket (the nodelet
+    then sends the slot's task requests to the server itself; the server exits when the
+    nodelet closes it); a task request (with its "go" fd) is forked here and joins its
+    "procs" itself (the way without slots)."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # wrappers and servers are reaped by the kernel
     gc.freeze()  # the warm heap stays shared with every fork (no copy-on-write by the collector)
     while True:
         try:
@@ -346,29 +405,28 @@ def serve(sock: socket.socket) -> None:
             return  # the nodelet is gone
         try:
             req = json.loads(msg)
-            go = fds[0]
-        except (ValueError, IndexError):
+            op = req.get("op", "task")
+            if op == "slot":
+                procs = [str(p) for p in req["procs"]]
+            else:
+                go = fds[0]
+        except (ValueError, IndexError, AttributeError, KeyError, TypeError):
             for fd in fds:
                 os.close(fd)
             sock.send(b'{"error": "bad request"}')
             continue
-        joined_r, joined_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            sock.close()
-            os.close(joined_r)
-            wrapper(req, go, joined_w)
-        os.close(go)
-        os.close(joined_w)
-        select.select([joined_r], [], [], 5.0)  # end of file: it joined its cgroups (or failed)
-        os.close(joined_r)
-        try:
-            pidfd = os.pidfd_open(pid)
-        except OSError:  # it ended already; the nodelet reads its exit file
-            socket.send_fds(sock, [json.dumps({"pid": pid}).encode()], [])
-            continue
-        socket.send_fds(sock, [json.dumps({"pid": pid}).encode()], [pidfd])
-        os.close(pidfd)
+        if op == "slot":
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            pid = os.fork()
+            if pid == 0:
+                ours.close()
+                sock.close()
+                slot_server(theirs, procs)
+            theirs.close()
+            socket.send_fds(sock, [json.dumps({"slot_pid": pid}).encode()], [ours.fileno()])
+            ours.close()
+        else:
+            launch(sock, req, go)
 
 
 def main() -> None:

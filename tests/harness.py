@@ -4,6 +4,7 @@ starts is stopped by PID, and its cgroups removed, even when the test fails."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -86,6 +87,8 @@ class Cluster:
         if token is None:
             token = "" if "--tls-cert" in (kw.get("extra") or []) else self.node_token(node_id)
         n = procs.start_nodelet(self.addr, token, self.run_dir, node_id=node_id, cpus=cpus, memory=memory, **kw)
+        extra = list(kw.get("extra") or [])
+        DATA_DIRS[node_id] = Path(extra[extra.index("--data-dir") + 1]) if "--data-dir" in extra else self.run_dir / node_id
         self.nodelets[short] = n
         if wait:
             self.wait_node_ready(node_id)
@@ -138,8 +141,43 @@ def kill9(p: procs.Proc) -> None:
     p.popen.wait(5)
 
 
+DATA_DIRS: dict[str, Path] = {}  # node id → the data directory of the nodelet a test started
+
+
+class SlotGroup(cgroups.TaskCgroup):
+    """A task's view of the slot it runs in: only the processes of the task's own session
+    (its wrapper's, which the task's pid 1 inherits); the slot's server and a later task in
+    the same slot are not the task's. `exists()`: some process of the task is still there."""
+
+    def __init__(self, relpath: str, wrapper: int) -> None:
+        super().__init__(relpath)
+        self.wrapper = wrapper
+
+    def pids(self) -> list[int]:
+        out = []
+        for pid in super().pids():
+            try:
+                if pid == self.wrapper or os.getsid(pid) == self.wrapper:
+                    out.append(pid)
+            except ProcessLookupError:
+                pass
+        return out
+
+    def exists(self) -> bool:
+        return super().exists() and bool(self.pids())
+
+
 def task_cgroup(node_id: str, task_id: str, attempt: int) -> cgroups.TaskCgroup:
-    """A task's cgroup on a node, under whichever cluster id the node serves."""
+    """A task's cgroup on a node, under whichever cluster id the node serves: the slot its
+    handle names (see SlotGroup), or a group of its own."""
+    data = DATA_DIRS.get(node_id)
+    if data is not None:
+        try:
+            handle = json.loads((data / "tasks" / f"{task_id.replace('/', '_')}-{attempt}" / "handle.json").read_text())
+        except (OSError, ValueError):
+            handle = {}
+        if handle.get("extra", {}).get("slot_server"):
+            return SlotGroup(handle["cgroup"], int(handle.get("pid", 0)))
     name = f"{task_id.replace('@', '_').replace(':', '_')}-{attempt}"
     for rel in cgroups.node_groups(node_id):
         cg = cgroups.TaskCgroup(f"{rel}/{name}")
