@@ -17,6 +17,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from corral.v1 import types_pb2 as pb
 
 from . import logtimes, metrics
 from .driver import Driver, DriverError, Handle, Outcome, PreparingDriver
+from .prepare_queue import PrepareQueue, deadline_of
 from .release import ReleaseTimer
 
 log = logging.getLogger("corral.nodelet")
@@ -68,6 +70,20 @@ class TaskRunner:
         self._waiting: dict[str, int] = {}  # task → attempt, sleeping until its due time
         self._stopped_early: dict[str, npb.StopTask] = {}
         self._bg: set[asyncio.Task[None]] = set()
+        # prepares in deadline order, a few at a time per driver (prepare_queue.py)
+        self.prepare_queues: dict[str, PrepareQueue] = {name: PrepareQueue(8) for name in drivers}
+        # the task files written after a start (outcome, acked marker, stop state): on one
+        # thread of their own, in order, so the event loop that releases due tasks never
+        # waits on the file system (an inode allocation cost milliseconds in profiles)
+        self._files = ThreadPoolExecutor(1, thread_name_prefix="task-files")
+
+    def _write(self, fn: Callable[..., object], *args: object) -> None:
+        self._files.submit(fn, *args)
+
+    def _ended(self, task: pb.TaskExecution, directory: Path) -> bool:
+        """This attempt started (or was refused) before: its status waits in the outbox, or
+        its handle is on disk (the outbox covers the moment before the file is written)."""
+        return (task.task_id, task.attempt) in self.outbox or (directory / "handle.json").exists()
 
     def set_cluster(self, cluster_id: str) -> None:
         for d in self.drivers.values():
@@ -96,7 +112,7 @@ class TaskRunner:
         task = start.task
         current = self.handles.get(task.task_id)
         directory = self.tasks_dir / dir_name(task.task_id, task.attempt)
-        if task.task_id in self._starting or (current is not None and current.attempt >= task.attempt) or (directory / "handle.json").exists():
+        if task.task_id in self._starting or (current is not None and current.attempt >= task.attempt) or self._ended(task, directory):
             return
         self._end_unstarted(task, directory, driver_of(task), state, reason)
 
@@ -181,8 +197,7 @@ class TaskRunner:
         if ack.state in TERMINAL:
             d = self.dirs.get(ack.task_id)
             if d is not None and d.name == dir_name(ack.task_id, ack.attempt):
-                with contextlib.suppress(OSError):
-                    (d / "acked").touch()
+                self._write(_touch, d / "acked")
 
     def _running_status(self, h: Handle) -> npb.TaskStatus:
         return npb.TaskStatus(task_id=h.task_id, attempt=h.attempt, state=pb.RUNNING, start_time=_ts(h.start_time))
@@ -210,7 +225,7 @@ class TaskRunner:
             # (seen when a nodelet ran where cgroups were not mounted)
             current = self.handles.get(task.task_id)
             directory = self.tasks_dir / dir_name(task.task_id, task.attempt)
-            if (current is None or current.attempt < task.attempt) and not (directory / "handle.json").exists():
+            if (current is None or current.attempt < task.attempt) and not self._ended(task, directory):
                 driver_name = driver_of(task)
                 self._end_unstarted(task, directory, driver_name, pb.FAILED, f"node {self.node_id} could not start it: {e}")
         finally:
@@ -224,7 +239,7 @@ class TaskRunner:
         if current is not None and current.attempt >= task.attempt:
             return  # already running this attempt (a resent start)
         directory = self.tasks_dir / dir_name(task.task_id, task.attempt)
-        if directory.exists() and (directory / "handle.json").exists():
+        if self._ended(task, directory):
             return  # started before; its status is in the outbox
         driver_name = driver_of(task)
         driver = self.drivers.get(driver_name)
@@ -244,9 +259,11 @@ class TaskRunner:
             self._waiting[task.task_id] = task.attempt  # a stop from now on means "never start"
         try:
             preparing = driver if ahead and isinstance(driver, PreparingDriver) else None
+            queue = self.prepare_queues.get(driver_name) or self.prepare_queues.setdefault(driver_name, PrepareQueue(8))
             if preparing is not None:
-                with metrics.PREPARE.labels(driver_name).time():
-                    prepared = await preparing.prepare(task, directory)
+                async with queue.turn(deadline_of(due, time.time())):
+                    with metrics.PREPARE.labels(driver_name).time():
+                        prepared = await preparing.prepare(task, directory)
             else:
                 prepared = None
             try:
@@ -259,7 +276,8 @@ class TaskRunner:
                 if preparing is not None:
                     handle = await preparing.launch(prepared)
                 else:
-                    handle = await driver.start(task, directory)
+                    async with queue.turn(deadline_of(due, time.time())):
+                        handle = await driver.start(task, directory)
             if handle.start_time:
                 metrics.LATENESS.labels(driver_name).observe(max(0.0, handle.start_time - due))
         except asyncio.CancelledError:
@@ -294,9 +312,8 @@ class TaskRunner:
             self._release_futs.pop(task_id, None)
 
     def _end_unstarted(self, task: pb.TaskExecution, directory: Path, driver_name: str, state: int, reason: str) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
         h = Handle(task.task_id, task.attempt, driver_name, str(directory), 0.0)
-        h.save()
+        self._write(_save_handle, h)
         self._finish(h, Outcome(state, -1, reason, time.time()))
 
     def _monitor(self, handle: Handle) -> None:
@@ -320,7 +337,7 @@ class TaskRunner:
         self._finish(handle, outcome)
 
     def _finish(self, handle: Handle, outcome: Outcome) -> None:
-        outcome.save(Path(handle.dir))
+        self._write(outcome.save, Path(handle.dir))
         metrics.outcome(handle.driver, outcome.state)
         if self.handles.get(handle.task_id) is handle:
             del self.handles[handle.task_id]
@@ -352,7 +369,7 @@ class TaskRunner:
             return
         h.stop_state = state
         h.stop_reason = reason
-        h.save()
+        self._write(h.save)
         driver = self.drivers[h.driver]
         await driver.signal_stop(h)
         watcher = self._monitors.get(h.key)
@@ -376,3 +393,12 @@ class TaskRunner:
         return npb.LogData(request_id=req.request_id, data=data, offset=req.offset,
                            mark_offsets=[m[0] for m in marks], mark_times=[m[1] for m in marks])
 
+
+def _touch(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.touch()
+
+
+def _save_handle(h: Handle) -> None:
+    Path(h.dir).mkdir(parents=True, exist_ok=True)
+    h.save()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -42,7 +43,8 @@ def test_task_succeeds_and_logs_are_readable(cluster: Cluster) -> None:
     assert str(admin.uid) in lines, "runs as its owner's own uid by default"
     assert t.task_id in lines
     cid = c.cluster_status().cluster_id
-    assert cid and f"corral/{cid}/{cluster.node_id('a')}/{t.task_id}-1" in out, "runs inside its own cgroup, under its cluster"
+    group = f"corral/{cid}/{cluster.node_id('a')}/"
+    assert cid and (f"{group}{t.task_id}-1" in out or re.search(re.escape(group) + r"slot-\d+\n", out)), "runs inside a cgroup of its node's (its own or a slot), under its cluster"
 
 
 def test_nonzero_exit_is_failed_with_exit_code(cluster: Cluster) -> None:
