@@ -17,7 +17,7 @@ import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-ASAP_AFTER = 1.0
+ASAP_AFTER = 2.0
 
 
 def deadline_of(due: float, now: float, asap_after: float = ASAP_AFTER) -> float:
