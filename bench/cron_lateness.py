@@ -4,6 +4,9 @@ On a local cluster (etcd, one master, one nodelet, process driver, as `corral de
   * idle: N templates (default 100) firing every second for S seconds (default 30);
   * loaded: the same while one-off submissions arrive at R per second (default 500) from a
     separate process (due in an hour, so the load is the submit path: API, etcd, cache);
+  * loaded, runs (`--load-runs`): the same one-off load due now, so it runs on the node
+    beside the scheduled runs; prints the one-off tasks' submit→running and how many did
+    not succeed exactly once (one-off work may wait; it must not be lost);
   * baseline: an APScheduler 3 AsyncIOScheduler in one process with the same N per-second
     cron jobs, measured in the same run (a single-process lower bound: a function call, no
     etcd, no placement, no process start). Its lateness is the job's start time minus the
@@ -34,13 +37,15 @@ from corral.v1 import types_pb2 as pb
 WARMUP = 2.0
 
 
-def _load_worker(addr: str, token: str, rate: float, seconds: float, q: mp.Queue) -> None:  # type: ignore[type-arg]
-    """Submit one-off tasks at `rate` per second (bounded in count and time)."""
+def _load_worker(addr: str, token: str, rate: float, seconds: float, q: mp.Queue, runs: bool = False) -> None:  # type: ignore[type-arg]
+    """Submit one-off tasks at `rate` per second (bounded in count and time): due in an hour,
+    or with `runs` due now (they run on the node beside the scheduled runs)."""
 
-    async def run() -> int:
+    async def run() -> list[str]:
         c = AsyncClient(addr, token)
         due = int(time.time()) + 3600
-        spec = pb.TaskTemplate(run_script="true")
+        spec = pb.TaskTemplate(run_script="true", cpu_request=5, mem_request=4 << 20, pids_limit=16) if runs else pb.TaskTemplate(run_script="true")
+        ids: list[str] = []
         sent = 0
         t0 = time.perf_counter()
         inflight: set[asyncio.Task[object]] = set()
@@ -48,20 +53,22 @@ def _load_worker(addr: str, token: str, rate: float, seconds: float, q: mp.Queue
         while sent < limit and time.perf_counter() - t0 < seconds:
             target = int((time.perf_counter() - t0) * rate)
             while sent < min(target, limit) and len(inflight) < 256:
-                task = asyncio.create_task(c.submit_task(api_pb2.SubmitTaskRequest(spec=spec, run_at={"seconds": due})))  # type: ignore[attr-defined]
+                req = api_pb2.SubmitTaskRequest(spec=spec) if runs else api_pb2.SubmitTaskRequest(spec=spec, run_at={"seconds": due})
+                task = asyncio.create_task(c.submit_task(req))  # type: ignore[attr-defined]
                 inflight.add(task)
                 task.add_done_callback(inflight.discard)
+                task.add_done_callback(lambda t: ids.append(t.result().task_id) if not t.exception() else None)
                 sent += 1
             await asyncio.sleep(0.002)
         if inflight:
             await asyncio.gather(*inflight, return_exceptions=True)
         await c.close()
-        return sent
+        return ids if runs else ["" for _ in range(sent)]
 
     q.put(asyncio.run(run()))
 
 
-def corral_round(addr: str, token: str, n: int, seconds: float, load_rate: float) -> dict[str, object]:
+def corral_round(addr: str, token: str, n: int, seconds: float, load_rate: float, load_runs: bool = False) -> dict[str, object]:
     c = Client(addr, token)
     tag = secrets.token_hex(3)
     ids = []
@@ -74,15 +81,17 @@ def corral_round(addr: str, token: str, n: int, seconds: float, load_rate: float
     loader = None
     q: mp.Queue = mp.get_context("spawn").Queue()  # type: ignore[type-arg]
     if load_rate:
-        loader = mp.get_context("spawn").Process(target=_load_worker, args=(addr, token, load_rate, seconds, q))
+        loader = mp.get_context("spawn").Process(target=_load_worker, args=(addr, token, load_rate, seconds, q, load_runs))
         loader.start()
     time.sleep(seconds)
     ended = time.time()
     for tid in ids:
         c.pause_template(template_id=tid)  # type: ignore[attr-defined]
     submitted = 0
+    load_ids: list[str] = []
     if loader is not None:
-        submitted = q.get(timeout=120)
+        load_ids = q.get(timeout=120)
+        submitted = len(load_ids)
         loader.join(30)
     runs: list[pb.TaskExecution] = []
     deadline = time.monotonic() + 90
@@ -95,6 +104,20 @@ def corral_round(addr: str, token: str, n: int, seconds: float, load_rate: float
         runs += got
     for tid in ids:
         c.delete_template(template_id=tid)  # type: ignore[attr-defined]
+    one_off_ms: list[float] = []
+    one_off_lost = 0
+    if load_runs:  # every one-off task must end (none lost); how long each waited to run
+        deadline = time.monotonic() + 300
+        for task_id in load_ids:
+            while True:
+                t = c.get_task(task_id=task_id)  # type: ignore[attr-defined]
+                if t.state in (pb.SUCCEEDED, pb.FAILED, pb.LOST, pb.STOPPED, pb.TIMED_OUT, pb.OOM_KILLED) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            if t.state != pb.SUCCEEDED or t.attempt != 1:
+                one_off_lost += 1
+            elif t.start_time.seconds:
+                one_off_ms.append((t.start_time.ToNanoseconds() - t.submit_time.ToNanoseconds()) / 1e6)
     c.close()
     window = [t for t in runs if began + WARMUP <= t.due_time.ToNanoseconds() / 1e9 <= ended - 1]
     started = [t for t in window if t.start_time.seconds]
@@ -106,6 +129,8 @@ def corral_round(addr: str, token: str, n: int, seconds: float, load_rate: float
         "expected_instants": expected,
         "not_started": len(window) - len(started),
         "submitted_per_s": submitted / seconds if load_rate else 0.0,
+        "one_off_ms": one_off_ms,
+        "one_off_not_succeeded": one_off_lost,
     }
 
 
@@ -150,21 +175,31 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=0, help="length of one round (default 30, quick 10)")
     ap.add_argument("--rounds", type=int, default=0, help="rounds of each kind (default 2, quick 1)")
     ap.add_argument("--load", type=float, default=500, help="one-off submissions/s in the loaded rounds (default 500)")
+    ap.add_argument("--load-runs", action="store_true",
+                    help="add a round where the one-off tasks are due now and run on the node too; prints their submit→running")
     args = ap.parse_args()
     secs = args.seconds or (10.0 if args.quick else 30.0)
     rounds = args.rounds or (1 if args.quick else 2)
     n = args.templates
 
     results: dict[str, list[dict[str, object]]] = {"corral idle": [], "corral loaded": [], "APScheduler idle": []}
+    kinds: list[tuple[str, float, bool]] = [("corral idle", 0.0, False), ("corral loaded", args.load, False)]
+    if args.load_runs:
+        results["corral loaded, runs"] = []
+        kinds.append(("corral loaded, runs", args.load, True))
     with local_cluster("bench-cron") as (addr, token, _):
         print(f"corral bench cron_lateness: {n} per-second templates, {rounds} × {secs:.0f}s rounds", file=sys.stderr)
         for r in range(rounds):
-            for kind, load in (("corral idle", 0.0), ("corral loaded", args.load)):
-                res = corral_round(addr, token, n, secs, load)
+            for kind, load, load_runs in kinds:
+                res = corral_round(addr, token, n, secs, load, load_runs)
                 results[kind].append(res)
                 lat = res["late_ms"]
                 print(f"  round {r + 1} {kind}: {len(lat)} runs, p50 {pct(lat, 50):.2f} ms, p99 {pct(lat, 99):.2f} ms, "  # type: ignore[arg-type]
                       f"not started {res['not_started']}, load {res['submitted_per_s']:.0f}/s", file=sys.stderr)
+                if load_runs:
+                    oo = res["one_off_ms"]
+                    print(f"    one-off submit→running: {len(oo)} ran, p50 {pct(oo, 50):.0f} ms, p99 {pct(oo, 99):.0f} ms, "  # type: ignore[arg-type]
+                          f"not succeeded {res['one_off_not_succeeded']}", file=sys.stderr)
     for r in range(rounds):
         res = aps_round(n, secs)
         results["APScheduler idle"].append(res)
@@ -177,7 +212,7 @@ def main() -> int:
         all_lat = [x for r in rs for x in r["late_ms"]]  # type: ignore[attr-defined]
         p50s = [pct(r["late_ms"], 50) for r in rs]  # type: ignore[arg-type]
         p99s = [pct(r["late_ms"], 99) for r in rs]  # type: ignore[arg-type]
-        key = kind.lower().replace(" ", "_")
+        key = kind.lower().replace(",", "").replace(" ", "_")
         f = {
             "runs": len(all_lat),
             "expected_instants": sum(int(r["expected_instants"]) for r in rs),  # type: ignore[call-overload]
@@ -192,14 +227,24 @@ def main() -> int:
         rows.append((
             kind, f"{f['runs']:,} / {f['expected_instants']:,}", str(f["not_started"]), f"{f['p50_ms']:.2f}", f"{f['p99_ms']:.2f}",
             f"{f['max_ms']:.2f}", "–".join(f"{x:.2f}" for x in (min(p99s), max(p99s))) if p99s else "",
-            f"{f['load_achieved_per_s']:.0f}" if kind == "corral loaded" else "",
+            f"{f['load_achieved_per_s']:.0f}" if kind.startswith("corral loaded") else "",
         ))
+        oo = [x for r in rs for x in r.get("one_off_ms", [])]  # type: ignore[attr-defined]
+        if kind == "corral loaded, runs":
+            f["one_off_ran"] = len(oo)
+            f["one_off_not_succeeded"] = sum(int(r["one_off_not_succeeded"]) for r in rs)  # type: ignore[call-overload]
+            f["one_off_submit_to_running_p50_ms"] = round(pct(oo, 50), 1)
+            f["one_off_submit_to_running_p99_ms"] = round(pct(oo, 99), 1)
     base = figures["apscheduler_idle"]["p99_ms"]  # type: ignore[index]
     for kind in ("corral_idle", "corral_loaded"):
         figures[kind]["p99_ratio_to_apscheduler"] = round(figures[kind]["p99_ms"] / base, 2) if base else None  # type: ignore[index]
     print_table(("lateness (start − due)", "runs / instants", "not started", "p50 ms", "p99 ms", "max ms", "p99 spread", "load/s"), rows)
     print(f"p99 ratio to APScheduler: idle {figures['corral_idle']['p99_ratio_to_apscheduler']}, "  # type: ignore[index]
           f"loaded {figures['corral_loaded']['p99_ratio_to_apscheduler']}")  # type: ignore[index]
+    lr = figures.get("corral_loaded_runs")
+    if isinstance(lr, dict):
+        print(f"one-off tasks run beside them: {lr['one_off_ran']:,} ran, {lr['one_off_not_succeeded']} did not succeed once, "
+              f"submit→running p50 {lr['one_off_submit_to_running_p50_ms']:.0f} ms, p99 {lr['one_off_submit_to_running_p99_ms']:.0f} ms")
     if args.json:
         print(json.dumps(figures))
     return 0

@@ -66,6 +66,9 @@ class NodeSession:
     last_sent: float = 0.0  # monotonic time of the last message written to the node
     last_heard: float = 0.0  # wall time of the last message from the node (shown as last_heartbeat)
     batches: bool = False  # the nodelet understands MasterBatch
+    prepare_per_s: float = 0.0  # the node's measured start rate (heartbeat); 0: not measured
+    prepare_p99_ms: float = 0.0
+    prepare_waiting: int = 0
 
     def send(self, msg: npb.MasterMessage) -> None:
         if not self.closed:
@@ -96,6 +99,8 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
         self.leadership = leadership
         self.heartbeat_interval = heartbeat_interval
         self.on_change = on_change
+        # a heartbeat's prepare figures: (node id, starts/s, p99 ms); the scheduler adapts its lookahead
+        self.on_prepare: Callable[[str, float, float], None] = lambda node_id, rate, p99: None
         self.on_heard = on_heard
         self.reports = NodeReports(store, cache, writer, leadership)
         self.sessions: dict[str, NodeSession] = {}
@@ -122,6 +127,11 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
     def connected(self, node_id: str) -> bool:
         s = self.sessions.get(node_id)
         return s is not None and not s.closed
+
+    def prepare_rate(self, node_id: str) -> float:
+        """Starts per second the node measured it can prepare; 0 when unknown."""
+        s = self.sessions.get(node_id)
+        return s.prepare_per_s if s is not None and not s.closed else 0.0
 
     def send_start(self, task: pb.TaskExecution) -> bool:
         s = self.sessions.get(task.node_id)
@@ -270,6 +280,12 @@ class Gateway(nodelet_pb2_grpc.NodeletServiceServicer):
                 session.send(npb.MasterMessage(heartbeat_ack=npb.HeartbeatAck(seq=msg.heartbeat.seq)))
             session.used.CopyFrom(msg.heartbeat.used)
             session.task_usage = {u.task_id: u for u in msg.heartbeat.tasks}
+            hb = msg.heartbeat
+            drained = hb.prepare_waiting < session.prepare_waiting
+            session.prepare_per_s, session.prepare_p99_ms, session.prepare_waiting = hb.prepare_per_s, hb.prepare_p99_ms, hb.prepare_waiting
+            self.on_prepare(session.node_id, hb.prepare_per_s, hb.prepare_p99_ms)
+            if drained:
+                self.on_change()  # room to start more: work held back for this node may go now
         elif kind == "log_data":
             fut = session.logs.get(msg.log_data.request_id)
             if fut is not None and not fut.done():

@@ -17,6 +17,7 @@ import functools
 import heapq
 import logging
 import time
+from collections.abc import Callable
 
 import corral.scheduler_core as sc
 from corral.errors import Aborted
@@ -30,11 +31,13 @@ from .taskops import Mutator, TaskWriter
 log = logging.getLogger("corral.scheduler")
 
 DEFAULT_LOOKAHEAD = 1.0  # seconds; `corral master --lookahead`
+MAX_LOOKAHEAD = 5.0  # the lookahead grows with the nodes' prepare p99 up to this
+START_HORIZON = 2.0  # a node is given at most this many seconds of starts at its measured rate
 APPLY_RETRIES = 3  # placements refused by the re-check before the task says it is blocked
 DRIVER_NAMES = {pb.PROCESS: "process", pb.DOCKER: "docker", pb.DRIVER_UNSPECIFIED: "process"}
 
 
-def to_request(task: pb.TaskExecution) -> sc.TaskRequest:
+def to_request(task: pb.TaskExecution, now: float | None = None) -> sc.TaskRequest:
     s = task.spec
     return sc.TaskRequest(
         task_id=task.task_id,
@@ -47,6 +50,7 @@ def to_request(task: pb.TaskExecution) -> sc.TaskRequest:
         distinct_nodes=s.distinct_nodes,
         gang=f"{task.user_id}/{s.gang}" if s.gang else "",
         strategy=s.placement,
+        scheduled=records.seconds(task.due_time) > (time.time() if now is None else now),
     )
 
 
@@ -58,9 +62,18 @@ class Tally:
         self.by_node: dict[str, dict[str, sc.Running]] = {}
         self.allocated: dict[str, sc.Resources] = {}
         self._where: dict[str, str] = {}
+        self.assigned: dict[str, set[str]] = {}  # node → tasks sent to it and not yet started
+        self._assigned_at: dict[str, str] = {}
         self.dirty: set[str] = set()  # nodes whose tasks changed since the last snapshot
 
     def update(self, task_id: str, msg: pb.TaskExecution | None) -> None:
+        was = self._assigned_at.pop(task_id, None)
+        if was is not None:
+            self.assigned[was].discard(task_id)
+            self.dirty.add(was)
+        if msg is not None and msg.state == pb.ASSIGNED and msg.node_id:
+            self.assigned.setdefault(msg.node_id, set()).add(task_id)
+            self._assigned_at[task_id] = msg.node_id
         node = self._where.pop(task_id, None)
         if node is not None:
             r = self.by_node[node].pop(task_id)
@@ -80,7 +93,13 @@ class Tally:
         return (self.allocated.get(node.node_id, sc.Resources()) + request).fits_in(cap)
 
 
-def _node(node_id: str, n: pb.NodeInfo, tally: Tally, ready: bool) -> sc.Node:
+def start_room(rate: float, assigned: int, horizon: float = START_HORIZON) -> int:
+    """Starts a node can still be given: its measured rate over `horizon` seconds, less the
+    starts it has not begun; -1 (no limit) while it has measured nothing."""
+    return -1 if rate <= 0 else max(0, int(rate * horizon) - assigned)
+
+
+def _node(node_id: str, n: pb.NodeInfo, tally: Tally, ready: bool, room: int = -1) -> sc.Node:
     return sc.Node(
         node_id=node_id,
         allocatable=sc.Resources(n.allocatable.cpu, n.allocatable.memory, n.allocatable.pids or 1 << 30),
@@ -90,6 +109,7 @@ def _node(node_id: str, n: pb.NodeInfo, tally: Tally, ready: bool) -> sc.Node:
         drivers=frozenset(n.drivers),
         labels=tuple(sorted(n.labels.items())),
         running=tuple(tally.by_node.get(node_id, {}).values()),
+        start_room=room,
     )
 
 
@@ -107,12 +127,13 @@ class Snapshots:
         for node_id, rec in cache.nodes.items():
             n = rec.msg
             ready = n.state in (pb.READY, pb.CORDONED, pb.DRAINING) and gateway.connected(node_id)
+            room = start_room(gateway.prepare_rate(node_id), len(tally.assigned.get(node_id, ())))
             known = self._nodes.get(node_id)
             if known is None or known[0] != rec.rev or node_id in dirty:
-                view = _node(node_id, n, tally, ready)
+                view = _node(node_id, n, tally, ready, room)
                 self._nodes[node_id] = (rec.rev, view)
-            elif known[1].ready != ready:
-                view = dataclasses.replace(known[1], ready=ready)
+            elif known[1].ready != ready or known[1].start_room != room:
+                view = dataclasses.replace(known[1], ready=ready, start_room=room)
                 self._nodes[node_id] = (rec.rev, view)
             else:
                 view = known[1]
@@ -140,6 +161,10 @@ class Scheduler:
     ) -> None:
         self.config = config or sc.PlaceConfig()
         self.lookahead = lookahead
+        self.base_lookahead = lookahead
+        self._p99: dict[str, float] = {}  # node → its prepare p99, seconds
+        # the lookahead changed: the cron loop creates its runs this far ahead too
+        self.on_lookahead: Callable[[float], None] = lambda seconds: None
         self._orders: dict[tuple[str, str], dict[str, int]] = {}  # (user, ordering_key) -> unfinished task -> create revision
         self._order_of: dict[str, tuple[str, str]] = {}
         self._deadline_timers: dict[str, asyncio.TimerHandle] = {}
@@ -160,6 +185,18 @@ class Scheduler:
     def wake(self) -> None:
         self._wake.set()
 
+    def node_prepare(self, node_id: str, rate: float, p99_ms: float) -> None:
+        """A node's prepare figures: send runs due later ahead by twice the slowest node's
+        prepare p99 (at least the configured lookahead, at most MAX_LOOKAHEAD), so a run is
+        parked on its node before its instant even when prepares slow down."""
+        if p99_ms > 0:
+            self._p99[node_id] = p99_ms / 1000
+        want = min(MAX_LOOKAHEAD, max(self.base_lookahead, 2 * max(self._p99.values(), default=0.0)))
+        if abs(want - self.lookahead) >= 0.05:
+            self.lookahead = want
+            self.on_lookahead(want)
+            if self._heap and self._timer is not None:
+                self._arm(self._heap[0][0])
     def _track(self, task: pb.TaskExecution) -> None:
         due = records.seconds(task.due_time)
         if due <= time.time() + self.lookahead:

@@ -166,10 +166,12 @@ class Master:
         )
         self.scheduler = Scheduler(self.cache, self.writer, self.gateway, config=placement_config(args), lookahead=args.lookahead)
         self.gateway.on_change = self.scheduler.wake
+        self.gateway.on_prepare = self.scheduler.node_prepare
         from .retention import Retention
 
         self.retention = Retention(self.cache, self.commit, self.leadership, keep=args.retention, audit=self.audit)
         self.cron = CronLoop(self.store, self.cache, self.leadership, lookahead=args.lookahead, commit=self.commit, writer=self.writer)
+        self.scheduler.on_lookahead = lambda seconds: setattr(self.cron, "lookahead", seconds)
         self.server = grpc.aio.server(options=GRPC_OPTIONS)
         self.leader: LeaderLoops | None = None
         self.cluster_id = ""

@@ -315,6 +315,7 @@ class Nodelet:
                 usage = loop.run_in_executor(self._side, self._heartbeat)
             hb = npb.Heartbeat()
             hb.CopyFrom(latest)
+            self.runner.prepare_figures(hb)
             self.last_heartbeat = hb
             self._beat_seq += 1
             hb.seq = self._beat_seq

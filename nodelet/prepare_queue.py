@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -46,6 +48,10 @@ class PrepareQueue:
         finally:
             self._release()
 
+    def busy(self) -> int:
+        """Prepares under way or waiting for their turn."""
+        return self.running + self.waiting()
+
     async def _acquire(self, deadline: float) -> None:
         if self.running < self.width and not self.waiting():
             self.running += 1
@@ -67,3 +73,29 @@ class PrepareQueue:
                 continue  # its task was cancelled while it waited
             self.running += 1
             fut.set_result(None)
+
+
+class PrepareStats:
+    """The last prepares' durations (at most `keep`, none older than `window` seconds):
+    what the node reports in its heartbeats so the leader can send runs early enough
+    (p99) and hold back what the node cannot start (rate = lanes / mean duration)."""
+
+    def __init__(self, lanes: int = 8, keep: int = 500, window: float = 60.0) -> None:
+        self.lanes = lanes
+        self.window = window
+        self._d: deque[tuple[float, float]] = deque(maxlen=keep)  # (monotonic end, seconds)
+
+    def add(self, seconds: float) -> None:
+        self._d.append((time.monotonic(), seconds))
+
+    def figures(self) -> tuple[float, float]:
+        """(prepares per second the node can do, p99 of one in ms); (0, 0) with no recent prepare."""
+        cutoff = time.monotonic() - self.window
+        while self._d and self._d[0][0] < cutoff:
+            self._d.popleft()
+        if not self._d:
+            return 0.0, 0.0
+        d = sorted(x for _, x in self._d)
+        mean = sum(d) / len(d)
+        p99 = d[min(len(d) - 1, int(round(0.99 * (len(d) - 1))))]
+        return (self.lanes / mean if mean > 0 else 0.0), p99 * 1000

@@ -28,7 +28,7 @@ from corral.v1 import types_pb2 as pb
 
 from . import logtimes, metrics
 from .driver import Driver, DriverError, Handle, Outcome, PreparingDriver
-from .prepare_queue import PrepareQueue, deadline_of
+from .prepare_queue import PrepareQueue, PrepareStats, deadline_of
 from .release import ReleaseTimer
 
 log = logging.getLogger("corral.nodelet")
@@ -72,6 +72,7 @@ class TaskRunner:
         self._bg: set[asyncio.Task[None]] = set()
         # prepares in deadline order, a few at a time per driver (prepare_queue.py)
         self.prepare_queues: dict[str, PrepareQueue] = {name: PrepareQueue(8) for name in drivers}
+        self.prepare_stats = PrepareStats(lanes=8)  # process driver prepares: what heartbeats report
         # the task files written after a start (outcome, acked marker, stop state): on one
         # thread of their own, in order, so the event loop that releases due tasks never
         # waits on the file system (an inode allocation cost milliseconds in profiles)
@@ -118,6 +119,11 @@ class TaskRunner:
 
     def stop(self, stop: npb.StopTask) -> None:
         self._background(self._stop(stop))
+
+    def prepare_figures(self, hb: npb.Heartbeat) -> None:
+        """The node's measured prepare rate and p99, and how many prepares wait now."""
+        hb.prepare_per_s, hb.prepare_p99_ms = self.prepare_stats.figures()
+        hb.prepare_waiting = sum(q.busy() for q in self.prepare_queues.values())
 
     def task_usage(self, hb: npb.Heartbeat) -> None:
         """Each running task's cpu (millicores since the last beat) and memory, into `hb`."""
@@ -262,8 +268,11 @@ class TaskRunner:
             queue = self.prepare_queues.get(driver_name) or self.prepare_queues.setdefault(driver_name, PrepareQueue(8))
             if preparing is not None:
                 async with queue.turn(deadline_of(due, time.time())):
+                    began = time.monotonic()
                     with metrics.PREPARE.labels(driver_name).time():
                         prepared = await preparing.prepare(task, directory)
+                    if driver_name == "process":
+                        self.prepare_stats.add(time.monotonic() - began)
             else:
                 prepared = None
             try:
@@ -277,7 +286,10 @@ class TaskRunner:
                     handle = await preparing.launch(prepared)
                 else:
                     async with queue.turn(deadline_of(due, time.time())):
+                        began = time.monotonic()
                         handle = await driver.start(task, directory)
+                        if driver_name == "process":
+                            self.prepare_stats.add(time.monotonic() - began)
             if handle.start_time:
                 metrics.LATENESS.labels(driver_name).observe(max(0.0, handle.start_time - due))
         except asyncio.CancelledError:

@@ -20,6 +20,7 @@ class Use:
 
     free: Resources
     templates: dict[str, int] = field(default_factory=dict)
+    starts: int = -1  # start room left in this pass (Node.start_room); -1: no limit
 
 
 Check = Callable[[Node, TaskRequest, Use], str | None]
@@ -30,7 +31,7 @@ def use_of(node: Node) -> Use:
     for r in node.running:
         if r.template_id:
             counts[r.template_id] = counts.get(r.template_id, 0) + 1
-    return Use(node.free, counts)
+    return Use(node.free, counts, node.start_room)
 
 
 def check_ready(node: Node, task: TaskRequest, use: Use) -> str | None:
@@ -93,6 +94,12 @@ def check_pids(node: Node, task: TaskRequest, use: Use) -> str | None:
     return None
 
 
+def check_starts(node: Node, task: TaskRequest, use: Use) -> str | None:
+    if use.starts == 0 and not task.scheduled:
+        return "node busy starting tasks (at its measured prepare rate)"
+    return None
+
+
 __all__ = [
     "Check",
     "Use",
@@ -103,5 +110,6 @@ __all__ = [
     "check_memory",
     "check_pids",
     "check_ready",
+    "check_starts",
     "use_of",
 ]

@@ -52,6 +52,10 @@ class Node:
     drivers: frozenset[str] = frozenset({"process"})
     labels: tuple[tuple[str, str], ...] = ()
     running: tuple[Running, ...] = ()
+    # starts the node can still take now (its measured prepare rate over a short horizon,
+    # less the starts it has not begun); -1: no limit known. Only work to run as soon as
+    # possible counts: a run due later goes to the node's deadline-first queue ahead of it.
+    start_room: int = -1
 
     @property
     def free(self) -> Resources:
@@ -76,10 +80,11 @@ class TaskRequest:
     distinct_nodes: bool = False  # never two tasks of this template on one node
     gang: str = ""              # tasks sharing a gang id are placed all or none
     strategy: str = ""          # "binpack" or "spread"; "" = the pass's PlaceConfig.strategy
+    scheduled: bool = False     # due later than now (sent ahead of its instant): not held by a node's start room
 
     def class_key(self) -> tuple[object, ...]:
         """Tasks with equal keys are interchangeable for feasibility (equivalence class)."""
-        return (self.request, self.driver, self.constraints, self.template_id if self.distinct_nodes else "", self.strategy)
+        return (self.request, self.driver, self.constraints, self.template_id if self.distinct_nodes else "", self.strategy, self.scheduled)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from .checks import (
     check_memory,
     check_pids,
     check_ready,
+    check_starts,
 )
 from .model import Node, TaskRequest
 from .scoring import score_anti_affinity, score_binpack, score_spread
@@ -34,6 +35,7 @@ DYNAMIC_CHECKS: tuple[tuple[str, Check], ...] = (
     ("memory", check_memory),
     ("cpu", check_cpu),
     ("pids", check_pids),
+    ("starts", check_starts),
 )
 CHECKS = STATIC_CHECKS + DYNAMIC_CHECKS
 

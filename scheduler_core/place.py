@@ -117,6 +117,8 @@ class Placer:
 
     def _take(self, i: int, task: TaskRequest) -> None:
         self._set_free(i, self.uses[i].free - task.request)
+        if self.uses[i].starts > 0 and not task.scheduled:
+            self.uses[i].starts -= 1
         if task.template_id:
             t = self.uses[i].templates
             t[task.template_id] = t.get(task.template_id, 0) + 1
@@ -189,7 +191,7 @@ class Placer:
                 f = use.free
                 if plain:
                     # fast path: the dynamic checks pass exactly when every resource fits
-                    if not (req.cpu <= f.cpu and req.memory <= f.memory and req.pids <= f.pids):
+                    if not (req.cpu <= f.cpu and req.memory <= f.memory and req.pids <= f.pids and (use.starts != 0 or task.scheduled)):
                         deferred.append(i)
                         continue
                 else:
@@ -240,7 +242,7 @@ class Placer:
             u = Unplaced(task.task_id, tuple(sorted(rejected.items())), explain(task, self.nodes, self.uses, rejected))
             self._nowhere[cls] = u
             if not task.distinct_nodes:
-                failed = self._failed.setdefault((task.driver, task.constraints), [])
+                failed = self._failed.setdefault((task.driver, task.constraints, task.scheduled), [])
                 if len(failed) < 32:
                     failed.append((task.request, u))
             self.unplaced.append(u)
@@ -254,7 +256,7 @@ class Placer:
     def _dominated(self, task: TaskRequest) -> Unplaced | None:
         """A task at least as large as one that already fit nowhere fits nowhere either
         (room only shrinks within a pass): reuse that verdict without a search."""
-        for request, verdict in self._failed.get((task.driver, task.constraints), ()):
+        for request, verdict in self._failed.get((task.driver, task.constraints, task.scheduled), ()):
             if request.fits_in(task.request):
                 return verdict
         return None

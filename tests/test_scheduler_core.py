@@ -292,3 +292,20 @@ def test_per_task_strategy_overrides_the_pass() -> None:
     spread_nodes = {p.node_id for p in plan.placements if p.task_id.startswith("s")}
     assert len(spread_nodes) == 3
     assert len({p.node_id for p in plan.placements if p.task_id.startswith("b")}) == 1, "the rest still bin-pack"
+
+
+def test_a_node_takes_no_more_starts_than_its_room_but_runs_due_later_still_go() -> None:
+    """Admission by the node's start rate: as-soon-as-possible work beyond a node's start
+    room waits (with a reason) or goes to another node; a run due later is never held."""
+    snap = Snapshot((node("busy", start_room=2),))
+    plan = place(snap, [task(f"now{i}") for i in range(5)] + [task(f"cron{i}", scheduled=True) for i in range(3)])
+    placed = sorted(p.task_id for p in plan.placements)
+    assert placed == ["cron0", "cron1", "cron2", "now0", "now1"]
+    assert {u.task_id for u in plan.unplaced} == {"now2", "now3", "now4"}
+    assert all("busy starting tasks" in u.reason for u in plan.unplaced), [u.reason for u in plan.unplaced]
+    # with a second node that has room, the rest go there; a node with no figure (-1) has no limit
+    plan = place(Snapshot((node("busy", start_room=2), node("other"))), [task(f"now{i}") for i in range(5)])
+    where = sorted(p.node_id for p in plan.placements)
+    assert len(where) == 5 and where.count("busy") <= 2
+    plan = place(Snapshot((node("busy", start_room=0),)), [task("now", cpu=100, distinct_nodes=True, template_id="t")])
+    assert not plan.placements and "busy starting tasks" in plan.unplaced[0].reason

@@ -108,14 +108,20 @@ class TaskUsage(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., cpu: _Optional[int] = ..., memory: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("used", "tasks", "seq")
+    __slots__ = ("used", "tasks", "seq", "prepare_per_s", "prepare_p99_ms", "prepare_waiting")
     USED_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
+    PREPARE_PER_S_FIELD_NUMBER: _ClassVar[int]
+    PREPARE_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    PREPARE_WAITING_FIELD_NUMBER: _ClassVar[int]
     used: _types_pb2.Resources
     tasks: _containers.RepeatedCompositeFieldContainer[TaskUsage]
     seq: int
-    def __init__(self, used: _Optional[_Union[_types_pb2.Resources, _Mapping]] = ..., tasks: _Optional[_Iterable[_Union[TaskUsage, _Mapping]]] = ..., seq: _Optional[int] = ...) -> None: ...
+    prepare_per_s: float
+    prepare_p99_ms: float
+    prepare_waiting: int
+    def __init__(self, used: _Optional[_Union[_types_pb2.Resources, _Mapping]] = ..., tasks: _Optional[_Iterable[_Union[TaskUsage, _Mapping]]] = ..., seq: _Optional[int] = ..., prepare_per_s: _Optional[float] = ..., prepare_p99_ms: _Optional[float] = ..., prepare_waiting: _Optional[int] = ...) -> None: ...
 
 class TaskStatus(_message.Message):
     __slots__ = ("task_id", "attempt", "state", "exit_code", "reason", "start_time", "finish_time")
