@@ -53,57 +53,38 @@ def test_grants_in_deadline_order_and_never_more_than_width(deadlines: list[floa
     assert asyncio.run(run()) == sorted(deadlines), "granted earliest deadline first"
 
 
+async def _behind_one_holder(waiters: list[tuple[str, float]], cancel: tuple[str, ...] = ()) -> list[str]:
+    """A one-wide queue held while `waiters` (name, deadline) queue up in list order; the
+    ones named in `cancel` are cancelled while they wait. Returns the order they ran in."""
+    q = PrepareQueue(1)
+    order: list[str] = []
+    gate = asyncio.Event()
+
+    async def hold() -> None:
+        async with q.turn(0):
+            await gate.wait()
+
+    async def one(name: str, d: float) -> None:
+        async with q.turn(d):
+            order.append(name)
+
+    h = asyncio.create_task(hold())
+    await asyncio.sleep(0)
+    tasks = {name: asyncio.create_task(one(name, d)) for name, d in waiters}
+    await asyncio.sleep(0)
+    for name in cancel:
+        tasks.pop(name).cancel()
+    gate.set()
+    await asyncio.gather(h, *tasks.values())
+    assert q.running == 0 and q.waiting() == 0
+    return order
+
+
 def test_first_grants_follow_the_earliest_deadline_with_width_one() -> None:
-    async def run() -> list[str]:
-        q = PrepareQueue(1)
-        order: list[str] = []
-        gate = asyncio.Event()
-
-        async def hold() -> None:
-            async with q.turn(0):
-                await gate.wait()
-
-        async def one(name: str, d: float) -> None:
-            async with q.turn(d):
-                order.append(name)
-
-        h = asyncio.create_task(hold())
-        await asyncio.sleep(0)
-        tasks = [asyncio.create_task(one(f"asap-{i}", 100.0 + i)) for i in range(300)]
-        tasks.append(asyncio.create_task(one("cron", 50.0)))
-        await asyncio.sleep(0)
-        gate.set()
-        await asyncio.gather(h, *tasks)
-        return order
-
-    order = asyncio.run(run())
+    order = asyncio.run(_behind_one_holder([*((f"asap-{i}", 100.0 + i) for i in range(300)), ("cron", 50.0)]))
     assert order[0] == "cron", "the run due first is prepared first, whatever arrived before it"
     assert order[1:] == [f"asap-{i}" for i in range(300)], "the rest in arrival (deadline) order"
 
 
 def test_a_cancelled_waiter_gives_up_its_place() -> None:
-    async def run() -> list[str]:
-        q = PrepareQueue(1)
-        order: list[str] = []
-        gate = asyncio.Event()
-
-        async def hold() -> None:
-            async with q.turn(0):
-                await gate.wait()
-
-        async def one(name: str, d: float) -> None:
-            async with q.turn(d):
-                order.append(name)
-
-        h = asyncio.create_task(hold())
-        await asyncio.sleep(0)
-        gone = asyncio.create_task(one("stopped", 1.0))
-        kept = asyncio.create_task(one("kept", 2.0))
-        await asyncio.sleep(0)
-        gone.cancel()
-        gate.set()
-        await asyncio.gather(h, kept)
-        assert q.running == 0 and q.waiting() == 0
-        return order
-
-    assert asyncio.run(run()) == ["kept"]
+    assert asyncio.run(_behind_one_holder([("stopped", 1.0), ("kept", 2.0)], cancel=("stopped",))) == ["kept"]
