@@ -261,6 +261,7 @@ class ProcessDriver:
                 try:
                     pid, pidfd = slot.spawn(request, go_read)
                 except SlotError as e:
+                    slot.close()  # its server is gone: the pool drops the slot instead of handing it out again
                     raise DriverError(f"could not launch: {e}") from e
             else:
                 pid, pidfd = self.spawner.spawn(request, go_read)
