@@ -258,11 +258,7 @@ class ProcessDriver:
         }
         try:
             if slot is not None:
-                try:
-                    pid, pidfd = slot.spawn(request, go_read)
-                except SlotError as e:
-                    slot.close()  # its server is gone: the pool drops the slot instead of handing it out again
-                    raise DriverError(f"could not launch: {e}") from e
+                pid, pidfd = self._spawn_in_slot(slot, handle, limits, request, go_read)
             else:
                 pid, pidfd = self.spawner.spawn(request, go_read)
         except DriverError:
@@ -274,6 +270,20 @@ class ProcessDriver:
         handle.pid = pid
         timeout = spec.timeout.seconds + spec.timeout.nanos / 1e9
         return Prepared(handle, go_write, pidfd, timeout)
+
+    def _spawn_in_slot(self, slot: Slot, handle: Handle, limits: Limits, request: dict[str, object], go_read: int) -> tuple[int, int]:
+        """Fork the task's wrapper in `slot`; a slot whose server is gone (killed, or its
+        groups removed under it) is dropped and the next one tried, twice at most."""
+        for tries_left in (2, 1, 0):
+            try:
+                return slot.spawn(request, go_read)
+            except SlotError as e:
+                slot.close()  # the pool drops it instead of handing it out again
+                if not tries_left:
+                    raise DriverError(f"could not launch: {e}") from e  # the caller frees the slot
+                self._free_group(handle)
+                slot = self._take_slot(handle, limits)
+        raise AssertionError("unreachable")
 
     def _take_slot(self, handle: Handle, limits: Limits) -> Slot:
         """A free slot for the task, with the task's limits written into it (the slot's

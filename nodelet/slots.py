@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import select
 import socket
 import threading
 import time
@@ -59,6 +60,15 @@ class Slot:
             raise SlotError(answer.get("error", "the slot's server refused"))
         return int(answer["pid"]), (fds[0] if fds else -1)
 
+    def alive(self) -> bool:
+        """The server still holds its end: an idle server never writes, so a readable or
+        hung-up socket means it is gone (killed, or its groups removed under it)."""
+        if self.sock is None:
+            return False
+        p = select.poll()
+        p.register(self.sock, select.POLLIN | select.POLLHUP | select.POLLERR)
+        return not p.poll(0)
+
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()  # the server exits at end of file
@@ -97,8 +107,9 @@ class SlotPool:
         """A joined slot with nothing in it; made on the spot only if none is ready."""
         stale = []
         with self._lock:
-            while self._free and self._free[-1].relpath.rsplit("/", 1)[0] != self.base:
-                stale.append(self._free.pop())  # made for another cluster id
+            # made for another cluster id, or its server is gone: dropped, never handed out
+            while self._free and (self._free[-1].relpath.rsplit("/", 1)[0] != self.base or not self._free[-1].alive()):
+                stale.append(self._free.pop())
             slot = self._free.pop() if self._free else None
             if slot is not None:
                 self._busy[slot.index] = slot

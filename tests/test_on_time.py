@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 
+import psutil
+
 from corral.v1 import api_pb2
 from corral.v1 import types_pb2 as pb
 
@@ -83,3 +85,27 @@ def test_a_task_in_a_reused_slot_is_inside_its_own_limits_from_its_first_instruc
         assert int(out["forked"]) < pids, out
         seen.append(out["group"])
     assert len(set(seen)) < len(seen), f"the tasks ran one after another in a reused slot ({seen})"
+
+
+def test_killed_slot_servers_are_replaced_and_never_used_again(cluster: Cluster) -> None:
+    """A hostile or unlucky kill of the node's resident slot servers: the next tasks still
+    start on their first attempt, in slots with live servers (checked in the process table)."""
+    cluster.start_master()
+    cluster.start_nodelet("a")
+    c = cluster.client()
+    first = c.submit_task(spec=pb.TaskTemplate(run_script="true"))  # type: ignore[attr-defined]
+    assert c.wait_task(first.task_id, timeout=60).state == pb.SUCCEEDED
+    nodelet = cluster.nodelets["a"].pid
+    spawner = wait_for(lambda: [p for p in psutil.Process(nodelet).children() if "spawner.py" in " ".join(p.cmdline())], 10, what="the spawner")[0]
+    servers = wait_for(lambda: spawner.children(), 20, what="slot servers")
+    killed = {p.pid for p in servers}
+    for p in servers:
+        p.kill()
+    psutil.wait_procs(servers, timeout=10)
+    for _ in range(3):
+        t = c.submit_task(spec=pb.TaskTemplate(run_script="echo ran"))  # type: ignore[attr-defined]
+        final = c.wait_task(t.task_id, timeout=60)
+        assert final.state == pb.SUCCEEDED and final.attempt == 1, final
+        assert _said(c, t.task_id).strip() == "ran"
+    alive = {p.pid for p in spawner.children()}
+    assert alive and not (alive & killed), "new slot servers, none of the killed ones"
