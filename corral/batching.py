@@ -10,6 +10,7 @@ at once: batching adds no wait.
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Callable, Sequence
 from typing import Generic, Protocol, TypeVar
 
@@ -70,3 +71,34 @@ class Drainer(Generic[M]):
                 break
             out.append(msg)
         return out[0] if len(out) == 1 else self.wrap(out)
+
+
+def _lease_message(msg: object) -> bool:
+    """Heartbeats and their acknowledgements (and a registration's answer): what keeps a
+    node's lease alive."""
+    which = msg.WhichOneof("msg")  # type: ignore[attr-defined]
+    return which in ("heartbeat", "heartbeat_ack", "registered")
+
+
+class LeaseFirstQueue(asyncio.Queue):  # type: ignore[type-arg]
+    """A stream's send queue in which heartbeats and their acknowledgements go before
+    everything else queued. Why: when thousands of starts or statuses queue up on a busy
+    stream, a heartbeat behind them made its round trip longer than the node lease; the
+    node then refused every start as read too late (LOST, and a new attempt: more starts),
+    and the backlog fed itself. The order of the other messages is kept."""
+
+    # one deque (asyncio.Queue's qsize and empty read it directly), the urgent ones at its front
+    _queue: collections.deque[object]  # made by asyncio.Queue._init
+    _urgent = 0
+
+    def _put(self, item: object) -> None:
+        if _lease_message(item):
+            self._queue.insert(self._urgent, item)  # behind the urgent ones already queued
+            self._urgent += 1
+        else:
+            self._queue.append(item)
+
+    def _get(self) -> object:
+        if self._urgent:
+            self._urgent -= 1
+        return self._queue.popleft()

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from corral.batching import Drainer, master_batch
+from corral.batching import Drainer, LeaseFirstQueue, master_batch
 from corral.errors import AlreadyExists, CorralError, InvalidArgument, PermissionDenied, Unavailable
 from corral.tls import peer_identity
 from corral.v1 import api_pb2, nodelet_pb2_grpc
@@ -57,7 +57,7 @@ def _duration(seconds: float) -> Duration:
 class NodeSession:
     node_id: str
     peer: str
-    outbox: asyncio.Queue[npb.MasterMessage] = field(default_factory=asyncio.Queue)
+    outbox: asyncio.Queue[npb.MasterMessage] = field(default_factory=LeaseFirstQueue)
     used: pb.Resources = field(default_factory=pb.Resources)
     task_usage: dict[str, npb.TaskUsage] = field(default_factory=dict)
     logs: dict[str, asyncio.Future[npb.LogData]] = field(default_factory=dict)

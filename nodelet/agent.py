@@ -18,7 +18,7 @@ import grpc
 import psutil
 
 from corral import __version__, channels
-from corral.batching import Drainer, nodelet_batch, unbatch
+from corral.batching import Drainer, LeaseFirstQueue, nodelet_batch, unbatch
 from corral.tls import TlsFiles
 from corral.v1 import nodelet_pb2 as npb
 from corral.v1 import nodelet_pb2_grpc
@@ -198,7 +198,7 @@ class Nodelet:
         channel = channels.aio_channel(addr, self.tls, [*KEEPALIVE, *channels.OWN_SUBCHANNELS])
         async with channel:
             stub = nodelet_pb2_grpc.NodeletServiceStub(channel)
-            queue: asyncio.Queue[npb.NodeletMessage] = asyncio.Queue()
+            queue: asyncio.Queue[npb.NodeletMessage] = LeaseFirstQueue()
             await queue.put(self._register(await asyncio.to_thread(self._fingerprint)))
             self._register_sent = time.monotonic()
 

@@ -4,6 +4,7 @@ outcome in one batch commit together. Spoken over a raw stream, as a nodelet wou
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 import time
@@ -122,3 +123,21 @@ def test_batched_streams_start_and_finish_every_task(cluster: Cluster, batches: 
             assert abs(t.finish_time.ToNanoseconds() / 1e9 - (now + i + 0.5)) < 1e-3
     finally:
         raw.close()
+
+
+def test_heartbeats_and_their_acks_go_before_a_backlog() -> None:
+    """A stream with thousands of starts queued: the heartbeat ack queued last is written
+    first (its round trip must stay within the node lease); the rest keep their order."""
+    from corral.batching import LeaseFirstQueue
+
+    async def run() -> list[str]:
+        q: asyncio.Queue[npb.MasterMessage] = LeaseFirstQueue()
+        for i in range(3000):
+            q.put_nowait(npb.MasterMessage(start=npb.StartTask(task=pb.TaskExecution(task_id=f"t{i}"))))
+        q.put_nowait(npb.MasterMessage(heartbeat_ack=npb.HeartbeatAck(seq=7)))
+        got = [await q.get() for _ in range(q.qsize())]
+        return [m.WhichOneof("msg") + (":" + m.start.task.task_id if m.HasField("start") else "") for m in got]
+
+    order = asyncio.run(run())
+    assert order[0] == "heartbeat_ack"
+    assert order[1:] == [f"start:t{i}" for i in range(3000)]
