@@ -265,7 +265,7 @@ class TaskRunner:
             self._waiting[task.task_id] = task.attempt  # a stop from now on means "never start"
         try:
             preparing = driver if ahead and isinstance(driver, PreparingDriver) else None
-            queue = self.prepare_queues.get(driver_name) or self.prepare_queues.setdefault(driver_name, PrepareQueue(8))
+            queue = self.prepare_queues.setdefault(driver_name, PrepareQueue(8))
             if preparing is not None:
                 async with queue.turn(deadline_of(due, time.time())):
                     began = time.monotonic()
